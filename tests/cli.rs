@@ -1,0 +1,136 @@
+//! The `tessera` command line, run as a user would: y4m output read by ffprobe,
+//! PNG output, summaries, and exit code 2 with a message for bad input.
+
+use std::process::Output;
+
+use crate::util::tessera;
+
+fn run(args: &[&str]) -> Output {
+    tessera().args(args).output().expect("tessera runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_spec(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn y4m_clip_is_read_by_ffprobe_with_the_specs_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "clip.json",
+        r#"{"template": "dunes", "resolution": {"width": 192, "height": 108}, "fps": 24, "duration_s": 0.5,
+            "tiles": {"cols": 2, "rows": 2, "overlap_px": 16}}"#,
+    );
+    let out = dir.path().join("clip.y4m");
+    let o = run(&["render", &spec, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "render failed: {}", stderr(&o));
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(summary.contains("12 frames 192x108 of dunes@1"), "summary: {summary}");
+    assert!(summary.contains("4 tiles (2x2, 16 px overlap)") && summary.contains("GPU render"), "summary: {summary}");
+
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries"])
+        .arg("stream=width,height,r_frame_rate,nb_read_frames")
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(&out)
+        .output()
+        .expect("ffprobe is installed (apt-get install ffmpeg)");
+    let text = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&probe.stderr));
+    for want in ["width=192", "height=108", "r_frame_rate=24/1", "nb_read_frames=12"] {
+        assert!(text.lines().any(|l| l == want), "ffprobe says:\n{text}\nmissing {want}");
+    }
+    // ffmpeg decodes every frame without complaint.
+    let decode = std::process::Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&out).args(["-f", "null", "-"]).output().unwrap();
+    assert!(decode.status.success() && decode.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&decode.stderr));
+}
+
+#[test]
+fn png_frame_and_untiled_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "frame.toml",
+        "template = \"orbit\"\nresolution = { width = 128, height = 72 }\nfps = 24\nduration_s = 1.0\n[tiles]\ncols = 2\nrows = 1\noverlap_px = 16\n",
+    );
+    let tiled = dir.path().join("tiled.png");
+    let untiled = dir.path().join("nested/untiled.png");
+    let o = run(&["render", &spec, "-o", tiled.to_str().unwrap(), "--frame", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["render", &spec, "-o", untiled.to_str().unwrap(), "--frame", "5", "--tiles", "1x1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("untiled"));
+    let a = image::open(&tiled).unwrap().to_rgba8();
+    let b = image::open(&untiled).unwrap().to_rgba8();
+    assert_eq!(a.dimensions(), (128, 72));
+    assert!(crate::util::psnr(a.as_raw(), b.as_raw()) >= 50.0);
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_spec(dir.path(), "good.json", r#"{"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.25}"#);
+    let bad = write_spec(dir.path(), "bad.json", r#"{"template": "orbit", "fps": 25}"#);
+    let garbage = write_spec(dir.path(), "garbage.json", "{{{{");
+    let yaml = write_spec(dir.path(), "spec.yaml", "template: orbit");
+    let out = dir.path().join("x.png");
+    let out = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["render", &bad, "-o", out], "fps: 25 is not an offered frame rate"),
+        (vec!["render", &garbage, "-o", out], "not valid JSON"),
+        (vec!["render", &yaml, "-o", out], "use .json or .toml"),
+        (vec!["render", "/nonexistent/spec.json", "-o", out], "reading spec /nonexistent/spec.json"),
+        (vec!["render", &good, "-o", "clip.mp4"], "unsupported output extension `mp4`"),
+        (vec!["render", &good, "-o", out, "--frame", "99"], "frame 99 is past the clip's last frame 5"),
+        (vec!["render", &good, "-o", out, "--tiles", "2by2"], "not a tile plan"),
+        (vec!["render", &good, "-o", out, "--tiles", "9x1"], "tile columns do not fit"),
+        (vec!["render", &good, "-o", out, "--tiles", "2x1", "--overlap", "1"], "below the post-process radius"),
+        (vec!["render", &good], "--output"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+        (vec!["check", &bad], "fps: 25"),
+    ];
+    for (args, want) in cases {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: exit {:?}, stderr: {err}", o.status.code());
+        assert!(err.contains(want), "{args:?}: stderr lacks `{want}`:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    }
+}
+
+#[test]
+fn templates_and_check_list_the_catalog_and_defaults() {
+    let o = run(&["templates", "--json"]);
+    assert!(o.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["orbit", "pedestal", "dunes"]);
+    assert_eq!(list[0]["params"][0]["kind"], "color");
+    let o = run(&["templates"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("orbit@2"));
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/pedestal.toml");
+    let o = run(&["check", example]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(spec["template"], "pedestal@1");
+    assert_eq!(spec["frames"], 72);
+    assert_eq!(spec["params"]["bevel"], 0.08);
+}
+
+#[test]
+fn doctor_names_the_adapter() {
+    let o = run(&["doctor", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(report["chosen"]["adapter"]["name"].is_string());
+    let o = tessera().args(["doctor"]).env("TESSERA_ADAPTER", "no-such-gpu").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no adapter name contains `no-such-gpu`"));
+}

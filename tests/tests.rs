@@ -1,0 +1,16 @@
+//! tessera's integration tests: one binary, one module per area.
+//!
+//! GPU tests run on whatever adapter `TESSERA_ADAPTER`/`TESSERA_BACKEND` pick
+//! (Mesa lavapipe in CI) at small frame sizes; full-size figures live in
+//! `benches/`.
+
+mod util;
+
+mod cli;
+mod determinism;
+mod golden;
+mod shaders;
+mod spec;
+mod stitch;
+mod tiling;
+mod yuv;

@@ -1,0 +1,220 @@
+//! GPU context: adapter selection, device creation and the helpers every pass
+//! shares (error capture, readback, timing).
+//!
+//! The Vulkan backend is the default because it is what GPU nodes (NVIDIA) and
+//! CI (Mesa lavapipe) both offer; `TESSERA_BACKEND` picks another and
+//! `TESSERA_ADAPTER` picks an adapter by case-insensitive name substring.
+
+pub mod readback;
+pub mod timing;
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Errors opening the GPU.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no GPU adapter found on the {backends} backend; install a driver: `apt-get install mesa-vulkan-drivers` for software rendering (lavapipe), or the NVIDIA driver on a GPU node")]
+    NoAdapter { backends: String },
+    #[error("no adapter name contains `{wanted}` (TESSERA_ADAPTER); adapters found: {found}")]
+    AdapterNotFound { wanted: String, found: String },
+    #[error("TESSERA_BACKEND=`{0}` is not one of vulkan, gl, metal, dx12, all")]
+    BadBackend(String),
+    #[error("could not open a device on adapter `{adapter}`: {source}")]
+    RequestDevice { adapter: String, source: wgpu::RequestDeviceError },
+    #[error("GPU error: {0}")]
+    Device(String),
+    #[error("GPU readback failed: {0}")]
+    Readback(String),
+}
+
+/// One adapter as `tessera doctor` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdapterReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+}
+
+impl AdapterReport {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+}
+
+/// An open device and queue, with what the rest of the worker needs to know
+/// about them.
+pub struct GpuContext {
+    pub adapter: AdapterReport,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub features: wgpu::Features,
+    pub limits: wgpu::Limits,
+    /// Whether passes are timed with GPU timestamp queries (else host timing).
+    pub timestamps: bool,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Compiled pipelines by key, reused across clips: compiling a ray-marching
+    /// template takes seconds on some drivers.
+    pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext").field("adapter", &self.adapter).field("timestamps", &self.timestamps).finish()
+    }
+}
+
+/// The backends named by `TESSERA_BACKEND` (default: Vulkan).
+pub fn backends_from_env() -> Result<wgpu::Backends, GpuError> {
+    let raw = std::env::var("TESSERA_BACKEND").unwrap_or_else(|_| "vulkan".into());
+    match raw.to_ascii_lowercase().as_str() {
+        "vulkan" | "" => Ok(wgpu::Backends::VULKAN),
+        "gl" => Ok(wgpu::Backends::GL),
+        "metal" => Ok(wgpu::Backends::METAL),
+        "dx12" => Ok(wgpu::Backends::DX12),
+        "all" => Ok(wgpu::Backends::all()),
+        _ => Err(GpuError::BadBackend(raw)),
+    }
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+/// Every adapter on `backends`, best first (discrete, integrated, virtual, CPU).
+pub fn list_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance(backends).enumerate_adapters(backends));
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    adapters
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Picks the adapter: the first whose name contains `wanted`, else the best.
+pub fn choose_adapter(
+    adapters: Vec<wgpu::Adapter>,
+    wanted: Option<&str>,
+    backends: wgpu::Backends,
+) -> Result<wgpu::Adapter, GpuError> {
+    if adapters.is_empty() {
+        return Err(GpuError::NoAdapter { backends: format!("{backends:?}") });
+    }
+    let Some(wanted) = wanted.filter(|w| !w.is_empty()) else {
+        return Ok(adapters.into_iter().next().expect("checked non-empty"));
+    };
+    let needle = wanted.to_lowercase();
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    adapters
+        .into_iter()
+        .find(|a| a.get_info().name.to_lowercase().contains(&needle))
+        .ok_or_else(|| GpuError::AdapterNotFound { wanted: wanted.to_string(), found: names.join(", ") })
+}
+
+impl GpuContext {
+    /// Opens the adapter chosen by `TESSERA_BACKEND` and `TESSERA_ADAPTER`.
+    pub fn open() -> Result<Self, GpuError> {
+        let backends = backends_from_env()?;
+        let wanted = std::env::var("TESSERA_ADAPTER").ok();
+        let adapter = choose_adapter(list_adapters(backends), wanted.as_deref(), backends)?;
+        Self::from_adapter(&adapter)
+    }
+
+    /// Opens a device on `adapter` with its full limits and, where offered,
+    /// timestamp queries.
+    pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("tessera"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        // The default handler panics; a worker must turn GPU errors into failed
+        // attempts instead, so they are collected and checked after each submit.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            tracing::error!(error = %e, "uncaptured GPU error");
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut v) = lost.lock() {
+                v.push(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        Ok(Self {
+            adapter: AdapterReport::from_info(&info),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            device,
+            queue,
+            features,
+            limits,
+            errors,
+            pipelines: Mutex::default(),
+        })
+    }
+
+    /// The cached value under `key`, made by `make` on first use.
+    pub fn cached<T: Any + Send + Sync>(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = map.get(key).and_then(|v| v.clone().downcast::<T>().ok()) {
+            return found;
+        }
+        let made = Arc::new(make());
+        map.insert(key.to_string(), made.clone());
+        made
+    }
+
+    /// Fails with the first GPU error recorded since the last check.
+    pub fn check_errors(&self) -> Result<(), GpuError> {
+        let mut errors = self.errors.lock().map_err(|_| GpuError::Device("error log poisoned".into()))?;
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors.remove(0);
+        errors.clear();
+        Err(GpuError::Device(first))
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait_idle(&self) -> Result<(), GpuError> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
+        self.check_errors()
+    }
+
+    /// Largest storage buffer one binding may hold on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+    }
+}

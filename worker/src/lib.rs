@@ -1,0 +1,22 @@
+//! tessera-worker: the library behind the `tessera` binary.
+//!
+//! One clip's data path, by module:
+//!
+//! - [`spec`]: a job spec (JSON or TOML) is parsed into a `RawSpec` and validated
+//!   into a [`spec::JobSpec`] before any GPU work.
+//! - [`gpu`]: the device (Vulkan by default), readback and timestamp timing.
+//! - [`render`]: the template [`render::catalog`], the [`render::tiler`] that
+//!   splits each frame into overlapping tiles, the GPU passes of a frame in
+//!   [`render::frame`] (template → bloom → stitch), the CPU reference of the
+//!   stitch in [`render::stitch`], and [`render::clip`], which drives a clip.
+//! - [`encode`]: GPU colour conversion and the muxers that write files.
+//! - [`cli`]: the `tessera` command line.
+//!
+//! GPU time of every pass is measured in integer nanoseconds with
+//! `tessera_metering`.
+
+pub mod cli;
+pub mod encode;
+pub mod gpu;
+pub mod render;
+pub mod spec;

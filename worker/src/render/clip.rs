@@ -1,0 +1,73 @@
+//! Rendering a whole clip (or one frame of it) into a muxer.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tessera_metering::{PassTimes, TimingSource};
+
+use super::frame::{FrameRenderer, RenderError};
+use crate::encode::mux::{MuxError, Muxer, StreamInfo};
+use crate::gpu::GpuContext;
+use crate::spec::JobSpec;
+
+/// What a clip render did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClipSummary {
+    pub frames: u32,
+    pub tiles: usize,
+    pub wall: Duration,
+    pub gpu: PassTimes,
+    pub timing: TimingSource,
+}
+
+/// Errors rendering a clip.
+#[derive(Debug, thiserror::Error)]
+pub enum ClipError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Mux(#[from] MuxError),
+    #[error("frame {frame} is past the clip's last frame {last} ({frames} frames)")]
+    FrameOutOfRange { frame: u32, last: u32, frames: u32 },
+}
+
+/// The frames a muxer wants: every frame for a clip, `single` for one-frame outputs.
+pub fn frame_range(spec: &JobSpec, muxer: &dyn Muxer, single: u32) -> Result<Range<u32>, ClipError> {
+    if muxer.is_clip() {
+        return Ok(0..spec.frames);
+    }
+    if single >= spec.frames {
+        return Err(ClipError::FrameOutOfRange { frame: single, last: spec.frames - 1, frames: spec.frames });
+    }
+    Ok(single..single + 1)
+}
+
+/// Renders `frames` of `spec` into `muxer`, calling `on_frame` after each.
+pub fn render_clip(
+    ctx: &GpuContext,
+    spec: &JobSpec,
+    muxer: &mut dyn Muxer,
+    frames: Range<u32>,
+    on_frame: &mut dyn FnMut(u32),
+) -> Result<ClipSummary, ClipError> {
+    let start = Instant::now();
+    let mut renderer = FrameRenderer::new(ctx, spec.render_plan())?;
+    let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: frames.len() as u32 };
+    muxer.write_header(&info)?;
+    let mut gpu = PassTimes::default();
+    for index in frames.clone() {
+        let frame = renderer.render_frame(index, muxer.input())?;
+        muxer.write_frame(&frame.data)?;
+        gpu.merge(&frame.times);
+        on_frame(index);
+    }
+    muxer.finish()?;
+    Ok(ClipSummary {
+        frames: frames.len() as u32,
+        tiles: spec.tiler.len(),
+        wall: start.elapsed(),
+        gpu,
+        timing: renderer.timing_source(),
+    })
+}

@@ -1,0 +1,568 @@
+//! The GPU passes of one frame, recorded per tile: template pass → bloom (two
+//! dispatches) → stitch → optional readback or YUV conversion.
+//!
+//! Every tile owns its buffers (`hdr`, `scratch`), so no binding ever holds more
+//! than one tile and tiles could be sent to other queues. All passes of a frame
+//! go into one submission with timestamp queries around each pass kind; without
+//! timestamp queries each pass kind is submitted and waited on separately and
+//! timed on the host.
+
+use std::time::Instant;
+
+use bytemuck::{Pod, Zeroable};
+use tessera_metering::{Pass, PassTimes, TimingSource};
+
+use super::catalog::{ParamBlock, Template};
+use super::tiler::{Tile, Tiler, POST_RADIUS};
+use crate::encode::yuv::Yuv420Pass;
+use crate::gpu::timing::{timing_source, GpuTimer};
+use crate::gpu::{readback, GpuContext, GpuError};
+
+/// Bytes per pixel of a tile buffer: RGBA as four f16.
+pub const TILE_PIXEL_BYTES: u64 = 8;
+/// Format of the stitched frame.
+pub const FRAME_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
+
+/// Mirror of `FrameUniforms` in shaders/shared/common.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct FrameUniforms {
+    pub frame_size: [u32; 2],
+    pub tile_origin: [u32; 2],
+    pub tile_size: [u32; 2],
+    pub frame_index: u32,
+    pub variant: u32,
+    pub time_s: f32,
+    pub seed: u32,
+    pub _pad: [u32; 2],
+    pub colors: [[f32; 4]; 4],
+    pub scalars: [[f32; 4]; 2],
+}
+const _: () = assert!(std::mem::size_of::<FrameUniforms>() == 144);
+
+/// Mirror of `PostUniforms`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct PostUniforms {
+    pub tile_size: [u32; 2],
+    pub radius: u32,
+    pub _pad0: u32,
+    pub threshold: f32,
+    pub strength: f32,
+    pub exposure: f32,
+    pub _pad1: f32,
+}
+const _: () = assert!(std::mem::size_of::<PostUniforms>() == 32);
+
+/// Mirror of `StitchUniforms`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct StitchUniforms {
+    pub region_origin: [u32; 2],
+    pub region_size: [u32; 2],
+    pub seam: [u32; 2],
+    pub has_next: [u32; 2],
+    pub blend_half: u32,
+    pub _pad: [u32; 3],
+    pub rects: [[u32; 4]; 4],
+}
+const _: () = assert!(std::mem::size_of::<StitchUniforms>() == 112);
+
+/// Everything the passes need to know about a clip, resolved from a job spec.
+#[derive(Debug, Clone)]
+pub struct RenderPlan {
+    pub template: &'static Template,
+    pub params: ParamBlock,
+    pub tiler: Tiler,
+    pub advanced: bool,
+    pub seed: u64,
+    pub fps: u32,
+}
+
+/// Errors rendering frames.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("tile ({col}, {row}) needs a {need_mib} MiB buffer but this GPU allows {limit_mib} MiB per binding; split the frame into more tiles (--tiles)")]
+    TileTooLarge { col: u32, row: u32, need_mib: u64, limit_mib: u64 },
+    #[error("frame {width}x{height} exceeds this GPU's largest texture side, {max} px")]
+    FrameTooLarge { width: u32, height: u32, max: u32 },
+    #[error("stitch input for tile {index} has {got} pixels, expected {want}")]
+    BadTileData { index: usize, got: usize, want: usize },
+}
+
+/// What to read back after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readback {
+    /// Nothing: the frame stays on the GPU (benchmarks).
+    None,
+    /// Tightly packed RGBA8 rows.
+    Rgba8,
+    /// Planar YUV 4:2:0 (I420), BT.601 limited range.
+    Yuv420,
+}
+
+/// One rendered frame: the bytes asked for and the GPU time of each pass.
+#[derive(Debug, Clone)]
+pub struct RenderedFrame {
+    pub data: Vec<u8>,
+    pub times: PassTimes,
+}
+
+#[derive(Debug)]
+struct TileGpu {
+    tile: Tile,
+    uniforms: wgpu::Buffer,
+    hdr: wgpu::Buffer,
+    template_group: wgpu::BindGroup,
+    bloom_group: wgpu::BindGroup,
+    stitch_group: Option<wgpu::BindGroup>,
+    stitch_region: super::TileRect,
+}
+
+#[derive(Debug)]
+struct Pipelines {
+    template: wgpu::ComputePipeline,
+    bloom_x: wgpu::ComputePipeline,
+    bloom_y: wgpu::ComputePipeline,
+    stitch: wgpu::ComputePipeline,
+}
+
+/// Renders the frames of one clip; pipelines and buffers are made once.
+#[derive(Debug)]
+pub struct FrameRenderer<'a> {
+    ctx: &'a GpuContext,
+    plan: RenderPlan,
+    pipelines: std::sync::Arc<Pipelines>,
+    tiles: Vec<TileGpu>,
+    frame: wgpu::Texture,
+    rgba_readback: wgpu::Buffer,
+    yuv: Option<Yuv420Pass>,
+    timer: Option<GpuTimer>,
+}
+
+impl<'a> FrameRenderer<'a> {
+    pub fn new(ctx: &'a GpuContext, plan: RenderPlan) -> Result<Self, RenderError> {
+        let (width, height) = (plan.tiler.width, plan.tiler.height);
+        let max_side = ctx.limits.max_texture_dimension_2d;
+        if width > max_side || height > max_side {
+            return Err(RenderError::FrameTooLarge { width, height, max: max_side });
+        }
+        check_tile_sizes(ctx, &plan.tiler)?;
+        let pipelines = ctx.cached(&format!("frame-pipelines/{}", plan.template.id()), || Pipelines::new(ctx, plan.template));
+        let frame = ctx.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("stitched frame"),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: FRAME_FORMAT,
+            usage: wgpu::TextureUsages::STORAGE_BINDING
+                | wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let rgba_readback = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("rgba readback"),
+            size: u64::from(readback::padded_row_bytes(width, 4)) * u64::from(height),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut tiles = create_tiles(ctx, &plan, &pipelines);
+        bind_stitch(ctx, &plan.tiler, &pipelines, &mut tiles, &frame);
+        let timer = GpuTimer::new(ctx)?;
+        Ok(Self { ctx, plan, pipelines, tiles, frame, rgba_readback, yuv: None, timer })
+    }
+
+    pub fn plan(&self) -> &RenderPlan {
+        &self.plan
+    }
+
+    pub fn timing_source(&self) -> TimingSource {
+        timing_source(&self.timer)
+    }
+
+    /// The stitched frame texture (valid after a render).
+    pub fn frame_texture(&self) -> &wgpu::Texture {
+        &self.frame
+    }
+
+    /// Renders frame `index` and reads back what `readback` asks for.
+    pub fn render_frame(&mut self, index: u32, readback: Readback) -> Result<RenderedFrame, RenderError> {
+        self.write_uniforms(index);
+        if readback == Readback::Yuv420 && self.yuv.is_none() {
+            self.yuv = Some(Yuv420Pass::new(self.ctx, &self.frame));
+        }
+        let times = if self.timer.is_some() { self.submit_timed(readback)? } else { self.submit_host_timed(readback)? };
+        let data = self.read(readback)?;
+        Ok(RenderedFrame { data, times })
+    }
+
+    fn write_uniforms(&self, index: u32) {
+        let plan = &self.plan;
+        let seed = (plan.seed ^ (plan.seed >> 32)) as u32;
+        let time_s = (f64::from(index) / f64::from(plan.fps)) as f32;
+        let p = &plan.params;
+        for t in &self.tiles {
+            let u = FrameUniforms {
+                frame_size: [plan.tiler.width, plan.tiler.height],
+                tile_origin: [t.tile.rect.x, t.tile.rect.y],
+                tile_size: [t.tile.rect.width, t.tile.rect.height],
+                frame_index: index,
+                variant: u32::from(plan.advanced),
+                time_s,
+                seed,
+                _pad: [0; 2],
+                colors: p.colors,
+                scalars: [
+                    [p.scalars[0], p.scalars[1], p.scalars[2], p.scalars[3]],
+                    [p.scalars[4], p.scalars[5], p.scalars[6], p.scalars[7]],
+                ],
+            };
+            self.ctx.queue.write_buffer(&t.uniforms, 0, bytemuck::bytes_of(&u));
+        }
+    }
+
+    fn record_render(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipelines.template);
+        for t in &self.tiles {
+            pass.set_bind_group(0, &t.template_group, &[]);
+            pass.dispatch_workgroups(t.tile.rect.width.div_ceil(8), t.tile.rect.height.div_ceil(8), 1);
+        }
+        for pipeline in [&self.pipelines.bloom_x, &self.pipelines.bloom_y] {
+            pass.set_pipeline(pipeline);
+            for t in &self.tiles {
+                pass.set_bind_group(0, &t.bloom_group, &[]);
+                pass.dispatch_workgroups(t.tile.rect.width.div_ceil(8), t.tile.rect.height.div_ceil(8), 1);
+            }
+        }
+    }
+
+    fn record_stitch(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipelines.stitch);
+        for t in &self.tiles {
+            let Some(group) = &t.stitch_group else { continue };
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(t.stitch_region.width.div_ceil(8), t.stitch_region.height.div_ceil(8), 1);
+        }
+    }
+
+    fn record_pass(&mut self, encoder: &mut wgpu::CommandEncoder, kind: Pass) {
+        let timestamp_writes = self.timer.as_mut().map(|t| t.writes(kind));
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kind.as_str()), timestamp_writes });
+        match kind {
+            Pass::Render => self.record_render(&mut pass),
+            Pass::Stitch => self.record_stitch(&mut pass),
+            Pass::Encode => {
+                if let Some(yuv) = &self.yuv {
+                    yuv.record(&mut pass);
+                }
+            }
+        }
+    }
+
+    fn passes(readback: Readback) -> &'static [Pass] {
+        match readback {
+            Readback::Yuv420 => &[Pass::Render, Pass::Stitch, Pass::Encode],
+            _ => &[Pass::Render, Pass::Stitch],
+        }
+    }
+
+    fn record_copies(&self, encoder: &mut wgpu::CommandEncoder, readback: Readback) {
+        match readback {
+            Readback::None => {}
+            Readback::Rgba8 => self.copy_frame_out(encoder),
+            Readback::Yuv420 => {
+                if let Some(yuv) = &self.yuv {
+                    yuv.copy_out(encoder);
+                }
+            }
+        }
+    }
+
+    fn submit_timed(&mut self, readback: Readback) -> Result<PassTimes, RenderError> {
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        for &kind in Self::passes(readback) {
+            self.record_pass(&mut encoder, kind);
+        }
+        self.record_copies(&mut encoder, readback);
+        if let Some(timer) = &self.timer {
+            timer.resolve(&mut encoder);
+        }
+        self.ctx.queue.submit([encoder.finish()]);
+        let timer = self.timer.as_mut().expect("timed submission has a timer");
+        Ok(timer.collect(self.ctx)?)
+    }
+
+    /// Without timestamp queries: one submission per pass kind, timed from
+    /// submit to completion on the host.
+    fn submit_host_timed(&mut self, readback: Readback) -> Result<PassTimes, RenderError> {
+        let mut times = PassTimes::default();
+        for &kind in Self::passes(readback) {
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            self.record_pass(&mut encoder, kind);
+            let start = Instant::now();
+            self.ctx.queue.submit([encoder.finish()]);
+            self.ctx.wait_idle()?;
+            times.add(kind, u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        self.record_copies(&mut encoder, readback);
+        self.ctx.queue.submit([encoder.finish()]);
+        Ok(times)
+    }
+
+    fn copy_frame_out(&self, encoder: &mut wgpu::CommandEncoder) {
+        let (w, h) = (self.plan.tiler.width, self.plan.tiler.height);
+        encoder.copy_texture_to_buffer(
+            self.frame.as_image_copy(),
+            wgpu::TexelCopyBufferInfo {
+                buffer: &self.rgba_readback,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(readback::padded_row_bytes(w, 4)),
+                    rows_per_image: Some(h),
+                },
+            },
+            wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
+        );
+    }
+
+    fn read(&self, readback: Readback) -> Result<Vec<u8>, RenderError> {
+        let (w, h) = (self.plan.tiler.width, self.plan.tiler.height);
+        match readback {
+            Readback::None => {
+                self.ctx.wait_idle()?;
+                Ok(Vec::new())
+            }
+            Readback::Rgba8 => {
+                let size = u64::from(readback::padded_row_bytes(w, 4)) * u64::from(h);
+                let padded = readback::read_buffer(self.ctx, &self.rgba_readback, size)?;
+                Ok(readback::unpad_rows(&padded, w, h, 4))
+            }
+            Readback::Yuv420 => Ok(self.yuv.as_ref().expect("created in render_frame").read(self.ctx)?),
+        }
+    }
+
+    /// Runs only the stitch pass on given tile contents (RGBA per pixel of each
+    /// tile's rect, tiles in [`Tiler::tiles`] order) and returns the RGBA8 frame.
+    /// This is how the GPU stitch is diffed against [`super::stitch::cpu_stitch`].
+    pub fn stitch_tiles(&mut self, contents: &[Vec<[f32; 4]>]) -> Result<Vec<u8>, RenderError> {
+        for (index, (t, data)) in self.tiles.iter().zip(contents).enumerate() {
+            let want = t.tile.rect.area() as usize;
+            if data.len() != want {
+                return Err(RenderError::BadTileData { index, got: data.len(), want });
+            }
+            let packed: Vec<u16> = data.iter().flatten().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            self.ctx.queue.write_buffer(&t.hdr, 0, bytemuck::cast_slice(&packed));
+        }
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            self.record_stitch(&mut pass);
+        }
+        self.copy_frame_out(&mut encoder);
+        self.ctx.queue.submit([encoder.finish()]);
+        self.read(Readback::Rgba8)
+    }
+}
+
+fn check_tile_sizes(ctx: &GpuContext, tiler: &Tiler) -> Result<(), RenderError> {
+    let limit = ctx.max_binding_bytes();
+    for t in tiler.tiles() {
+        let need = t.rect.area() * TILE_PIXEL_BYTES;
+        if need > limit {
+            return Err(RenderError::TileTooLarge {
+                col: t.col,
+                row: t.row,
+                need_mib: need.div_ceil(1 << 20),
+                limit_mib: limit >> 20,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Pipelines {
+    fn new(ctx: &GpuContext, template: &Template) -> Self {
+        use super::shaders::{compose, BLOOM, COMMON, STITCH};
+        let d = &ctx.device;
+        let template_layout = layout(ctx, "template", &[uniform_entry(0), storage_entry(1, false)]);
+        let bloom_layout = layout(ctx, "bloom", &[uniform_entry(0), storage_entry(1, false), storage_entry(2, false)]);
+        let mut stitch_entries = vec![uniform_entry(0)];
+        stitch_entries.extend((1..=4).map(|b| storage_entry(b, true)));
+        stitch_entries.push(wgpu::BindGroupLayoutEntry {
+            binding: 5,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::WriteOnly,
+                format: FRAME_FORMAT,
+                view_dimension: wgpu::TextureViewDimension::D2,
+            },
+            count: None,
+        });
+        let stitch_layout = layout(ctx, "stitch", &stitch_entries);
+        let template_module = module(d, &template.id(), &template.shader_source());
+        let bloom_module = module(d, "bloom", &compose(&[COMMON, BLOOM]));
+        let stitch_module = module(d, "stitch", &compose(&[COMMON, STITCH]));
+        Self {
+            template: pipeline(d, &template_layout, &template_module, "main"),
+            bloom_x: pipeline(d, &bloom_layout, &bloom_module, "bright_blur_x"),
+            bloom_y: pipeline(d, &bloom_layout, &bloom_module, "composite_y"),
+            stitch: pipeline(d, &stitch_layout, &stitch_module, "main"),
+        }
+    }
+}
+
+pub(crate) fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// A bind group layout wrapped in its pipeline layout.
+pub(crate) fn layout(
+    ctx: &GpuContext,
+    label: &str,
+    entries: &[wgpu::BindGroupLayoutEntry],
+) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let group = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries });
+    let pipeline = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&group)],
+        immediate_size: 0,
+    });
+    (group, pipeline)
+}
+
+pub(crate) fn module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
+    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    })
+}
+
+pub(crate) fn pipeline(
+    device: &wgpu::Device,
+    layout: &(wgpu::BindGroupLayout, wgpu::PipelineLayout),
+    module: &wgpu::ShaderModule,
+    entry: &str,
+) -> wgpu::ComputePipeline {
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: Some(&layout.1),
+        module,
+        entry_point: Some(entry),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
+}
+
+fn create_tiles(ctx: &GpuContext, plan: &RenderPlan, pipelines: &Pipelines) -> Vec<TileGpu> {
+    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+    plan.tiler
+        .tiles()
+        .into_iter()
+        .map(|tile| {
+            let bytes = tile.rect.area() * TILE_PIXEL_BYTES;
+            let uniforms = buffer(ctx, "frame uniforms", std::mem::size_of::<FrameUniforms>() as u64, uniform);
+            let hdr = buffer(ctx, "tile hdr", bytes, storage);
+            let scratch = buffer(ctx, "tile scratch", bytes, storage);
+            let post = PostUniforms {
+                tile_size: [tile.rect.width, tile.rect.height],
+                radius: POST_RADIUS,
+                _pad0: 0,
+                threshold: 0.9,
+                strength: 0.6,
+                exposure: 1.0,
+                _pad1: 0.0,
+            };
+            let post_buf = buffer(ctx, "post uniforms", std::mem::size_of::<PostUniforms>() as u64, uniform);
+            ctx.queue.write_buffer(&post_buf, 0, bytemuck::bytes_of(&post));
+            let template_group = bind(ctx, &pipelines.template, &[&uniforms, &hdr]);
+            let bloom_group = bind(ctx, &pipelines.bloom_x, &[&post_buf, &hdr, &scratch]);
+            let stitch_region = plan.tiler.stitch_region(tile.col, tile.row);
+            TileGpu { tile, uniforms, hdr, template_group, bloom_group, stitch_group: None, stitch_region }
+        })
+        .collect()
+}
+
+fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+fn bind_stitch(ctx: &GpuContext, tiler: &Tiler, pipelines: &Pipelines, tiles: &mut [TileGpu], frame: &wgpu::Texture) {
+    let view = frame.create_view(&Default::default());
+    let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+    for i in 0..tiles.len() {
+        let t = tiles[i].tile;
+        let has_right = t.col + 1 < tiler.cols;
+        let has_below = t.row + 1 < tiler.rows;
+        // Absent neighbours get weight zero; the tile itself stands in for their binding.
+        let pick = |dc: u32, dr: u32, present: bool| if present { tiler.index(t.col + dc, t.row + dr) } else { i };
+        let neighbours = [i, pick(1, 0, has_right), pick(0, 1, has_below), pick(1, 1, has_right && has_below)];
+        let rect = |k: usize| {
+            let r = tiles[neighbours[k]].tile.rect;
+            [r.x, r.y, r.width, r.height]
+        };
+        let region = tiles[i].stitch_region;
+        let u = StitchUniforms {
+            region_origin: [region.x, region.y],
+            region_size: [region.width, region.height],
+            seam: [tiler.xs[t.col as usize + 1], tiler.ys[t.row as usize + 1]],
+            has_next: [u32::from(has_right), u32::from(has_below)],
+            blend_half: tiler.blend_half(),
+            _pad: [0; 3],
+            rects: [rect(0), rect(1), rect(2), rect(3)],
+        };
+        let ubuf = buffer(ctx, "stitch uniforms", std::mem::size_of::<StitchUniforms>() as u64, uniform);
+        ctx.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(&u));
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
+        for (k, &n) in neighbours.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: k as u32 + 1, resource: tiles[n].hdr.as_entire_binding() });
+        }
+        entries.push(wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(&view) });
+        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("stitch"),
+            layout: &pipelines.stitch.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        tiles[i].stitch_group = Some(group);
+    }
+}

@@ -1,0 +1,450 @@
+//! Job specs: the clip a job asks for, parsed from JSON or TOML and validated
+//! before any GPU work.
+//!
+//! [`parse`] turns text into a [`RawSpec`] (serde, unknown fields rejected, type
+//! errors reported with the field's path); [`RawSpec::validate`] checks every
+//! field against the catalog and [`SpecLimits`] and returns a [`JobSpec`], or
+//! every problem found, one message per field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::render::catalog::{self, ParamBlock, ParamKind, ParamValue, Template};
+use crate::render::frame::RenderPlan;
+use crate::render::tiler::{Tiler, MAX_TILES_PER_AXIS};
+
+/// Bounds a spec is validated against. The frame rates and the longest clip come
+/// from the operator's price book once it exists; these defaults match the brief.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecLimits {
+    pub allowed_fps: Vec<u32>,
+    pub max_duration_s: f64,
+}
+
+impl Default for SpecLimits {
+    fn default() -> Self {
+        Self { allowed_fps: vec![24, 30, 60], max_duration_s: 3600.0 }
+    }
+}
+
+pub const MIN_SIDE: u32 = 16;
+pub const MAX_WIDTH: u32 = 7680;
+pub const MAX_HEIGHT: u32 = 4320;
+
+/// A resolution as written in a spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawResolution {
+    Named(String),
+    Size(RawSize),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSize {
+    pub width: i64,
+    pub height: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    General,
+    Advanced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    Urgent,
+    Standard,
+    Bulk,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiles {
+    #[serde(default = "one")]
+    pub cols: i64,
+    #[serde(default = "one")]
+    pub rows: i64,
+    #[serde(default = "default_overlap")]
+    pub overlap_px: i64,
+}
+
+impl Default for RawTiles {
+    fn default() -> Self {
+        Self { cols: 1, rows: 1, overlap_px: default_overlap() }
+    }
+}
+
+fn one() -> i64 {
+    1
+}
+fn default_overlap() -> i64 {
+    32
+}
+fn default_resolution() -> RawResolution {
+    RawResolution::Named("1080p".into())
+}
+fn default_fps() -> i64 {
+    30
+}
+fn default_duration() -> f64 {
+    4.0
+}
+fn default_quality() -> i64 {
+    90
+}
+
+/// A spec as written, before validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub template: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    #[serde(default = "default_resolution")]
+    pub resolution: RawResolution,
+    #[serde(default = "default_fps")]
+    pub fps: i64,
+    #[serde(default = "default_duration")]
+    pub duration_s: f64,
+    #[serde(default = "variant_general")]
+    pub variant: Variant,
+    #[serde(default = "lane_standard")]
+    pub lane: Lane,
+    #[serde(default)]
+    pub tiles: RawTiles,
+    #[serde(default = "default_quality")]
+    pub quality: i64,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn variant_general() -> Variant {
+    Variant::General
+}
+fn lane_standard() -> Lane {
+    Lane::Standard
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a spec was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("job spec is not valid {format}: {message}")]
+    Syntax { format: &'static str, message: String },
+    #[error("invalid job spec: {0}")]
+    Field(FieldError),
+    #[error("invalid job spec:{}", .0.iter().map(|e| format!("\n  - {e}")).collect::<String>())]
+    Invalid(Vec<FieldError>),
+}
+
+impl SpecError {
+    /// Every field problem, for API bodies.
+    pub fn field_errors(&self) -> Vec<FieldError> {
+        match self {
+            SpecError::Syntax { message, .. } => vec![FieldError { field: String::new(), message: message.clone() }],
+            SpecError::Field(e) => vec![e.clone()],
+            SpecError::Invalid(v) => v.clone(),
+        }
+    }
+}
+
+/// Text formats a spec may be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecFormat {
+    Json,
+    Toml,
+}
+
+/// Parses spec text. Type errors name the field by its path (`tiles.cols`).
+pub fn parse(text: &str, format: SpecFormat) -> Result<RawSpec, SpecError> {
+    match format {
+        SpecFormat::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let raw: RawSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("JSON", e))?;
+            de.end().map_err(|e| SpecError::Syntax { format: "JSON", message: e.to_string() })?;
+            Ok(raw)
+        }
+        SpecFormat::Toml => {
+            let de = toml::Deserializer::new(text);
+            serde_path_to_error::deserialize(de).map_err(|e| path_error("TOML", e))
+        }
+    }
+}
+
+fn path_error<E: fmt::Display>(format: &'static str, e: serde_path_to_error::Error<E>) -> SpecError {
+    let field = e.path().to_string();
+    let message = e.inner().to_string();
+    let message = message.lines().next().unwrap_or("").to_string();
+    if matches!(field.as_str(), "." | "?" | "") {
+        SpecError::Syntax { format, message }
+    } else if message.contains("did not match any variant of untagged enum RawResolution") {
+        SpecError::Field(FieldError {
+            field,
+            message: "expected \"720p\", \"1080p\", \"4k\" or {\"width\": W, \"height\": H}".into(),
+        })
+    } else {
+        SpecError::Field(FieldError { field, message })
+    }
+}
+
+/// A validated job spec: everything needed to render, price and schedule it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSpec {
+    #[serde(serialize_with = "template_id")]
+    pub template: &'static Template,
+    pub params: BTreeMap<String, ParamValue>,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub duration_s: f64,
+    pub frames: u32,
+    pub variant: Variant,
+    pub lane: Lane,
+    pub tiler: Tiler,
+    pub quality: u8,
+    pub seed: u64,
+}
+
+fn template_id<S: serde::Serializer>(t: &&'static Template, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.id())
+}
+
+impl JobSpec {
+    /// What the GPU passes need.
+    pub fn render_plan(&self) -> RenderPlan {
+        let values: Vec<ParamValue> = self.template.params.iter().map(|p| self.params[p.name]).collect();
+        RenderPlan {
+            template: self.template,
+            params: ParamBlock::pack(self.template, &values),
+            tiler: self.tiler.clone(),
+            advanced: self.variant == Variant::Advanced,
+            seed: self.seed,
+            fps: self.fps,
+        }
+    }
+}
+
+impl RawSpec {
+    /// Checks every field; all problems are reported together.
+    pub fn validate(&self, limits: &SpecLimits) -> Result<JobSpec, SpecError> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, message: String| errors.push(FieldError { field: field.into(), message });
+
+        let template = catalog::lookup(&self.template).map_err(|e| err("template", e.to_string())).ok();
+        let params = template.and_then(|t| validate_params(t, &self.params, &mut err));
+        let size = validate_resolution(&self.resolution, &mut err);
+        let fps = validate_fps(self.fps, limits, &mut err);
+        let duration = validate_duration(self.duration_s, limits, &mut err);
+        let quality = match u8::try_from(self.quality) {
+            Ok(q) if (1..=100).contains(&q) => Some(q),
+            _ => {
+                err("quality", format!("must be a whole number from 1 to 100, got {}", self.quality));
+                None
+            }
+        };
+        let tiler = size.and_then(|(w, h)| validate_tiles(&self.tiles, w, h, &mut err));
+        let frames = match (fps, duration) {
+            (Some(f), Some(d)) => frame_count(f, d, &mut err),
+            _ => None,
+        };
+        match (template, params, size, fps, duration, quality, tiler, frames) {
+            (
+                Some(template),
+                Some(params),
+                Some((width, height)),
+                Some(fps),
+                Some(duration_s),
+                Some(quality),
+                Some(tiler),
+                Some(frames),
+            ) if errors.is_empty() => Ok(JobSpec {
+                template,
+                params,
+                width,
+                height,
+                fps,
+                duration_s,
+                frames,
+                variant: self.variant,
+                lane: self.lane,
+                tiler,
+                quality,
+                seed: self.seed,
+            }),
+            _ => Err(SpecError::Invalid(errors)),
+        }
+    }
+}
+
+fn validate_params(
+    template: &Template,
+    given: &BTreeMap<String, serde_json::Value>,
+    err: &mut impl FnMut(&str, String),
+) -> Option<BTreeMap<String, ParamValue>> {
+    let mut ok = true;
+    for name in given.keys() {
+        if template.param(name).is_none() {
+            let known: Vec<&str> = template.params.iter().map(|p| p.name).collect();
+            err(&format!("params.{name}"), format!("unknown parameter for {template} (known: {})", known.join(", ")));
+            ok = false;
+        }
+    }
+    let mut values = BTreeMap::new();
+    for spec in template.params {
+        let field = format!("params.{}", spec.name);
+        let value = match given.get(spec.name) {
+            None => Ok(default_value(spec.kind)),
+            Some(v) => param_value(spec.kind, v),
+        };
+        match value {
+            Ok(v) => {
+                values.insert(spec.name.to_string(), v);
+            }
+            Err(message) => {
+                err(&field, message);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(values)
+}
+
+fn default_value(kind: ParamKind) -> ParamValue {
+    match kind {
+        ParamKind::Color { default } => ParamValue::Color(default),
+        ParamKind::Int { default, .. } => ParamValue::Int(default),
+        ParamKind::Float { default, .. } => ParamValue::Float(default),
+    }
+}
+
+fn param_value(kind: ParamKind, v: &serde_json::Value) -> Result<ParamValue, String> {
+    match kind {
+        ParamKind::Color { .. } => {
+            let s = v.as_str().ok_or_else(|| format!("expected a colour string like \"#ff6a00\", got {v}"))?;
+            catalog::parse_color(s)
+                .map(ParamValue::Color)
+                .ok_or_else(|| format!("`{s}` is not a colour; write six hex digits like \"#ff6a00\""))
+        }
+        ParamKind::Int { min, max, .. } => {
+            let n = v.as_i64().ok_or_else(|| format!("expected a whole number from {min} to {max}, got {v}"))?;
+            if (min..=max).contains(&n) {
+                Ok(ParamValue::Int(n))
+            } else {
+                Err(format!("{n} is out of range {min}..={max}"))
+            }
+        }
+        ParamKind::Float { min, max, .. } => {
+            let n = v
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| format!("expected a number from {min} to {max}, got {v}"))?;
+            if (min..=max).contains(&n) {
+                Ok(ParamValue::Float(n))
+            } else {
+                Err(format!("{n} is out of range {min}..={max}"))
+            }
+        }
+    }
+}
+
+fn validate_resolution(res: &RawResolution, err: &mut impl FnMut(&str, String)) -> Option<(u32, u32)> {
+    match res {
+        RawResolution::Named(name) => match name.to_ascii_lowercase().as_str() {
+            "720p" => Some((1280, 720)),
+            "1080p" => Some((1920, 1080)),
+            "4k" | "2160p" => Some((3840, 2160)),
+            _ => {
+                err("resolution", format!("unknown resolution `{name}`; use \"720p\", \"1080p\", \"4k\" or {{\"width\": W, \"height\": H}}"));
+                None
+            }
+        },
+        RawResolution::Size(RawSize { width, height }) => {
+            let mut ok = true;
+            for (field, v, max) in [("resolution.width", *width, MAX_WIDTH), ("resolution.height", *height, MAX_HEIGHT)]
+            {
+                if v < i64::from(MIN_SIDE) || v > i64::from(max) {
+                    err(field, format!("{v} is out of range {MIN_SIDE}..={max}"));
+                    ok = false;
+                } else if v % 2 != 0 {
+                    err(field, format!("{v} is odd; 4:2:0 video needs even sizes"));
+                    ok = false;
+                }
+            }
+            ok.then(|| (*width as u32, *height as u32))
+        }
+    }
+}
+
+fn validate_fps(fps: i64, limits: &SpecLimits, err: &mut impl FnMut(&str, String)) -> Option<u32> {
+    match u32::try_from(fps) {
+        Ok(f) if limits.allowed_fps.contains(&f) => Some(f),
+        _ => {
+            let allowed: Vec<String> = limits.allowed_fps.iter().map(|f| f.to_string()).collect();
+            err("fps", format!("{fps} is not an offered frame rate (one of {})", allowed.join(", ")));
+            None
+        }
+    }
+}
+
+fn validate_duration(d: f64, limits: &SpecLimits, err: &mut impl FnMut(&str, String)) -> Option<f64> {
+    if !d.is_finite() {
+        err("duration_s", format!("must be a finite number of seconds, got {d}"));
+        None
+    } else if d <= 0.0 {
+        err("duration_s", format!("must be positive, got {d}"));
+        None
+    } else if d > limits.max_duration_s {
+        err("duration_s", format!("{d} s is longer than the {} s limit", limits.max_duration_s));
+        None
+    } else {
+        Some(d)
+    }
+}
+
+fn frame_count(fps: u32, duration: f64, err: &mut impl FnMut(&str, String)) -> Option<u32> {
+    let frames = (duration * f64::from(fps)).round();
+    if frames < 1.0 {
+        err("duration_s", format!("{duration} s at {fps} fps is less than one frame"));
+        return None;
+    }
+    Some(frames as u32)
+}
+
+fn validate_tiles(t: &RawTiles, width: u32, height: u32, err: &mut impl FnMut(&str, String)) -> Option<Tiler> {
+    let max = i64::from(MAX_TILES_PER_AXIS);
+    let mut ok = true;
+    for (field, v) in [("tiles.cols", t.cols), ("tiles.rows", t.rows)] {
+        if !(1..=max).contains(&v) {
+            err(field, format!("{v} is out of range 1..={max}"));
+            ok = false;
+        }
+    }
+    if !(0..=1024).contains(&t.overlap_px) {
+        err("tiles.overlap_px", format!("{} is out of range 0..=1024", t.overlap_px));
+        ok = false;
+    }
+    if !ok {
+        return None;
+    }
+    Tiler::new(width, height, t.cols as u32, t.rows as u32, t.overlap_px as u32)
+        .map_err(|e| err("tiles", e.to_string()))
+        .ok()
+}
