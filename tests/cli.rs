@@ -48,7 +48,12 @@ fn y4m_clip_is_read_by_ffprobe_with_the_specs_format() {
         assert!(text.lines().any(|l| l == want), "ffprobe says:\n{text}\nmissing {want}");
     }
     // ffmpeg decodes every frame without complaint.
-    let decode = std::process::Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&out).args(["-f", "null", "-"]).output().unwrap();
+    let decode = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&out)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
     assert!(decode.status.success() && decode.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&decode.stderr));
 }
 
@@ -76,7 +81,11 @@ fn png_frame_and_untiled_override() {
 #[test]
 fn bad_input_exits_2_with_a_message_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write_spec(dir.path(), "good.json", r#"{"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.25}"#);
+    let good = write_spec(
+        dir.path(),
+        "good.json",
+        r#"{"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.25}"#,
+    );
     let bad = write_spec(dir.path(), "bad.json", r#"{"template": "orbit", "fps": 25}"#);
     let garbage = write_spec(dir.path(), "garbage.json", "{{{{");
     let yaml = write_spec(dir.path(), "spec.yaml", "template: orbit");

@@ -36,7 +36,11 @@ fn every_template_matches_its_golden_image() {
             .to_rgba8()
             .into_raw();
         let p = psnr(&got, &want);
-        let off = got.chunks_exact(4).zip(want.chunks_exact(4)).filter(|(a, b)| (0..3).any(|c| a[c].abs_diff(b[c]) > 12)).count();
+        let off = got
+            .chunks_exact(4)
+            .zip(want.chunks_exact(4))
+            .filter(|(a, b)| (0..3).any(|c| a[c].abs_diff(b[c]) > 12))
+            .count();
         let off_pct = 100.0 * off as f64 / f64::from(W * H);
         eprintln!("{}: PSNR {p:.1} dB vs golden, {off_pct:.2}% of pixels off by more than 12", t.name);
         if p < 35.0 || off_pct > 1.0 {

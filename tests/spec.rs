@@ -18,32 +18,140 @@ fn invalid_specs_each_get_a_specific_message() {
         ("unknown template", r#"{"template": "nebula"}"#.into(), Json, "template", "unknown template `nebula`"),
         ("unknown version", r#"{"template": "orbit@9"}"#.into(), Json, "template", "has no version 9"),
         ("unknown param", format!("{{{BASE}, \"params\": {{\"glow\": 1}}}}"), Json, "params.glow", "unknown parameter"),
-        ("bad colour", format!("{{{BASE}, \"params\": {{\"primary\": \"#ff6a0z\"}}}}"), Json, "params.primary", "is not a colour"),
-        ("colour wrong type", format!("{{{BASE}, \"params\": {{\"primary\": 255}}}}"), Json, "params.primary", "expected a colour string"),
-        ("int out of range", format!("{{{BASE}, \"params\": {{\"objects\": 40}}}}"), Json, "params.objects", "40 is out of range 1..=12"),
-        ("int wrong type", format!("{{{BASE}, \"params\": {{\"objects\": 2.5}}}}"), Json, "params.objects", "expected a whole number"),
-        ("float out of range", format!("{{{BASE}, \"params\": {{\"speed\": -1}}}}"), Json, "params.speed", "-1 is out of range"),
-        ("named resolution", r#"{"template": "orbit", "resolution": "1440p"}"#.into(), Json, "resolution", "unknown resolution `1440p`"),
-        ("odd width", r#"{"template": "orbit", "resolution": {"width": 1001, "height": 562}}"#.into(), Json, "resolution.width", "is odd"),
-        ("too small", r#"{"template": "orbit", "resolution": {"width": 8, "height": 562}}"#.into(), Json, "resolution.width", "8 is out of range 16..=7680"),
-        ("too large", r#"{"template": "orbit", "resolution": {"width": 640, "height": 9000}}"#.into(), Json, "resolution.height", "9000 is out of range 16..=4320"),
-        ("resolution type", r#"{"template": "orbit", "resolution": 1080}"#.into(), Json, "resolution", "expected \"720p\""),
+        (
+            "bad colour",
+            format!("{{{BASE}, \"params\": {{\"primary\": \"#ff6a0z\"}}}}"),
+            Json,
+            "params.primary",
+            "is not a colour",
+        ),
+        (
+            "colour wrong type",
+            format!("{{{BASE}, \"params\": {{\"primary\": 255}}}}"),
+            Json,
+            "params.primary",
+            "expected a colour string",
+        ),
+        (
+            "int out of range",
+            format!("{{{BASE}, \"params\": {{\"objects\": 40}}}}"),
+            Json,
+            "params.objects",
+            "40 is out of range 1..=12",
+        ),
+        (
+            "int wrong type",
+            format!("{{{BASE}, \"params\": {{\"objects\": 2.5}}}}"),
+            Json,
+            "params.objects",
+            "expected a whole number",
+        ),
+        (
+            "float out of range",
+            format!("{{{BASE}, \"params\": {{\"speed\": -1}}}}"),
+            Json,
+            "params.speed",
+            "-1 is out of range",
+        ),
+        (
+            "named resolution",
+            r#"{"template": "orbit", "resolution": "1440p"}"#.into(),
+            Json,
+            "resolution",
+            "unknown resolution `1440p`",
+        ),
+        (
+            "odd width",
+            r#"{"template": "orbit", "resolution": {"width": 1001, "height": 562}}"#.into(),
+            Json,
+            "resolution.width",
+            "is odd",
+        ),
+        (
+            "too small",
+            r#"{"template": "orbit", "resolution": {"width": 8, "height": 562}}"#.into(),
+            Json,
+            "resolution.width",
+            "8 is out of range 16..=7680",
+        ),
+        (
+            "too large",
+            r#"{"template": "orbit", "resolution": {"width": 640, "height": 9000}}"#.into(),
+            Json,
+            "resolution.height",
+            "9000 is out of range 16..=4320",
+        ),
+        (
+            "resolution type",
+            r#"{"template": "orbit", "resolution": 1080}"#.into(),
+            Json,
+            "resolution",
+            "expected \"720p\"",
+        ),
         ("fps not offered", format!("{{{BASE}, \"fps\": 25}}"), Json, "fps", "25 is not an offered frame rate"),
         ("fps wrong type", format!("{{{BASE}, \"fps\": \"30\"}}"), Json, "fps", "invalid type: string"),
         ("zero duration", format!("{{{BASE}, \"duration_s\": 0}}"), Json, "duration_s", "must be positive, got 0"),
-        ("negative duration", format!("{{{BASE}, \"duration_s\": -3}}"), Json, "duration_s", "must be positive, got -3"),
-        ("absurd duration", format!("{{{BASE}, \"duration_s\": 1e9}}"), Json, "duration_s", "longer than the 3600 s limit"),
-        ("NaN duration", "template = \"orbit\"\nduration_s = nan\n".into(), Toml, "duration_s", "must be a finite number"),
+        (
+            "negative duration",
+            format!("{{{BASE}, \"duration_s\": -3}}"),
+            Json,
+            "duration_s",
+            "must be positive, got -3",
+        ),
+        (
+            "absurd duration",
+            format!("{{{BASE}, \"duration_s\": 1e9}}"),
+            Json,
+            "duration_s",
+            "longer than the 3600 s limit",
+        ),
+        (
+            "NaN duration",
+            "template = \"orbit\"\nduration_s = nan\n".into(),
+            Toml,
+            "duration_s",
+            "must be a finite number",
+        ),
         ("below one frame", format!("{{{BASE}, \"duration_s\": 0.001}}"), Json, "duration_s", "less than one frame"),
         ("bad variant", format!("{{{BASE}, \"variant\": \"ultra\"}}"), Json, "variant", "unknown variant `ultra`"),
         ("bad lane", format!("{{{BASE}, \"lane\": \"asap\"}}"), Json, "lane", "unknown variant `asap`"),
         ("quality", format!("{{{BASE}, \"quality\": 0}}"), Json, "quality", "from 1 to 100, got 0"),
-        ("zero tiles", format!("{{{BASE}, \"tiles\": {{\"cols\": 0}}}}"), Json, "tiles.cols", "0 is out of range 1..=16"),
-        ("too many tiles", format!("{{{BASE}, \"tiles\": {{\"cols\": 12, \"rows\": 1}}}}"), Json, "tiles", "12 tile columns do not fit a frame 320 px wide"),
-        ("overlap too large", format!("{{{BASE}, \"tiles\": {{\"cols\": 2, \"rows\": 2, \"overlap_px\": 100}}}}"), Json, "tiles", "twice the 100 px overlap"),
-        ("overlap too small", format!("{{{BASE}, \"tiles\": {{\"cols\": 2, \"rows\": 2, \"overlap_px\": 2}}}}"), Json, "tiles", "below the post-process radius"),
+        (
+            "zero tiles",
+            format!("{{{BASE}, \"tiles\": {{\"cols\": 0}}}}"),
+            Json,
+            "tiles.cols",
+            "0 is out of range 1..=16",
+        ),
+        (
+            "too many tiles",
+            format!("{{{BASE}, \"tiles\": {{\"cols\": 12, \"rows\": 1}}}}"),
+            Json,
+            "tiles",
+            "12 tile columns do not fit a frame 320 px wide",
+        ),
+        (
+            "overlap too large",
+            format!("{{{BASE}, \"tiles\": {{\"cols\": 2, \"rows\": 2, \"overlap_px\": 100}}}}"),
+            Json,
+            "tiles",
+            "twice the 100 px overlap",
+        ),
+        (
+            "overlap too small",
+            format!("{{{BASE}, \"tiles\": {{\"cols\": 2, \"rows\": 2, \"overlap_px\": 2}}}}"),
+            Json,
+            "tiles",
+            "below the post-process radius",
+        ),
         ("negative seed", format!("{{{BASE}, \"seed\": -1}}"), Json, "seed", "invalid value"),
-        ("unknown tiles field", format!("{{{BASE}, \"tiles\": {{\"columns\": 2}}}}"), Json, "tiles", "unknown field `columns`"),
+        (
+            "unknown tiles field",
+            format!("{{{BASE}, \"tiles\": {{\"columns\": 2}}}}"),
+            Json,
+            "tiles",
+            "unknown field `columns`",
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut messages = std::collections::BTreeSet::new();
@@ -62,7 +170,8 @@ fn invalid_specs_each_get_a_specific_message() {
 
 #[test]
 fn several_problems_are_reported_together() {
-    let err = check(r#"{"template": "orbit", "fps": 25, "duration_s": -1, "quality": 101}"#, SpecFormat::Json).unwrap_err();
+    let err =
+        check(r#"{"template": "orbit", "fps": 25, "duration_s": -1, "quality": 101}"#, SpecFormat::Json).unwrap_err();
     let fields: Vec<String> = err.field_errors().into_iter().map(|f| f.field).collect();
     assert_eq!(fields, ["fps", "duration_s", "quality"]);
 }
@@ -78,7 +187,8 @@ fn valid_specs_parse_in_both_formats_with_defaults() {
     .unwrap();
     assert_eq!((json.width, json.height, json.frames), (1920, 1080, 120));
     assert_eq!(json.template.id(), "orbit@2");
-    let toml = check("template = \"dunes@1\"\nresolution = \"4k\"\nfps = 60\nduration_s = 0.5\n", SpecFormat::Toml).unwrap();
+    let toml =
+        check("template = \"dunes@1\"\nresolution = \"4k\"\nfps = 60\nduration_s = 0.5\n", SpecFormat::Toml).unwrap();
     assert_eq!((toml.width, toml.height, toml.frames, toml.tiler.len()), (3840, 2160, 30, 1));
     for example in ["orbit.json", "dunes.json", "pedestal.toml"] {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(example);

@@ -9,11 +9,7 @@ use crate::util::{ctx, small_spec};
 
 fn random_tiles(tiler: &Tiler, seed: u64) -> Vec<Vec<[f32; 4]>> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    tiler
-        .tiles()
-        .iter()
-        .map(|t| (0..t.rect.area()).map(|_| [rng.gen(), rng.gen(), rng.gen(), 1.0]).collect())
-        .collect()
+    tiler.tiles().iter().map(|t| (0..t.rect.area()).map(|_| [rng.gen(), rng.gen(), rng.gen(), 1.0]).collect()).collect()
 }
 
 #[test]
@@ -62,7 +58,8 @@ fn reference_fails_on_weights_that_do_not_sum_to_one_or_ramp_at_the_border() {
     let mismatched = |t: &Tiler, col: u32, row: u32, x: u32, y: u32| {
         let w = tile_weight(t, col, row, x, y);
         if col == 1 {
-            let lin = ((x as f32 + 0.5 - (t.xs[1] - t.blend_half()) as f32) / (2 * t.blend_half()) as f32).clamp(0.0, 1.0);
+            let lin =
+                ((x as f32 + 0.5 - (t.xs[1] - t.blend_half()) as f32) / (2 * t.blend_half()) as f32).clamp(0.0, 1.0);
             lin * tile_weight(t, 0, row, 0, y)
         } else {
             w

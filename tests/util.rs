@@ -11,7 +11,8 @@ use tessera_worker::spec::{JobSpec, RawSpec, SpecLimits};
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
-        GpuContext::open().unwrap_or_else(|e| panic!("GPU tests need an adapter (CI installs mesa-vulkan-drivers): {e}"))
+        GpuContext::open()
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter (CI installs mesa-vulkan-drivers): {e}"))
     })
 }
 
@@ -70,8 +71,10 @@ pub fn max_abs_diff(a: &[u8], b: &[u8]) -> u8 {
 /// `xs` and `ys` are the interior core boundaries.
 pub fn seam_ratio(img: &[u8], w: u32, h: u32, xs: &[u32], ys: &[u32]) -> f64 {
     let px = |x: u32, y: u32, c: usize| f64::from(img[((y * w + x) * 4) as usize + c]);
-    let col_grad = |x: u32| (0..h).map(|y| (0..3).map(|c| (px(x, y, c) - px(x - 1, y, c)).abs()).sum::<f64>()).sum::<f64>();
-    let row_grad = |y: u32| (0..w).map(|x| (0..3).map(|c| (px(x, y, c) - px(x, y - 1, c)).abs()).sum::<f64>()).sum::<f64>();
+    let col_grad =
+        |x: u32| (0..h).map(|y| (0..3).map(|c| (px(x, y, c) - px(x - 1, y, c)).abs()).sum::<f64>()).sum::<f64>();
+    let row_grad =
+        |y: u32| (0..w).map(|x| (0..3).map(|c| (px(x, y, c) - px(x, y - 1, c)).abs()).sum::<f64>()).sum::<f64>();
     let (mut seam, mut seam_n, mut other, mut other_n) = (0.0, 0.0, 0.0, 0.0);
     for x in 1..w {
         if xs.contains(&x) {

@@ -2,7 +2,7 @@
 // normals, shadows and ambient occlusion. `advanced` jobs get soft shadows and
 // ambient occlusion; `general` jobs get hard shadows and none.
 
-const MAX_DIST: f32 = 80.0;
+const MAX_DIST: f32 = 50.0;
 const SURF_EPS: f32 = 0.0008;
 
 fn is_advanced() -> bool {
@@ -34,7 +34,7 @@ fn camera_ray(px: vec2<f32>, eye: vec3<f32>, look_at: vec3<f32>, zoom: f32) -> v
 
 // Returns (t, material); material < 0 when nothing was hit.
 fn march(ro: vec3<f32>, rd: vec3<f32>, step_scale: f32) -> vec2<f32> {
-    let steps = select(110, 160, is_advanced());
+    let steps = select(90, 160, is_advanced());
     var t = 0.01;
     for (var i = 0; i < steps; i++) {
         let h = map(ro + rd * t);

@@ -8,12 +8,12 @@ const SUN_DIR: vec3<f32> = vec3<f32>(0.26, 0.22, 0.94);
 fn dune_height(xz: vec2<f32>) -> f32 {
     let s = seed_offset();
     let w = xz + vec2<f32>(s, s * 0.37);
-    let warp = vec2<f32>(fbm(w * 0.05, 3), fbm(w * 0.05 + 7.3, 3)) * 6.0;
+    let warp = vec2<f32>(fbm(w * 0.05, 2), fbm(w * 0.05 + 7.3, 2)) * 6.0;
     let q = w + warp;
     // Ridged dunes: |sin| folded and sharpened by `roughness`.
     let ridge = 1.0 - abs(sin(q.x * 0.22 + 0.6 * sin(q.y * 0.08)));
     let sharp = mix(ridge * ridge, pow(ridge, 4.0), param(1u));
-    return 1.6 * sharp + 2.2 * fbm(q * 0.03, 4) - 1.2;
+    return 1.6 * sharp + 2.2 * fbm(q * 0.03, 3) - 1.2;
 }
 
 fn map(p: vec3<f32>) -> vec2<f32> {
@@ -50,7 +50,12 @@ fn scene_color(px: vec2<f32>) -> vec3<f32> {
     // Wind ripples perturb the normal, strongest on gentle slopes.
     let ripple = sin(dot(p.xz, vec2<f32>(0.35, 2.6)) + 1.7 * value_noise(p.xz * 0.9)) * 0.5;
     n = normalize(n + vec3<f32>(ripple * 0.25 * n.y, 0.0, ripple * 0.1));
-    let sh = shadow(p + n * 0.08, SUN_DIR, 25.0);
+    // Marching shadow rays over the heightfield costs as much as the primary ray;
+    // general jobs shade the lee sides by the sun angle alone.
+    var sh = 1.0;
+    if is_advanced() {
+        sh = soft_shadow(p + n * 0.08, SUN_DIR, 25.0, 8.0);
+    }
     let ao = occlusion(p, n);
     let diff = max(dot(n, SUN_DIR), 0.0) * sh;
     let sand = u.colors[1].rgb * (0.85 + 0.3 * value_noise(p.xz * 0.7));

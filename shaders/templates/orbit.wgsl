@@ -5,6 +5,18 @@
 
 const ORBIT_CENTER: vec3<f32> = vec3<f32>(0.0, 1.25, 0.0);
 
+// Satellite centres and radii for this pixel's time, computed once per sample
+// rather than on every distance evaluation.
+var<private> sats: array<vec4<f32>, 12>;
+var<private> sat_count: i32;
+
+fn place_satellites() {
+    sat_count = clamp(i32(param(0u)), 0, 12);
+    for (var i = 0; i < sat_count; i++) {
+        sats[i] = satellite(i);
+    }
+}
+
 fn satellite(i: i32) -> vec4<f32> {
     let fi = f32(i);
     let h = hash11(fi * 7.13 + seed_offset());
@@ -26,10 +38,13 @@ fn map(p: vec3<f32>) -> vec2<f32> {
     let tilt = rot2(0.35) * q.xy;
     q = vec3<f32>(tilt.x, tilt.y, q.z);
     res = op_union(res, vec2<f32>(sd_torus(q, 1.12, 0.025), 4.0));
-    let n = i32(param(0u));
-    for (var i = 0; i < n; i++) {
-        let s = satellite(i);
-        res = op_union(res, vec2<f32>(sd_sphere(p - s.xyz, s.w), 3.0));
+    // One bounding sphere around every orbit skips the satellites for most samples.
+    if length(p - ORBIT_CENTER) < 2.7 {
+        for (var i = 0; i < sat_count; i++) {
+            res = op_union(res, vec2<f32>(sd_sphere(p - sats[i].xyz, sats[i].w), 3.0));
+        }
+    } else {
+        res = op_union(res, vec2<f32>(length(p - ORBIT_CENTER) - 2.55, 3.0));
     }
     return res;
 }
@@ -63,7 +78,11 @@ fn shade(p: vec3<f32>, rd: vec3<f32>, mat: f32) -> vec3<f32> {
     }
     let sh = shadow(p + n * 0.002, key_dir, 8.0);
     let ao = occlusion(p, n);
-    let diff = max(dot(n, key_dir), 0.0) * sh;
+    // Key light plus an unshadowed wrap term: a large softbox rather than a point
+    // light, so the terminator is soft. Shadowing only the key term keeps grazing
+    // shadow rays from speckling the terminator.
+    let ndl = dot(n, key_dir);
+    let diff = 0.8 * max(ndl, 0.0) * sh + 0.2 * clamp(ndl + 0.6, 0.0, 1.6) / 1.6;
     let half_v = normalize(key_dir - rd);
     let spec = pow(max(dot(n, half_v), 0.0), gloss) * spec_k * sh;
     let rim = pow(clamp(1.0 + dot(n, rd), 0.0, 1.0), 3.0) * max(dot(n, rim_dir), 0.0);
@@ -77,6 +96,7 @@ fn shade(p: vec3<f32>, rd: vec3<f32>, mat: f32) -> vec3<f32> {
 }
 
 fn scene_color(px: vec2<f32>) -> vec3<f32> {
+    place_satellites();
     let a = 0.6 + 0.12 * time_s() + seed_offset() * 0.05;
     let eye = vec3<f32>(sin(a) * 5.6, param(2u) + 0.3 * sin(time_s() * 0.3), cos(a) * 5.6);
     let rd = camera_ray(px, eye, ORBIT_CENTER - vec3<f32>(0.0, 0.15, 0.0), 1.6);

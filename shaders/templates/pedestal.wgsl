@@ -5,13 +5,26 @@
 
 const PLATE_CENTER: vec3<f32> = vec3<f32>(0.0, 1.75, 0.0);
 
-fn plate_local(p: vec3<f32>) -> vec3<f32> {
+// Rotations of the plate and halo for this sample's time, set once per sample
+// by `pose_scene` rather than on every distance evaluation.
+var<private> plate_spin: mat2x2<f32>;
+var<private> plate_tilt: mat2x2<f32>;
+var<private> plate_bob: f32;
+var<private> halo_spin: mat2x2<f32>;
+
+fn pose_scene() {
     let t = time_s();
-    var q = p - PLATE_CENTER - vec3<f32>(0.0, 0.06 * sin(t * 1.7), 0.0);
-    let ang = t * param(0u) * 0.785398 + seed_offset();
-    let xz = rot2(ang) * q.xz;
+    plate_bob = 0.06 * sin(t * 1.7);
+    plate_spin = rot2(t * param(0u) * 0.785398 + seed_offset());
+    plate_tilt = rot2(0.12 * sin(t * 0.9));
+    halo_spin = rot2(t * 0.4);
+}
+
+fn plate_local(p: vec3<f32>) -> vec3<f32> {
+    var q = p - PLATE_CENTER - vec3<f32>(0.0, plate_bob, 0.0);
+    let xz = plate_spin * q.xz;
     q = vec3<f32>(xz.x, q.y, xz.y);
-    let yz = rot2(0.12 * sin(t * 0.9)) * q.yz;
+    let yz = plate_tilt * q.yz;
     return vec3<f32>(q.x, yz.x, yz.y);
 }
 
@@ -31,7 +44,7 @@ fn map(p: vec3<f32>) -> vec2<f32> {
     res = op_union(res, vec2<f32>(min(plate, bar), 2.0));
     // Halo: a thin ring around the plate, tilted and slowly precessing.
     var h = p - PLATE_CENTER;
-    let hxz = rot2(time_s() * 0.4) * h.xz;
+    let hxz = halo_spin * h.xz;
     h = vec3<f32>(hxz.x, h.y, hxz.y);
     let hyz = rot2(0.5) * h.yz;
     h = vec3<f32>(h.x, hyz.x, hyz.y);
@@ -45,6 +58,7 @@ fn studio(rd: vec3<f32>) -> vec3<f32> {
 }
 
 fn scene_color(px: vec2<f32>) -> vec3<f32> {
+    pose_scene();
     let t = time_s();
     let eye = vec3<f32>(3.2 * sin(0.25 + 0.05 * t), 2.4, 5.4);
     let rd = camera_ray(px, eye, vec3<f32>(0.0, 1.25, 0.0), 1.7);

@@ -95,7 +95,10 @@ fn runtime(error: impl Into<anyhow::Error>) -> CliError {
 /// Entry point: parses arguments, runs, prints errors; returns the exit code.
 pub fn main() -> i32 {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG").unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let cli = match Cli::try_parse() {
@@ -274,7 +277,7 @@ fn doctor(json: bool) -> Result<(), CliError> {
         }
         if let Ok(c) = &ctx {
             println!("chosen ({backends:?}): {} [{} {}]", c.adapter.name, c.adapter.backend, c.adapter.device_type);
-            println!("  timing: {}", if c.timestamps { "GPU timestamp queries" } else { "host (no TIMESTAMP_QUERY)" });
+            println!("  timing: {}", if c.timestamps { "GPU timestamp queries" } else { "host (adapter lacks trustworthy timestamp queries; TESSERA_TIMING=gpu overrides)" });
             println!("  requested features: {:?}", c.features);
             println!("{:#?}", c.limits);
         }

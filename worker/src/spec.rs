@@ -388,7 +388,7 @@ fn validate_resolution(res: &RawResolution, err: &mut impl FnMut(&str, String)) 
                     ok = false;
                 }
             }
-            ok.then(|| (*width as u32, *height as u32))
+            ok.then_some((*width as u32, *height as u32))
         }
     }
 }

@@ -150,7 +150,8 @@ impl<'a> FrameRenderer<'a> {
             return Err(RenderError::FrameTooLarge { width, height, max: max_side });
         }
         check_tile_sizes(ctx, &plan.tiler)?;
-        let pipelines = ctx.cached(&format!("frame-pipelines/{}", plan.template.id()), || Pipelines::new(ctx, plan.template));
+        let pipelines =
+            ctx.cached(&format!("frame-pipelines/{}", plan.template.id()), || Pipelines::new(ctx, plan.template));
         let frame = ctx.device.create_texture(&wgpu::TextureDescriptor {
             label: Some("stitched frame"),
             size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },

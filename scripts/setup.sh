@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what tessera needs on a fresh Debian/Ubuntu machine: a Vulkan driver
+# (Mesa lavapipe for software rendering; on GPU nodes the NVIDIA driver provides
+# its own ICD), ffmpeg for the tests' independent decoder, and a Rust toolchain.
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need_apt+=(libvulkan1)
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v cargo >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
+
+if ((${#need_apt[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "setup: installing ${need_apt[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
+  echo "setup: installing Rust with rustup" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
+fi
