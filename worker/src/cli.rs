@@ -277,7 +277,14 @@ fn doctor(json: bool) -> Result<(), CliError> {
         }
         if let Ok(c) = &ctx {
             println!("chosen ({backends:?}): {} [{} {}]", c.adapter.name, c.adapter.backend, c.adapter.device_type);
-            println!("  timing: {}", if c.timestamps { "GPU timestamp queries" } else { "host (adapter lacks trustworthy timestamp queries; TESSERA_TIMING=gpu overrides)" });
+            println!(
+                "  timing: {}",
+                if c.timestamps {
+                    "GPU timestamp queries"
+                } else {
+                    "host (adapter lacks trustworthy timestamp queries; TESSERA_TIMING=gpu overrides)"
+                }
+            );
             println!("  requested features: {:?}", c.features);
             println!("{:#?}", c.limits);
         }
