@@ -6,8 +6,10 @@
 
 mod util;
 
+mod avi;
 mod cli;
 mod determinism;
+mod encode;
 mod golden;
 mod shaders;
 mod spec;

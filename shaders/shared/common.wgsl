@@ -49,6 +49,15 @@ struct YuvUniforms {
     _pad0: u32,
 }
 
+// Uniforms of the JPEG encode pass: quantisation steps of the luma (quant[0..16])
+// and chroma (quant[16..32]) tables in natural order, four per vec4.
+struct JpegUniforms {
+    size: vec2<u32>,
+    mcus_x: u32,
+    mcu_count: u32,
+    quant: array<vec4<f32>, 32>,
+}
+
 const VARIANT_ADVANCED: u32 = 1u;
 const PI: f32 = 3.14159265358979;
 

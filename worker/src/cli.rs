@@ -33,7 +33,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Render a clip spec (JSON or TOML) to a .y4m clip or a .png frame.
+    /// Render a clip spec (JSON or TOML) to an .avi (MJPEG) or .y4m clip, or a .jpg or .png frame.
     Render(RenderArgs),
     /// Validate a spec and print it with every default filled in.
     Check {
@@ -57,7 +57,7 @@ pub enum Command {
 pub struct RenderArgs {
     /// Spec file (.json or .toml), or - for JSON on stdin; the built-in orbit demo when omitted.
     pub spec: Option<PathBuf>,
-    /// Output: .y4m writes every frame, .png one frame.
+    /// Output: .avi (MJPEG, GPU-encoded) or .y4m write every frame; .jpg or .png one frame.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Frame to write for single-frame outputs.
@@ -205,8 +205,13 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         format!("{} tiles ({}x{}, {} px overlap)", s.tiles, t.cols, t.rows, t.overlap)
     };
     let fps = s.frames as f64 / s.wall.as_secs_f64().max(1e-9);
+    let entropy = if s.cpu_encode_ns > 0 {
+        format!(" + CPU entropy coding {}", format_seconds(s.cpu_encode_ns))
+    } else {
+        String::new()
+    };
     format!(
-        "{} frames {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {} (timing: {})",
+        "{} frames {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {})",
         s.frames,
         spec.width,
         spec.height,

@@ -238,6 +238,7 @@ impl JobSpec {
             advanced: self.variant == Variant::Advanced,
             seed: self.seed,
             fps: self.fps,
+            quality: self.quality,
         }
     }
 }

@@ -3,7 +3,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::gpu::{readback, GpuContext, GpuError};
-use crate::render::frame::{layout, module, pipeline, storage_entry, uniform_entry};
+use crate::render::frame::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::render::shaders::{compose, COMMON, YUV420};
 
 /// Mirror of `YuvUniforms` in shaders/shared/common.wgsl.
@@ -41,24 +41,7 @@ impl Yuv420Pass {
         let (w, h) = (frame.width(), frame.height());
         let len = i420_len(w, h);
         let words = len.div_ceil(4) as u32;
-        let layout = layout(
-            ctx,
-            "yuv420",
-            &[
-                uniform_entry(0),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
-                storage_entry(2, false),
-            ],
-        );
+        let layout = layout(ctx, "yuv420", &[uniform_entry(0), texture_entry(1), storage_entry(2, false)]);
         let module = module(&ctx.device, "yuv420", &compose(&[COMMON, YUV420]));
         let pipeline = pipeline(&ctx.device, &layout, &module, "main");
         let bytes = u64::from(words) * 4;

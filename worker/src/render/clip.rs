@@ -18,6 +18,8 @@ pub struct ClipSummary {
     pub tiles: usize,
     pub wall: Duration,
     pub gpu: PassTimes,
+    /// Host time spent entropy-coding on the CPU (JPEG outputs).
+    pub cpu_encode_ns: u64,
     pub timing: TimingSource,
 }
 
@@ -56,10 +58,12 @@ pub fn render_clip(
     let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: frames.len() as u32 };
     muxer.write_header(&info)?;
     let mut gpu = PassTimes::default();
+    let mut cpu_encode_ns = 0u64;
     for index in frames.clone() {
         let frame = renderer.render_frame(index, muxer.input())?;
         muxer.write_frame(&frame.data)?;
         gpu.merge(&frame.times);
+        cpu_encode_ns += frame.cpu_encode_ns;
         on_frame(index);
     }
     muxer.finish()?;
@@ -68,6 +72,7 @@ pub fn render_clip(
         tiles: spec.tiler.len(),
         wall: start.elapsed(),
         gpu,
+        cpu_encode_ns,
         timing: renderer.timing_source(),
     })
 }

@@ -14,6 +14,7 @@ use tessera_metering::{Pass, PassTimes, TimingSource};
 
 use super::catalog::{ParamBlock, Template};
 use super::tiler::{Tile, Tiler, POST_RADIUS};
+use crate::encode::jpeg::gpu::JpegPass;
 use crate::encode::yuv::Yuv420Pass;
 use crate::gpu::timing::{timing_source, GpuTimer};
 use crate::gpu::{readback, GpuContext, GpuError};
@@ -77,6 +78,8 @@ pub struct RenderPlan {
     pub advanced: bool,
     pub seed: u64,
     pub fps: u32,
+    /// JPEG quality 1–100 for encoded outputs.
+    pub quality: u8,
 }
 
 /// Errors rendering frames.
@@ -101,6 +104,8 @@ pub enum Readback {
     Rgba8,
     /// Planar YUV 4:2:0 (I420), BT.601 limited range.
     Yuv420,
+    /// A baseline JPEG file at the plan's quality, encoded on the GPU.
+    Jpeg,
 }
 
 /// One rendered frame: the bytes asked for and the GPU time of each pass.
@@ -108,6 +113,15 @@ pub enum Readback {
 pub struct RenderedFrame {
     pub data: Vec<u8>,
     pub times: PassTimes,
+    /// Host time of CPU-side encoding (JPEG Huffman coding), not GPU time.
+    pub cpu_encode_ns: u64,
+}
+
+/// The encode pass a frame's readback needs, made on first use.
+#[derive(Debug)]
+enum FrameEncoder {
+    Yuv(Yuv420Pass),
+    Jpeg(JpegPass),
 }
 
 #[derive(Debug)]
@@ -138,7 +152,7 @@ pub struct FrameRenderer<'a> {
     tiles: Vec<TileGpu>,
     frame: wgpu::Texture,
     rgba_readback: wgpu::Buffer,
-    yuv: Option<Yuv420Pass>,
+    encoder: Option<FrameEncoder>,
     timer: Option<GpuTimer>,
 }
 
@@ -173,7 +187,7 @@ impl<'a> FrameRenderer<'a> {
         let mut tiles = create_tiles(ctx, &plan, &pipelines);
         bind_stitch(ctx, &plan.tiler, &pipelines, &mut tiles, &frame);
         let timer = GpuTimer::new(ctx)?;
-        Ok(Self { ctx, plan, pipelines, tiles, frame, rgba_readback, yuv: None, timer })
+        Ok(Self { ctx, plan, pipelines, tiles, frame, rgba_readback, encoder: None, timer })
     }
 
     pub fn plan(&self) -> &RenderPlan {
@@ -192,12 +206,53 @@ impl<'a> FrameRenderer<'a> {
     /// Renders frame `index` and reads back what `readback` asks for.
     pub fn render_frame(&mut self, index: u32, readback: Readback) -> Result<RenderedFrame, RenderError> {
         self.write_uniforms(index);
-        if readback == Readback::Yuv420 && self.yuv.is_none() {
-            self.yuv = Some(Yuv420Pass::new(self.ctx, &self.frame));
-        }
+        self.prepare_encoder(readback);
         let times = if self.timer.is_some() { self.submit_timed(readback)? } else { self.submit_host_timed(readback)? };
+        let start = Instant::now();
         let data = self.read(readback)?;
-        Ok(RenderedFrame { data, times })
+        let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
+        Ok(RenderedFrame { data, times, cpu_encode_ns })
+    }
+
+    /// Encodes the frame already in the frame texture again, without rendering:
+    /// what encode benchmarks time. Only `Yuv420` and `Jpeg` run a pass.
+    pub fn encode_current(&mut self, readback: Readback) -> Result<RenderedFrame, RenderError> {
+        self.prepare_encoder(readback);
+        let mut times = PassTimes::default();
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        self.record_pass(&mut encoder, Pass::Encode);
+        self.record_copies(&mut encoder, readback);
+        if let Some(timer) = &self.timer {
+            timer.resolve(&mut encoder);
+        }
+        let start = Instant::now();
+        self.ctx.queue.submit([encoder.finish()]);
+        match self.timer.as_mut() {
+            Some(timer) => times = timer.collect(self.ctx)?,
+            None => {
+                self.ctx.wait_idle()?;
+                times.add(Pass::Encode, start.elapsed().as_nanos() as u64);
+            }
+        }
+        let start = Instant::now();
+        let data = self.read(readback)?;
+        let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
+        Ok(RenderedFrame { data, times, cpu_encode_ns })
+    }
+
+    fn prepare_encoder(&mut self, readback: Readback) {
+        let fits = matches!(
+            (&self.encoder, readback),
+            (Some(FrameEncoder::Yuv(_)), Readback::Yuv420) | (Some(FrameEncoder::Jpeg(_)), Readback::Jpeg)
+        );
+        if fits {
+            return;
+        }
+        self.encoder = match readback {
+            Readback::Yuv420 => Some(FrameEncoder::Yuv(Yuv420Pass::new(self.ctx, &self.frame))),
+            Readback::Jpeg => Some(FrameEncoder::Jpeg(JpegPass::new(self.ctx, &self.frame, self.plan.quality))),
+            Readback::None | Readback::Rgba8 => self.encoder.take(),
+        };
     }
 
     fn write_uniforms(&self, index: u32) {
@@ -256,17 +311,17 @@ impl<'a> FrameRenderer<'a> {
         match kind {
             Pass::Render => self.record_render(&mut pass),
             Pass::Stitch => self.record_stitch(&mut pass),
-            Pass::Encode => {
-                if let Some(yuv) = &self.yuv {
-                    yuv.record(&mut pass);
-                }
-            }
+            Pass::Encode => match &self.encoder {
+                Some(FrameEncoder::Yuv(yuv)) => yuv.record(&mut pass),
+                Some(FrameEncoder::Jpeg(jpeg)) => jpeg.record(&mut pass),
+                None => {}
+            },
         }
     }
 
     fn passes(readback: Readback) -> &'static [Pass] {
         match readback {
-            Readback::Yuv420 => &[Pass::Render, Pass::Stitch, Pass::Encode],
+            Readback::Yuv420 | Readback::Jpeg => &[Pass::Render, Pass::Stitch, Pass::Encode],
             _ => &[Pass::Render, Pass::Stitch],
         }
     }
@@ -275,11 +330,11 @@ impl<'a> FrameRenderer<'a> {
         match readback {
             Readback::None => {}
             Readback::Rgba8 => self.copy_frame_out(encoder),
-            Readback::Yuv420 => {
-                if let Some(yuv) = &self.yuv {
-                    yuv.copy_out(encoder);
-                }
-            }
+            Readback::Yuv420 | Readback::Jpeg => match &self.encoder {
+                Some(FrameEncoder::Yuv(yuv)) => yuv.copy_out(encoder),
+                Some(FrameEncoder::Jpeg(jpeg)) => jpeg.copy_out(encoder),
+                None => {}
+            },
         }
     }
 
@@ -343,7 +398,14 @@ impl<'a> FrameRenderer<'a> {
                 let padded = readback::read_buffer(self.ctx, &self.rgba_readback, size)?;
                 Ok(readback::unpad_rows(&padded, w, h, 4))
             }
-            Readback::Yuv420 => Ok(self.yuv.as_ref().expect("created in render_frame").read(self.ctx)?),
+            Readback::Yuv420 | Readback::Jpeg => match &self.encoder {
+                Some(FrameEncoder::Yuv(yuv)) => Ok(yuv.read(self.ctx)?),
+                Some(FrameEncoder::Jpeg(jpeg)) => {
+                    let coeffs = jpeg.read(self.ctx)?;
+                    Ok(crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality))
+                }
+                None => Ok(Vec::new()),
+            },
         }
     }
 
@@ -425,6 +487,19 @@ pub(crate) fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
             ty: wgpu::BufferBindingType::Uniform,
             has_dynamic_offset: false,
             min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+pub(crate) fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
         },
         count: None,
     }

@@ -12,6 +12,7 @@ pub const TEMPLATE_ENTRY: &str = include_str!("../../../shaders/shared/template_
 pub const BLOOM: &str = include_str!("../../../shaders/post/bloom.wgsl");
 pub const STITCH: &str = include_str!("../../../shaders/stitch.wgsl");
 pub const YUV420: &str = include_str!("../../../shaders/encode/yuv420.wgsl");
+pub const JPEG: &str = include_str!("../../../shaders/encode/jpeg.wgsl");
 
 /// Joins sources into one module.
 pub fn compose(parts: &[&str]) -> String {
@@ -48,6 +49,7 @@ pub fn all_modules() -> Vec<ModuleSource> {
         ("bloom", "post/bloom.wgsl", BLOOM),
         ("stitch", "stitch.wgsl", STITCH),
         ("yuv420", "encode/yuv420.wgsl", YUV420),
+        ("jpeg", "encode/jpeg.wgsl", JPEG),
     ];
     for (name, file, src) in fixed {
         modules.push(ModuleSource {

@@ -3,11 +3,15 @@
 //! output's extension. A muxer says which readback it wants, so the GPU does the
 //! colour conversion and the CPU only copies bytes.
 
+mod avi;
+mod jpg;
 mod png;
 mod y4m;
 
 use std::path::Path;
 
+pub use avi::{AviMuxer, RIFF_LIMIT};
+pub use jpg::JpgMuxer;
 pub use png::PngMuxer;
 pub use y4m::Y4mMuxer;
 
@@ -29,7 +33,7 @@ pub enum MuxError {
     Io { path: String, source: std::io::Error },
     #[error("cannot encode PNG {path}: {source}")]
     Png { path: String, source: image::ImageError },
-    #[error("unsupported output extension `{ext}` for {path}; use .y4m (all frames) or .png (one frame)")]
+    #[error("unsupported output extension `{ext}` for {path}; use .avi (MJPEG) or .y4m for clips, .jpg or .png for one frame")]
     UnknownExtension { path: String, ext: String },
     #[error("frame has {got} bytes, expected {want}")]
     FrameSize { got: usize, want: usize },
@@ -52,6 +56,8 @@ pub fn for_path(path: &Path) -> Result<Box<dyn Muxer>, MuxError> {
     match ext.as_str() {
         "y4m" => Ok(Box::new(Y4mMuxer::new(path))),
         "png" => Ok(Box::new(PngMuxer::new(path))),
+        "avi" => Ok(Box::new(AviMuxer::new(path))),
+        "jpg" | "jpeg" => Ok(Box::new(JpgMuxer::new(path))),
         _ => Err(MuxError::UnknownExtension { path: path.display().to_string(), ext }),
     }
 }

@@ -1,0 +1,124 @@
+//! MJPEG AVI: ffprobe reads what `tessera render -o clip.avi` writes, and clips
+//! past 1 GiB stay valid through the OpenDML extension.
+
+use std::path::Path;
+use std::process::Command;
+
+use tessera_worker::encode::jpeg::{encode_coefficients, McuGrid, COEFFS_PER_MCU};
+use tessera_worker::encode::mux::{AviMuxer, Muxer, StreamInfo};
+
+use crate::util::tessera;
+
+fn probe(path: &Path, entries: &str, count: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", count, "-select_streams", "v:0", "-show_entries", entries])
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed");
+    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_lines(text: &str, want: &[&str]) {
+    for w in want {
+        assert!(text.lines().any(|l| l == *w), "ffprobe says:\n{text}\nmissing {w}");
+    }
+}
+
+fn ffmpeg_decode_is_silent(path: &Path) {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    assert!(out.status.success(), "ffmpeg failed");
+    assert!(out.stderr.is_empty(), "ffmpeg printed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn rendered_avi_is_mjpeg_with_the_specs_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("clip.json");
+    std::fs::write(
+        &spec,
+        r#"{"template": "orbit", "resolution": {"width": 250, "height": 142}, "fps": 30, "duration_s": 0.5,
+            "tiles": {"cols": 2, "rows": 2, "overlap_px": 16}, "quality": 85}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("clip.avi");
+    let o = tessera().args(["render", spec.to_str().unwrap(), "-o", out.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary = String::from_utf8_lossy(&o.stdout);
+    assert!(summary.contains("encode") && summary.contains("CPU entropy coding"), "{summary}");
+    let text = probe(&out, "stream=codec_name,width,height,r_frame_rate,nb_read_frames,duration", "-count_frames");
+    assert_lines(
+        &text,
+        &["codec_name=mjpeg", "width=250", "height=142", "r_frame_rate=30/1", "nb_read_frames=15", "duration=0.500000"],
+    );
+    ffmpeg_decode_is_silent(&out);
+}
+
+/// A frame of about `approx_bytes` (random coefficients code to high entropy).
+fn synthetic_jpeg(grid: McuGrid, seed: u32) -> Vec<u8> {
+    let mut state = seed;
+    let coeffs: Vec<i16> = (0..grid.mcu_count() * COEFFS_PER_MCU)
+        .map(|i| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let range = if i % 64 < 12 { 200 } else { 2 };
+            ((state >> 8) % (2 * range + 1)) as i16 - range as i16
+        })
+        .collect();
+    encode_coefficients(&coeffs, grid, 90)
+}
+
+fn write_clip(path: &Path, grid: McuGrid, frames: u32, riff_limit: u64) {
+    let frame_a = synthetic_jpeg(grid, 1);
+    let frame_b = synthetic_jpeg(grid, 2);
+    let mut mux = AviMuxer::with_riff_limit(path, riff_limit);
+    mux.write_header(&StreamInfo { width: grid.width, height: grid.height, fps: 24, frames }).unwrap();
+    for i in 0..frames {
+        mux.write_frame(if i % 2 == 0 { &frame_a } else { &frame_b }).unwrap();
+    }
+    mux.finish().unwrap();
+}
+
+fn count_riffs(path: &Path) -> usize {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).unwrap();
+    let (mut pos, len, mut n) = (0u64, f.metadata().unwrap().len(), 0);
+    while pos + 12 <= len {
+        let mut head = [0u8; 12];
+        f.seek(SeekFrom::Start(pos)).unwrap();
+        f.read_exact(&mut head).unwrap();
+        assert_eq!(&head[0..4], b"RIFF", "chunk at {pos} is not a RIFF");
+        n += 1;
+        pos += 8 + u64::from(u32::from_le_bytes(head[4..8].try_into().unwrap()));
+    }
+    assert_eq!(pos, len, "RIFF sizes do not add up to the file size");
+    n
+}
+
+#[test]
+fn opendml_riffs_stay_valid_with_a_small_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.avi");
+    write_clip(&path, McuGrid::new(64, 48), 40, 64 << 10);
+    assert!(count_riffs(&path) > 2, "expected several AVIX RIFFs");
+    let text = probe(&path, "stream=nb_read_frames,r_frame_rate", "-count_frames");
+    assert_lines(&text, &["nb_read_frames=40", "r_frame_rate=24/1"]);
+    ffmpeg_decode_is_silent(&path);
+}
+
+#[test]
+fn clips_past_one_gib_keep_every_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.avi");
+    let grid = McuGrid::new(1920, 1088);
+    let frame = synthetic_jpeg(grid, 1).len() as u64;
+    let frames = ((1u64 << 30) / frame + 40) as u32; // past 1 GiB
+    write_clip(&path, grid, frames, tessera_worker::encode::mux::RIFF_LIMIT);
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 1 << 30, "clip is only {size} bytes");
+    assert!(count_riffs(&path) >= 2, "a clip past 1 GiB needs an AVIX RIFF");
+    let text = probe(&path, "stream=nb_read_packets", "-count_packets");
+    assert_lines(&text, &[&format!("nb_read_packets={frames}")]);
+    let text = probe(&path, "stream=nb_read_frames", "-count_frames");
+    assert_lines(&text, &[&format!("nb_read_frames={frames}")]);
+}
