@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what tessera needs on a fresh Debian/Ubuntu machine: a Vulkan driver
 # (Mesa lavapipe for software rendering; on GPU nodes the NVIDIA driver provides
-# its own ICD), ffmpeg for the tests' independent decoder, and a Rust toolchain.
+# its own ICD), ffmpeg for the tests' independent decoder, Prometheus's promtool
+# to lint the metrics exposition, and a Rust toolchain.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
 need_apt=()
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need_apt+=(libvulkan1)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)

@@ -7,6 +7,7 @@
 mod util;
 
 mod avi;
+mod billing;
 mod cli;
 mod determinism;
 mod encode;

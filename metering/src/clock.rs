@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// The GPU passes that are metered separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pass {
     /// Template pass and its neighbourhood post-process, per tile.
@@ -40,7 +40,7 @@ impl fmt::Display for Pass {
 
 /// Where a duration came from: GPU timestamp queries, or host timing around
 /// submission and completion on adapters without timestamp queries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimingSource {
     Gpu,

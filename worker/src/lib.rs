@@ -20,3 +20,4 @@ pub mod encode;
 pub mod gpu;
 pub mod render;
 pub mod spec;
+pub mod usage;

@@ -15,17 +15,29 @@ use crate::render::catalog::{self, ParamBlock, ParamKind, ParamValue, Template};
 use crate::render::frame::RenderPlan;
 use crate::render::tiler::{Tiler, MAX_TILES_PER_AXIS};
 
-/// Bounds a spec is validated against. The frame rates and the longest clip come
-/// from the operator's price book once it exists; these defaults match the brief.
+/// Bounds a spec is validated against: the frame rates and billable features
+/// come from the operator's price book.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecLimits {
     pub allowed_fps: Vec<u32>,
     pub max_duration_s: f64,
+    pub features: Vec<String>,
+}
+
+impl SpecLimits {
+    pub fn from_price_book(book: &tessera_metering::PriceBook) -> Self {
+        Self {
+            allowed_fps: book.frame_rates(),
+            max_duration_s: 3600.0,
+            features: book.price.addons.keys().cloned().collect(),
+        }
+    }
 }
 
 impl Default for SpecLimits {
+    /// The limits of the built-in price book.
     fn default() -> Self {
-        Self { allowed_fps: vec![24, 30, 60], max_duration_s: 3600.0 }
+        Self::from_price_book(&tessera_metering::PriceBook::default_book())
     }
 }
 
@@ -61,6 +73,25 @@ pub enum Lane {
     Urgent,
     Standard,
     Bulk,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Standard => "standard",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+impl Variant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::General => "general",
+            Variant::Advanced => "advanced",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,6 +153,9 @@ pub struct RawSpec {
     pub quality: i64,
     #[serde(default)]
     pub seed: u64,
+    /// Independently billable features the job uses (price book `price.addons`).
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 fn variant_general() -> Variant {
@@ -221,6 +255,7 @@ pub struct JobSpec {
     pub tiler: Tiler,
     pub quality: u8,
     pub seed: u64,
+    pub features: Vec<String>,
 }
 
 fn template_id<S: serde::Serializer>(t: &&'static Template, s: S) -> Result<S::Ok, S::Error> {
@@ -228,6 +263,23 @@ fn template_id<S: serde::Serializer>(t: &&'static Template, s: S) -> Result<S::O
 }
 
 impl JobSpec {
+    /// Seconds of output, exactly frames / fps.
+    pub fn output_seconds(&self) -> rust_decimal::Decimal {
+        rust_decimal::Decimal::from(self.frames) / rust_decimal::Decimal::from(self.fps)
+    }
+
+    /// What pricing and admission need.
+    pub fn quote_request(&self) -> tessera_metering::QuoteRequest {
+        tessera_metering::QuoteRequest {
+            width: self.width,
+            height: self.height,
+            fps: self.fps,
+            output_seconds: self.output_seconds(),
+            advanced: self.variant == Variant::Advanced,
+            addons: self.features.clone(),
+        }
+    }
+
     /// What the GPU passes need.
     pub fn render_plan(&self) -> RenderPlan {
         let values: Vec<ParamValue> = self.template.params.iter().map(|p| self.params[p.name]).collect();
@@ -262,6 +314,17 @@ impl RawSpec {
             }
         };
         let tiler = size.and_then(|(w, h)| validate_tiles(&self.tiles, w, h, &mut err));
+        for (i, f) in self.features.iter().enumerate() {
+            if !limits.features.contains(f) {
+                err(
+                    &format!("features[{i}]"),
+                    format!("unknown feature `{f}` (offered: {})", limits.features.join(", ")),
+                );
+            }
+            if self.features[..i].contains(f) {
+                err(&format!("features[{i}]"), format!("feature `{f}` is listed twice"));
+            }
+        }
         let frames = match (fps, duration) {
             (Some(f), Some(d)) => frame_count(f, d, &mut err),
             _ => None,
@@ -289,6 +352,7 @@ impl RawSpec {
                 tiler,
                 quality,
                 seed: self.seed,
+                features: self.features.clone(),
             }),
             _ => Err(SpecError::Invalid(errors)),
         }

@@ -32,6 +32,8 @@ pub enum ClipError {
     Mux(#[from] MuxError),
     #[error("frame {frame} is past the clip's last frame {last} ({frames} frames)")]
     FrameOutOfRange { frame: u32, last: u32, frames: u32 },
+    #[error("recording usage failed: {0}")]
+    Usage(#[from] tessera_metering::ledger::LedgerError),
 }
 
 /// The frames a muxer wants: every frame for a clip, `single` for one-frame outputs.
@@ -45,13 +47,14 @@ pub fn frame_range(spec: &JobSpec, muxer: &dyn Muxer, single: u32) -> Result<Ran
     Ok(single..single + 1)
 }
 
-/// Renders `frames` of `spec` into `muxer`, calling `on_frame` after each.
+/// Renders `frames` of `spec` into `muxer`, calling `on_frame` with each frame's
+/// index and pass times after it is written; an error from it stops the render.
 pub fn render_clip(
     ctx: &GpuContext,
     spec: &JobSpec,
     muxer: &mut dyn Muxer,
     frames: Range<u32>,
-    on_frame: &mut dyn FnMut(u32),
+    on_frame: &mut dyn FnMut(u32, &PassTimes) -> Result<(), ClipError>,
 ) -> Result<ClipSummary, ClipError> {
     let start = Instant::now();
     let mut renderer = FrameRenderer::new(ctx, spec.render_plan())?;
@@ -64,7 +67,7 @@ pub fn render_clip(
         muxer.write_frame(&frame.data)?;
         gpu.merge(&frame.times);
         cpu_encode_ns += frame.cpu_encode_ns;
-        on_frame(index);
+        on_frame(index, &frame.times)?;
     }
     muxer.finish()?;
     Ok(ClipSummary {

@@ -1,0 +1,187 @@
+//! The `tessera` command line.
+//!
+//! `render` (optionally metered for a tenant), `check`, `quote`, `tenants`,
+//! `usage` (export, import, metrics), `templates`, `doctor`. Exit codes: 0
+//! success, 1 a runtime failure (GPU, disk, store), 2 invalid input (usage
+//! error, bad spec, unreadable file, refused admission). Errors print their whole
+//! chain on stderr; nothing panics on bad input.
+
+mod billing;
+mod info;
+mod render;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tessera_metering::PriceBook;
+
+use crate::spec::{self, JobSpec, RawSpec, SpecFormat, SpecLimits};
+
+/// The spec `tessera render` uses when none is given.
+pub const DEFAULT_SPEC: &str = include_str!("../../../examples/orbit.json");
+
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about = "GPU render worker: tiled wgpu rendering, GPU encode, metered GPU time")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the store and the price book are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Data directory (the SQLite store lives here).
+    #[arg(long, env = "TESSERA_DATA", default_value = "tessera-data")]
+    pub data: PathBuf,
+    /// Price book TOML (default: the built-in config/price-book.toml).
+    #[arg(long, env = "TESSERA_PRICE_BOOK")]
+    pub price_book: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Render a clip spec (JSON or TOML) to an .avi (MJPEG) or .y4m clip, or a .jpg or .png frame.
+    Render(render::RenderArgs),
+    /// Validate a spec and print it with every default filled in.
+    Check {
+        /// Spec file (.json or .toml), or - for JSON on stdin.
+        spec: PathBuf,
+        #[arg(long, env = "TESSERA_PRICE_BOOK")]
+        price_book: Option<PathBuf>,
+    },
+    /// Price a spec: the price tag, its line items and the operator's expected cost.
+    Quote(billing::QuoteArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenants(billing::TenantsCommand),
+    /// Usage ledger: export, import, metrics.
+    #[command(subcommand)]
+    Usage(billing::UsageCommand),
+    /// List the scene templates.
+    Templates {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the GPU adapters, the one tessera picks, its features and limits.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+pub(crate) fn usage(error: impl Into<anyhow::Error>) -> CliError {
+    CliError { code: 2, error: error.into() }
+}
+
+pub(crate) fn runtime(error: impl Into<anyhow::Error>) -> CliError {
+    CliError { code: 1, error: error.into() }
+}
+
+/// Entry point: parses arguments, runs, prints errors; returns the exit code.
+pub fn main() -> i32 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+                .unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(CliError { code, error }) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            code
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Render(args) => render::render(args),
+        Command::Check { spec, price_book } => {
+            let book = load_price_book(price_book.as_deref())?;
+            let spec = load_spec(Some(&spec), None, None, &book)?;
+            println!("{}", serde_json::to_string_pretty(&spec).map_err(runtime)?);
+            Ok(())
+        }
+        Command::Quote(args) => billing::quote(args),
+        Command::Tenants(cmd) => billing::tenants(cmd),
+        Command::Usage(cmd) => billing::usage_cmd(cmd),
+        Command::Templates { json } => info::templates(json),
+        Command::Doctor { json } => info::doctor(json),
+    }
+}
+
+/// The price book at `path`, or the built-in one. An invalid book is refused.
+pub fn load_price_book(path: Option<&Path>) -> Result<PriceBook, CliError> {
+    match path {
+        None => Ok(PriceBook::default_book()),
+        Some(p) => PriceBook::load(p).map_err(usage),
+    }
+}
+
+/// Reads, parses, overrides and validates a spec.
+pub fn load_spec(
+    path: Option<&Path>,
+    tiles: Option<(u32, u32)>,
+    overlap: Option<u32>,
+    book: &PriceBook,
+) -> Result<JobSpec, CliError> {
+    let (text, format) = match path {
+        None => (DEFAULT_SPEC.to_string(), SpecFormat::Json),
+        Some(p) if p == Path::new("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the spec from stdin").map_err(usage)?;
+            (s, SpecFormat::Json)
+        }
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading spec {}", p.display())).map_err(usage)?;
+            let format = match p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+                Some("toml") => SpecFormat::Toml,
+                Some("json") | None => SpecFormat::Json,
+                Some(other) => {
+                    return Err(usage(anyhow::anyhow!(
+                        "spec {} has extension .{other}; use .json or .toml",
+                        p.display()
+                    )))
+                }
+            };
+            (text, format)
+        }
+    };
+    let mut raw: RawSpec = spec::parse(&text, format).map_err(usage)?;
+    if let Some((cols, rows)) = tiles {
+        raw.tiles.cols = i64::from(cols);
+        raw.tiles.rows = i64::from(rows);
+    }
+    if let Some(px) = overlap {
+        raw.tiles.overlap_px = i64::from(px);
+    }
+    raw.validate(&SpecLimits::from_price_book(book)).map_err(usage)
+}
+
+/// A Tokio runtime for the store's async API.
+pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(runtime)
+}

@@ -1,0 +1,170 @@
+//! `tessera render`: a clip or a frame, metered for a tenant when `--tenant` is given.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tessera_metering::clock::format_seconds;
+use tessera_metering::ledger::{now_ms, Store, Tenant};
+use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
+
+use super::{load_price_book, load_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
+use crate::encode::mux;
+use crate::gpu::GpuContext;
+use crate::render::clip::{self, ClipSummary};
+use crate::spec::JobSpec;
+use crate::usage::{job_id, UsageRecorder};
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Spec file (.json or .toml), or - for JSON on stdin; the built-in orbit demo when omitted.
+    pub spec: Option<PathBuf>,
+    /// Output: .avi (MJPEG, GPU-encoded) or .y4m write every frame; .jpg or .png one frame.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Frame to write for single-frame outputs.
+    #[arg(long, default_value_t = 0)]
+    pub frame: u32,
+    /// Tile plan override, COLSxROWS (1x1 renders untiled).
+    #[arg(long, value_parser = parse_tiles)]
+    pub tiles: Option<(u32, u32)>,
+    /// Tile overlap override, in pixels.
+    #[arg(long)]
+    pub overlap: Option<u32>,
+    /// Meter the render for this tenant (name or id): admission, usage ledger, billing.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+fn parse_tiles(s: &str) -> Result<(u32, u32), String> {
+    let err = || format!("`{s}` is not a tile plan; write COLSxROWS, like 2x2");
+    let (c, r) = s.split_once(['x', 'X']).ok_or_else(err)?;
+    Ok((c.trim().parse().map_err(|_| err())?, r.trim().parse().map_err(|_| err())?))
+}
+
+/// A tenant's metering context for one render.
+struct Metered {
+    rt: tokio::runtime::Runtime,
+    store: Store,
+    tenant: Tenant,
+    book: PriceBook,
+    job: String,
+}
+
+fn admit(args: &RenderArgs, spec: &JobSpec, book: PriceBook, name: &str) -> Result<Metered, CliError> {
+    let rt = tokio_runtime()?;
+    let store = rt.block_on(Store::open(&args.store.data)).map_err(runtime)?;
+    let tenant = rt
+        .block_on(store.tenant(name))
+        .map_err(runtime)?
+        .ok_or_else(|| usage(anyhow::anyhow!("unknown tenant `{name}`; create it with `tessera tenants add`")))?;
+    let q = quote(&book, &spec.quote_request()).map_err(usage)?;
+    let job = job_id(&tenant, spec, &format!("{}:{}", args.output.display(), now_ms()));
+    let warnings = rt
+        .block_on(store.admit(&book, &tenant, &job, &spec.quote_request(), spec.lane.as_str(), spec.frames, q.price))
+        .map_err(|e| match e {
+            tessera_metering::ledger::LedgerError::Admission(a) => usage(anyhow::anyhow!("admission refused: {a}")),
+            other => runtime(other),
+        })?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(Metered { rt, store, tenant, book, job })
+}
+
+pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
+    let book = load_price_book(args.store.price_book.as_deref())?;
+    let spec = load_spec(args.spec.as_deref(), args.tiles, args.overlap, &book)?;
+    let mut muxer = mux::for_path(&args.output).map_err(usage)?;
+    let frames = clip::frame_range(&spec, muxer.as_ref(), args.frame).map_err(usage)?;
+    let metered = match &args.tenant {
+        Some(name) => Some(admit(&args, &spec, book, name)?),
+        None => None,
+    };
+    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(runtime)?;
+    }
+    let ctx = GpuContext::open().map_err(runtime)?;
+    let bar = progress_bar(frames.len() as u64)?;
+    let timing = if ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    let Some(m) = metered else {
+        let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |_, _| {
+            bar.inc(1);
+            Ok(())
+        })
+        .with_context(|| format!("rendering {}", args.output.display()))
+        .map_err(runtime)?;
+        bar.finish_and_clear();
+        println!("{}", summary_line(&spec, &summary, &args.output));
+        return Ok(());
+    };
+    let metrics = Metrics::new(&m.book.currency);
+    let attempt =
+        AttemptRef { tenant_id: m.tenant.id.clone(), tier: m.tenant.tier.clone(), job_id: m.job.clone(), attempt: 1 };
+    let mut recorder = UsageRecorder::new(&m.store, &metrics, attempt, timing);
+    let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |i, times| {
+        bar.inc(1);
+        m.rt.block_on(recorder.frame(i, times)).map_err(Into::into)
+    });
+    bar.finish_and_clear();
+    let q = quote(&m.book, &spec.quote_request()).map_err(usage)?;
+    let outcome = if result.is_ok() { Outcome::Succeeded } else { Outcome::Failed };
+    m.rt.block_on(recorder.finish(&m.book, &spec, &q, outcome)).map_err(runtime)?;
+    let summary = result.with_context(|| format!("rendering {}", args.output.display())).map_err(runtime)?;
+    println!(
+        "{}; billed {} {} to tenant {} as job {}",
+        summary_line(&spec, &summary, &args.output),
+        q.price,
+        m.book.currency,
+        m.tenant.name,
+        m.job
+    );
+    Ok(())
+}
+
+fn progress_bar(len: u64) -> Result<indicatif::ProgressBar, CliError> {
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} frames ({per_sec}, eta {eta})",
+        )
+        .map_err(runtime)?,
+    );
+    Ok(bar)
+}
+
+/// The one line `tessera render` prints at the end.
+pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
+    let t = &spec.tiler;
+    let tiles = if s.tiles == 1 {
+        "untiled".to_string()
+    } else {
+        format!("{} tiles ({}x{}, {} px overlap)", s.tiles, t.cols, t.rows, t.overlap)
+    };
+    let fps = s.frames as f64 / s.wall.as_secs_f64().max(1e-9);
+    let entropy = if s.cpu_encode_ns > 0 {
+        format!(" + CPU entropy coding {}", format_seconds(s.cpu_encode_ns))
+    } else {
+        String::new()
+    };
+    format!(
+        "{} frames {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {})",
+        s.frames,
+        spec.width,
+        spec.height,
+        spec.template,
+        spec.variant,
+        output.display(),
+        s.wall.as_secs_f64(),
+        format_seconds(s.gpu.render_ns),
+        format_seconds(s.gpu.stitch_ns),
+        format_seconds(s.gpu.encode_ns),
+        s.timing.as_str(),
+    )
+}
