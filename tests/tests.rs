@@ -12,6 +12,8 @@ mod cli;
 mod determinism;
 mod encode;
 mod golden;
+mod ledger;
+mod metering;
 mod shaders;
 mod spec;
 mod stitch;

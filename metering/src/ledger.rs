@@ -38,9 +38,25 @@ pub enum LedgerError {
     #[error("unknown tier `{tier}` (tiers: {known})")]
     UnknownTier { tier: String, known: String },
     #[error(transparent)]
-    Admission(#[from] AdmissionError),
+    Admission(Box<AdmissionError>),
     #[error("bad time `{0}`: use RFC 3339, like 2026-11-25T00:00:00Z")]
     BadTime(String),
+}
+
+impl From<AdmissionError> for LedgerError {
+    fn from(e: AdmissionError) -> Self {
+        LedgerError::Admission(Box::new(e))
+    }
+}
+
+/// A job asking for admission: what it would reserve against the caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    pub job_id: &'a str,
+    pub request: &'a QuoteRequest,
+    pub lane: &'a str,
+    pub frames: u32,
+    pub price: Decimal,
 }
 
 /// What an event measures.
@@ -352,12 +368,9 @@ impl Store {
         &self,
         book: &PriceBook,
         tenant: &Tenant,
-        job_id: &str,
-        req: &QuoteRequest,
-        lane: &str,
-        frames: u32,
-        price: Decimal,
+        job: Reservation<'_>,
     ) -> Result<Vec<String>, LedgerError> {
+        let Reservation { job_id, request: req, lane, frames, price } = job;
         let tier = book.tiers.get(&tenant.tier).ok_or_else(|| LedgerError::UnknownTier {
             tier: tenant.tier.clone(),
             known: book.tiers.keys().cloned().collect::<Vec<_>>().join(", "),

@@ -114,6 +114,9 @@ impl Collector for Exposed {
     }
 }
 
+/// An attempt rebuilt from ledger events: who, how it ended, how it was timed, its GPU time.
+type ReplayedAttempt = (AttemptRef, Option<Outcome>, TimingSource, PassTimes);
+
 /// The worker's usage metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -221,8 +224,7 @@ impl Metrics {
     /// the metrics are a view of the store. Compute and encode cost use `book`.
     pub fn replay(&self, book: &crate::price::PriceBook, events: &[crate::ledger::UsageEvent]) {
         use crate::ledger::EventKind;
-        let mut attempts: BTreeMap<(String, u32), (AttemptRef, Option<Outcome>, TimingSource, PassTimes)> =
-            BTreeMap::new();
+        let mut attempts: BTreeMap<(String, u32), ReplayedAttempt> = BTreeMap::new();
         for e in events {
             let a = AttemptRef {
                 tenant_id: e.tenant_id.clone(),

@@ -54,13 +54,13 @@ pub enum AdmissionError {
     #[error("tier `{tier}` may use the {allowed} lane(s); the job asks for {lane}")]
     Lane { tier: String, allowed: String, lane: String },
     #[error("tier `{tier}` allows clips up to {max} s; the job is {seconds} s")]
-    ClipLength { tier: String, max: String, seconds: String },
+    ClipLength { tier: String, max: Decimal, seconds: Decimal },
     #[error("tier `{tier}` does not include feature `{feature}` (included: {included})")]
     Feature { tier: String, feature: String, included: String },
     #[error("monthly output cap of tier `{tier}` is {cap} s: {used} s used and {reserved} s reserved this month, so {requested} s more would exceed it")]
-    OutputCap { tier: String, cap: String, used: String, reserved: String, requested: String },
+    OutputCap { tier: String, cap: Decimal, used: Decimal, reserved: Decimal, requested: Decimal },
     #[error("monthly budget of tier `{tier}` is {budget}: {spent} spent and {reserved} reserved this month, so {requested} more would exceed it")]
-    Budget { tier: String, budget: String, spent: String, reserved: String, requested: String },
+    Budget { tier: String, budget: Decimal, spent: Decimal, reserved: Decimal, requested: Decimal },
 }
 
 /// A tenant's use of the current month, for cap checks.
@@ -137,8 +137,8 @@ impl Tier {
         if req.output_seconds > self.max_clip_seconds {
             return Err(AdmissionError::ClipLength {
                 tier: tier_s,
-                max: self.max_clip_seconds.to_string(),
-                seconds: req.output_seconds.normalize().to_string(),
+                max: self.max_clip_seconds.normalize(),
+                seconds: req.output_seconds.normalize(),
             });
         }
         if let Some(f) = req.addons.iter().find(|f| !self.features.contains(f)) {
@@ -160,10 +160,10 @@ impl Tier {
         if usage.used_seconds + usage.reserved_seconds + seconds > cap {
             return Err(AdmissionError::OutputCap {
                 tier: tier.into(),
-                cap: cap.normalize().to_string(),
-                used: usage.used_seconds.normalize().to_string(),
-                reserved: usage.reserved_seconds.normalize().to_string(),
-                requested: seconds.normalize().to_string(),
+                cap: cap.normalize(),
+                used: usage.used_seconds.normalize(),
+                reserved: usage.reserved_seconds.normalize(),
+                requested: seconds.normalize(),
             });
         }
         let mut warnings = Vec::new();
@@ -172,10 +172,10 @@ impl Tier {
             if after > budget {
                 return Err(AdmissionError::Budget {
                     tier: tier.into(),
-                    budget: budget.to_string(),
-                    spent: usage.spent.to_string(),
-                    reserved: usage.reserved_spend.to_string(),
-                    requested: price.to_string(),
+                    budget,
+                    spent: usage.spent,
+                    reserved: usage.reserved_spend,
+                    requested: price,
                 });
             }
             if after * Decimal::from(100) >= budget * Decimal::from(BUDGET_WARNING_PERCENT) {

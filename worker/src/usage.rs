@@ -34,6 +34,8 @@ pub struct UsageRecorder<'a> {
     pending_ns: u64,
     last_flush: Instant,
     totals: PassTimes,
+    /// The previous flush, committing in the background while frames render.
+    inflight: Option<tokio::task::JoinHandle<Result<u64, LedgerError>>>,
 }
 
 impl<'a> UsageRecorder<'a> {
@@ -47,6 +49,7 @@ impl<'a> UsageRecorder<'a> {
             pending_ns: 0,
             last_flush: Instant::now(),
             totals: PassTimes::default(),
+            inflight: None,
         }
     }
 
@@ -76,14 +79,26 @@ impl<'a> UsageRecorder<'a> {
         Ok(())
     }
 
-    /// Writes what has accrued.
+    /// Starts writing what has accrued. The commit (an fsync) runs in the
+    /// background while the next frames render; the next flush or `finish`
+    /// waits for it, so at most one batch is in flight and none is dropped.
+    /// Must be called within a Tokio runtime.
     pub async fn flush(&mut self) -> Result<(), LedgerError> {
+        self.wait_inflight().await?;
         if !self.pending.is_empty() {
-            self.store.append(&self.pending).await?;
-            self.pending.clear();
+            let store = self.store.clone();
+            let batch = std::mem::take(&mut self.pending);
+            self.inflight = Some(tokio::spawn(async move { store.append(&batch).await }));
         }
         self.pending_ns = 0;
         self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    async fn wait_inflight(&mut self) -> Result<(), LedgerError> {
+        if let Some(handle) = self.inflight.take() {
+            handle.await.map_err(|e| LedgerError::Query(sqlx::Error::Protocol(format!("ledger writer: {e}"))))??;
+        }
         Ok(())
     }
 
@@ -97,6 +112,7 @@ impl<'a> UsageRecorder<'a> {
         quote: &Quote,
         outcome: Outcome,
     ) -> Result<PassTimes, LedgerError> {
+        self.wait_inflight().await?;
         let mut events = std::mem::take(&mut self.pending);
         events.push(UsageEvent::attempt_end(&self.attempt, outcome));
         let bill = outcome == Outcome::Succeeded && !self.store.has_output(&self.attempt.job_id).await?;

@@ -94,9 +94,10 @@ fn check_tenant(
         .ok_or_else(|| usage(anyhow::anyhow!("unknown tenant `{name}`; create it with `tessera tenants add`")))?;
     let tier = &book.tiers[&tenant.tier];
     let usage_now = rt.block_on(store.month_usage(&tenant.id)).map_err(runtime)?;
-    let verdict = tier
-        .check_features(&tenant.tier, req, spec.lane.as_str())
-        .and_then(|()| tier.check_caps(&tenant.tier, &usage_now, req.output_seconds, price));
+    let verdict = match tier.check_features(&tenant.tier, req, spec.lane.as_str()) {
+        Ok(()) => tier.check_caps(&tenant.tier, &usage_now, req.output_seconds, price),
+        Err(e) => Err(e),
+    };
     Ok(match verdict {
         Ok(warnings) => serde_json::json!({
             "admissible": true, "tenant": tenant.name, "tier": tenant.tier, "warnings": warnings,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tessera_metering::clock::format_seconds;
-use tessera_metering::ledger::{now_ms, Store, Tenant};
+use tessera_metering::ledger::{now_ms, Reservation, Store, Tenant};
 use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
 
 use super::{load_price_book, load_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
@@ -63,7 +63,17 @@ fn admit(args: &RenderArgs, spec: &JobSpec, book: PriceBook, name: &str) -> Resu
     let q = quote(&book, &spec.quote_request()).map_err(usage)?;
     let job = job_id(&tenant, spec, &format!("{}:{}", args.output.display(), now_ms()));
     let warnings = rt
-        .block_on(store.admit(&book, &tenant, &job, &spec.quote_request(), spec.lane.as_str(), spec.frames, q.price))
+        .block_on(store.admit(
+            &book,
+            &tenant,
+            Reservation {
+                job_id: &job,
+                request: &spec.quote_request(),
+                lane: spec.lane.as_str(),
+                frames: spec.frames,
+                price: q.price,
+            },
+        ))
         .map_err(|e| match e {
             tessera_metering::ledger::LedgerError::Admission(a) => usage(anyhow::anyhow!("admission refused: {a}")),
             other => runtime(other),
