@@ -14,6 +14,7 @@ mod encode;
 mod golden;
 mod ledger;
 mod metering;
+mod service;
 mod shaders;
 mod spec;
 mod stitch;

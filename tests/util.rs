@@ -101,3 +101,144 @@ pub fn seam_ratio(img: &[u8], w: u32, h: u32, xs: &[u32], ys: &[u32]) -> f64 {
 pub fn tessera() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
 }
+
+/// A minimal HTTP/1.1 client for the real-socket tests: one request per connection.
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    HttpResponse { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(nl) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..nl]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[nl + 2..nl + 2 + size]);
+        b = &b[nl + 2 + size + 2..];
+    }
+    out
+}
+
+/// A `tessera serve` child process on ephemeral ports.
+pub struct Server {
+    pub child: std::process::Child,
+    pub api: String,
+    pub metrics: String,
+}
+
+impl Server {
+    pub fn start(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        use std::io::BufRead;
+        let mut cmd = tessera();
+        cmd.args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("TESSERA_ADMIN_KEY", "admin-secret")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("tessera serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = |after: &str| line.split(after).nth(1).unwrap().split([' ', ')', '/']).next().unwrap().to_string();
+        let api = addr("http://");
+        let metrics = line.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+        Server { child, api, metrics }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A tenant and its API key.
+    pub fn tenant(&self, name: &str, tier: &str) -> String {
+        let body = serde_json::json!({"name": name, "tier": tier}).to_string();
+        let r = http(&self.api, "POST", "/v1/tenants", &[("Authorization", "Bearer admin-secret")], body.as_bytes());
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["api_key"].as_str().unwrap().to_string()
+    }
+
+    pub fn submit(&self, key: &str, spec: &serde_json::Value, idem: Option<&str>) -> HttpResponse {
+        let auth = format!("Bearer {key}");
+        let mut h = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        if let Some(k) = idem {
+            h.push(("Idempotency-Key", k));
+        }
+        http(&self.api, "POST", "/v1/jobs", &h, spec.to_string().as_bytes())
+    }
+
+    pub fn job(&self, key: &str, id: &str) -> serde_json::Value {
+        let auth = format!("Bearer {key}");
+        http(&self.api, "GET", &format!("/v1/jobs/{id}"), &[("Authorization", &auth)], b"").json()
+    }
+
+    /// Polls until the job reaches a final state.
+    pub fn wait(&self, key: &str, id: &str, timeout: std::time::Duration) -> serde_json::Value {
+        let start = std::time::Instant::now();
+        loop {
+            let j = self.job(key, id);
+            if ["succeeded", "dead", "cancelled"].contains(&j["state"].as_str().unwrap_or("")) {
+                return j;
+            }
+            assert!(start.elapsed() < timeout, "job {id} still {} after {timeout:?}", j["state"]);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -29,6 +29,23 @@ pub const STORAGE_BYTE_SECONDS_TOTAL: &str = "tessera_storage_byte_seconds_total
 /// Bytes served, by tenant.
 pub const EGRESS_BYTES_TOTAL: &str = "tessera_egress_bytes_total";
 
+/// Queued jobs per lane (gauge).
+pub const QUEUE_DEPTH: &str = "tessera_queue_depth";
+/// Age of the oldest queued job per lane (gauge).
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "tessera_queue_oldest_age_seconds";
+/// Finished jobs by lane and outcome.
+pub const JOBS_TOTAL: &str = "tessera_jobs_total";
+/// Jobs that started after their lane's wait SLO.
+pub const SLA_BREACHES_TOTAL: &str = "tessera_sla_breaches_total";
+/// Time from submission (or retry time) to start, per lane.
+pub const QUEUE_WAIT_SECONDS: &str = "tessera_queue_wait_seconds";
+/// Run time of attempts, per lane.
+pub const RUN_SECONDS: &str = "tessera_run_seconds";
+/// Attempts running now (gauge).
+pub const JOBS_IN_FLIGHT: &str = "tessera_jobs_in_flight";
+/// The adaptive limit on attempts in flight (gauge).
+pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
+
 #[derive(Debug, Clone, Copy)]
 enum Scale {
     /// value = integer / divisor

@@ -19,5 +19,6 @@ pub mod cli;
 pub mod encode;
 pub mod gpu;
 pub mod render;
+pub mod service;
 pub mod spec;
 pub mod usage;

@@ -103,8 +103,9 @@ impl<'a> UsageRecorder<'a> {
     }
 
     /// Ends the attempt. On success the job's output is billed once (a job already
-    /// billed by an earlier attempt is not billed again). The counters move only
-    /// after the ledger committed.
+    /// billed by an earlier attempt is not billed again); a cancelled job is billed
+    /// for what it delivered, which `spec.frames` and `quote` then describe. The
+    /// counters move only after the ledger committed.
     pub async fn finish(
         mut self,
         book: &PriceBook,
@@ -115,7 +116,8 @@ impl<'a> UsageRecorder<'a> {
         self.wait_inflight().await?;
         let mut events = std::mem::take(&mut self.pending);
         events.push(UsageEvent::attempt_end(&self.attempt, outcome));
-        let bill = outcome == Outcome::Succeeded && !self.store.has_output(&self.attempt.job_id).await?;
+        let delivered = outcome != Outcome::Failed && spec.frames > 0;
+        let bill = delivered && !self.store.has_output(&self.attempt.job_id).await?;
         let bucket = book.resolution_bucket(spec.width, spec.height).to_string();
         if bill {
             events.push(UsageEvent::output(

@@ -9,6 +9,7 @@
 mod billing;
 mod info;
 mod render;
+mod serve;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub enum Command {
         #[arg(long, env = "TESSERA_PRICE_BOOK")]
         price_book: Option<PathBuf>,
     },
+    /// Run the worker service: HTTP API, lanes, retries, crash recovery, metrics.
+    Serve(serve::ServeArgs),
     /// Price a spec: the price tag, its line items and the operator's expected cost.
     Quote(billing::QuoteArgs),
     /// Manage tenants.
@@ -124,6 +127,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", serde_json::to_string_pretty(&spec).map_err(runtime)?);
             Ok(())
         }
+        Command::Serve(args) => serve::serve(args),
         Command::Quote(args) => billing::quote(args),
         Command::Tenants(cmd) => billing::tenants(cmd),
         Command::Usage(cmd) => billing::usage_cmd(cmd),

@@ -115,6 +115,8 @@ pub struct RenderedFrame {
     pub times: PassTimes,
     /// Host time of CPU-side encoding (JPEG Huffman coding), not GPU time.
     pub cpu_encode_ns: u64,
+    /// For JPEG frames: how many AC coefficients are non-zero (0 means a flat, blank frame).
+    pub nonzero_ac: Option<u64>,
 }
 
 /// The encode pass a frame's readback needs, made on first use.
@@ -209,9 +211,9 @@ impl<'a> FrameRenderer<'a> {
         self.prepare_encoder(readback);
         let times = if self.timer.is_some() { self.submit_timed(readback)? } else { self.submit_host_timed(readback)? };
         let start = Instant::now();
-        let data = self.read(readback)?;
+        let (data, nonzero_ac) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        Ok(RenderedFrame { data, times, cpu_encode_ns })
+        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac })
     }
 
     /// Encodes the frame already in the frame texture again, without rendering:
@@ -235,9 +237,9 @@ impl<'a> FrameRenderer<'a> {
             }
         }
         let start = Instant::now();
-        let data = self.read(readback)?;
+        let (data, nonzero_ac) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        Ok(RenderedFrame { data, times, cpu_encode_ns })
+        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac })
     }
 
     fn prepare_encoder(&mut self, readback: Readback) {
@@ -384,6 +386,17 @@ impl<'a> FrameRenderer<'a> {
             },
             wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
         );
+    }
+
+    /// Reads back, and for JPEG counts the non-zero AC coefficients on the way.
+    fn read_with_stats(&self, readback: Readback) -> Result<(Vec<u8>, Option<u64>), RenderError> {
+        if let (Readback::Jpeg, Some(FrameEncoder::Jpeg(jpeg))) = (readback, &self.encoder) {
+            let coeffs = jpeg.read(self.ctx)?;
+            let nonzero = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
+            let data = crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality);
+            return Ok((data, Some(nonzero)));
+        }
+        Ok((self.read(readback)?, None))
     }
 
     fn read(&self, readback: Readback) -> Result<Vec<u8>, RenderError> {

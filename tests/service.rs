@@ -1,0 +1,401 @@
+//! `tessera serve` over real sockets: the API end to end, hostile input, cancel,
+//! lanes under load, aging, retries with injected GPU faults, kill -9 recovery,
+//! and a scrape that promtool accepts.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{http, Server};
+
+fn tiny(lane: &str) -> serde_json::Value {
+    json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.05, "lane": lane})
+}
+
+fn clip(frames_s: f64, w: u32, h: u32) -> serde_json::Value {
+    json!({"template": "orbit", "resolution": {"width": w, "height": h}, "fps": 24, "duration_s": frames_s,
+           "tiles": {"cols": 2, "rows": 1, "overlap_px": 16}})
+}
+
+const T: Duration = Duration::from_secs(120);
+
+#[test]
+fn api_end_to_end_over_a_real_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let ka = s.tenant("acme", "mid");
+    let kb = s.tenant("globex", "mid");
+    let spec = clip(0.5, 160, 90);
+    // Idempotency: the same key and body give the same job; another body is 409.
+    let first = s.submit(&ka, &spec, Some("order-1"));
+    assert_eq!(first.status, 201, "{}", String::from_utf8_lossy(&first.body));
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let again = s.submit(&ka, &spec, Some("order-1"));
+    assert_eq!((again.status, again.json()["id"].as_str().unwrap()), (200, id.as_str()));
+    let other = s.submit(&ka, &clip(1.0, 160, 90), Some("order-1"));
+    assert_eq!(other.status, 409);
+    assert_eq!(other.json()["error"]["code"], "idempotency_conflict");
+    // The same key from another tenant is another job.
+    let b_job = s.submit(&kb, &spec, Some("order-1"));
+    assert_eq!(b_job.status, 201);
+    assert_ne!(b_job.json()["id"].as_str().unwrap(), id);
+
+    let done = s.wait(&ka, &id, T);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["frames_done"], 12);
+    assert!(done["usage_gpu_ns"]["render"].as_i64().unwrap() > 0);
+    let auth = format!("Bearer {ka}");
+    let out = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(out.status, 200);
+    let file = dir.path().join("download.avi");
+    std::fs::write(&file, &out.body).unwrap();
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,width,height,nb_read_frames"])
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&probe.stdout);
+    for want in ["codec_name=mjpeg", "width=160", "height=90", "nb_read_frames=12"] {
+        assert!(text.lines().any(|l| l == want), "{text}");
+    }
+    // Range requests.
+    let part = http(
+        &s.api,
+        "GET",
+        &format!("/v1/jobs/{id}/output"),
+        &[("Authorization", &auth), ("Range", "bytes=0-11")],
+        b"",
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(&part.body[..], &out.body[..12]);
+    assert_eq!(part.header("content-range"), Some(format!("bytes 0-11/{}", out.body.len()).as_str()));
+    let tail =
+        http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth), ("Range", "bytes=-4")], b"");
+    assert_eq!(&tail.body[..], &out.body[out.body.len() - 4..]);
+    let bad = http(
+        &s.api,
+        "GET",
+        &format!("/v1/jobs/{id}/output"),
+        &[("Authorization", &auth), ("Range", "bytes=999999999-")],
+        b"",
+    );
+    assert_eq!(bad.status, 416);
+    // The sidecar.
+    let meta = http(&s.api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(meta["template"], "orbit@2");
+    assert_eq!(meta["output"]["bytes"].as_i64().unwrap() as usize, out.body.len());
+    assert_eq!(meta["tier"], "mid");
+    // Egress was metered: full download + 12 + 4 bytes.
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
+    assert_eq!(usage["egress_bytes"].as_u64().unwrap() as usize, out.body.len() + 16);
+    assert_eq!(usage["output_seconds"], "0.5");
+    // Isolation: globex sees none of acme's job.
+    let authb = format!("Bearer {kb}");
+    for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/output"), format!("/v1/jobs/{id}/metadata")] {
+        let r = http(&s.api, "GET", &path, &[("Authorization", &authb)], b"");
+        assert_eq!(r.status, 404, "{path}");
+    }
+    assert_eq!(http(&s.api, "DELETE", &format!("/v1/jobs/{id}"), &[("Authorization", &authb)], b"").status, 404);
+    let list = http(&s.api, "GET", "/v1/jobs?state=succeeded", &[("Authorization", &authb)], b"").json();
+    assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()));
+    // Bad keys.
+    assert_eq!(http(&s.api, "GET", "/v1/jobs", &[], b"").status, 401);
+    assert_eq!(http(&s.api, "GET", "/v1/jobs", &[("Authorization", "Bearer nope")], b"").status, 401);
+    assert_eq!(http(&s.api, "GET", "/v1/jobs", &[("Authorization", "Basic abc")], b"").status, 401);
+    let t = http(&s.api, "POST", "/v1/tenants", &[("Authorization", &auth)], br#"{"name":"x","tier":"mid"}"#);
+    assert_eq!(t.status, 403);
+    assert_eq!(http(&s.api, "GET", "/v1/jobs", &[("Authorization", "Bearer admin-secret")], b"").status, 403);
+    // Health, readiness, the OpenAPI document.
+    assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(http(&s.api, "GET", "/readyz", &[], b"").json()["store"], true);
+    assert_eq!(http(&s.api, "GET", "/openapi.json", &[], b"").json()["openapi"], "3.0.3");
+}
+
+#[test]
+fn hostile_requests_get_a_json_4xx_and_never_a_5xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let k = s.tenant("acme", "short");
+    let auth = format!("Bearer {k}");
+    let a: &[(&str, &str)] = &[("Authorization", &auth)];
+    let huge = vec![b'x'; 200 * 1024];
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        ("POST", "/v1/jobs".into(), b"{not json".to_vec()),
+        ("POST", "/v1/jobs".into(), b"".to_vec()),
+        ("POST", "/v1/jobs".into(), b"[]".to_vec()),
+        ("POST", "/v1/jobs".into(), huge.clone()),
+        ("POST", "/v1/jobs".into(), deep.into_bytes()),
+        ("POST", "/v1/jobs".into(), vec![0xff, 0xfe, 0x00]),
+        ("POST", "/v1/jobs".into(), br#"{"template": 5}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "fps": "thirty"}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "duration_s": -1}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "resolution": {"width": 99999, "height": 2}}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "../../etc/passwd"}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "admin": true}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "resolution": "4k"}"#.to_vec()),
+        ("POST", "/v1/jobs".into(), br#"{"template": "orbit", "lane": "urgent"}"#.to_vec()),
+        ("GET", "/v1/jobs/../../etc/passwd".into(), vec![]),
+        ("GET", "/v1/jobs/%2e%2e%2fconfig".into(), vec![]),
+        ("GET", "/v1/jobs/j_0000000000000000".into(), vec![]),
+        ("GET", "/v1/jobs/not-a-job".into(), vec![]),
+        ("GET", format!("/v1/jobs/{}", "a".repeat(4000)), vec![]),
+        ("DELETE", "/v1/jobs/j_zzzzzzzzzzzzzzzz".into(), vec![]),
+        ("GET", "/v1/jobs?state=exploded".into(), vec![]),
+        ("GET", "/v1/jobs?limit=100000".into(), vec![]),
+        ("GET", "/v1/jobs?cursor=abc".into(), vec![]),
+        ("GET", "/v1/jobs?unknown=1".into(), vec![]),
+        ("PUT", "/v1/jobs".into(), vec![]),
+        ("GET", "/v1/nothing-here".into(), vec![]),
+        ("POST", "/v1/quote".into(), b"{\"template\": \"orbit\", \"fps\": 25}".to_vec()),
+        ("POST", "/v1/tenants".into(), br#"{"name": "x"}"#.to_vec()),
+    ];
+    assert!(cases.len() >= 20);
+    for (method, path, body) in &cases {
+        let r = http(&s.api, method, path, a, body);
+        assert!((400..500).contains(&r.status), "{method} {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert!(v["error"]["code"].is_string(), "{method} {path}: {v}");
+    }
+    // Field errors name the field.
+    let r = http(&s.api, "POST", "/v1/jobs", a, br#"{"template": "orbit", "fps": 25, "quality": 0}"#);
+    let fields: Vec<String> = r.json()["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fields, ["fps", "quality"]);
+    // A bad Idempotency-Key.
+    let r = http(
+        &s.api,
+        "POST",
+        "/v1/jobs",
+        &[("Authorization", &auth), ("Idempotency-Key", "")],
+        tiny("standard").to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    // Still alive and well.
+    assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200);
+}
+
+#[test]
+fn cancel_a_queued_and_a_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--concurrency", "1", "--max-concurrency", "1"], &[]);
+    let k = s.tenant("acme", "mid");
+    let auth = format!("Bearer {k}");
+    let long = s.submit(&k, &clip(6.0, 240, 136), None).json()["id"].as_str().unwrap().to_string();
+    let queued = s.submit(&k, &tiny("bulk"), None).json()["id"].as_str().unwrap().to_string();
+    // Wait for the long job to be running with some frames done.
+    let start = std::time::Instant::now();
+    loop {
+        let j = s.job(&k, &long);
+        if j["state"] == "running" && j["frames_done"].as_u64().unwrap() >= 3 {
+            break;
+        }
+        assert!(start.elapsed() < T, "long job never got going: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = http(&s.api, "DELETE", &format!("/v1/jobs/{queued}"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(c["state"], "cancelled");
+    let c = http(&s.api, "DELETE", &format!("/v1/jobs/{long}"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(c["cancel_requested"], true);
+    let l = s.wait(&k, &long, T);
+    assert_eq!(l["state"], "cancelled", "{l}");
+    let done = l["frames_done"].as_u64().unwrap();
+    assert!((3..144).contains(&done), "stopped after {done} frames");
+    let q = s.job(&k, &queued);
+    assert_eq!((q["state"].as_str(), q["attempts"].as_u64()), (Some("cancelled"), Some(0)), "the queued job ran: {q}");
+    // Billed only for what it used: the frames delivered before the cancel.
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
+    let seconds: f64 = usage["output_seconds"].as_str().unwrap().parse().unwrap();
+    assert!((seconds - done as f64 / 24.0).abs() < 1e-9, "billed {seconds} s for {done} frames");
+}
+
+#[test]
+fn an_urgent_job_starts_before_fifty_queued_bulk_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--concurrency", "1", "--max-concurrency", "1"], &[]);
+    let k = s.tenant("acme", "enterprise");
+    // A blocker keeps the single slot busy while the queue fills.
+    let blocker = s.submit(&k, &clip(2.0, 160, 90), None).json()["id"].as_str().unwrap().to_string();
+    let bulk: Vec<String> =
+        (0..50).map(|_| s.submit(&k, &tiny("bulk"), None).json()["id"].as_str().unwrap().to_string()).collect();
+    let urgent = s.submit(&k, &tiny("urgent"), None).json()["id"].as_str().unwrap().to_string();
+    let u = s.wait(&k, &urgent, T);
+    let urgent_start = u["started_at_ms"].as_i64().unwrap();
+    let mut later = 0;
+    for id in &bulk {
+        let b = s.wait(&k, id, T);
+        assert_eq!(b["state"], "succeeded");
+        let started = b["started_at_ms"].as_i64().unwrap();
+        // Every bulk job not already running when the urgent one arrived starts after it.
+        if started >= u["created_at_ms"].as_i64().unwrap() {
+            assert!(started >= urgent_start, "bulk {id} started at {started}, before the urgent job at {urgent_start}");
+            later += 1;
+        }
+    }
+    assert!(later >= 45, "only {later} bulk jobs were still queued: the test proved little");
+    s.wait(&k, &blocker, T);
+}
+
+#[test]
+fn retries_back_off_and_dead_letter_with_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two injected device losses, then success: one bill, two failed attempts kept as cost.
+    let s = Server::start(
+        dir.path(),
+        &["--max-attempts", "3", "--backoff-base-ms", "100", "--backoff-cap-ms", "400"],
+        &[("TESSERA_FAULTS", "fail_attempts=2")],
+    );
+    let k = s.tenant("acme", "mid");
+    let id = s.submit(&k, &clip(0.25, 64, 36), None).json()["id"].as_str().unwrap().to_string();
+    let j = s.wait(&k, &id, T);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["attempts"], 3);
+    let errors = j["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert!(errors[0].as_str().unwrap().contains("attempt 1: injected GPU fault"), "{errors:?}");
+    drop(s);
+    // Always failing: dead-lettered after exactly max attempts, with every error.
+    let dir2 = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir2.path(),
+        &["--max-attempts", "3", "--backoff-base-ms", "50", "--backoff-cap-ms", "200"],
+        &[("TESSERA_FAULTS", "fail_attempts=99")],
+    );
+    let k = s.tenant("acme", "mid");
+    let id = s.submit(&k, &clip(0.25, 64, 36), None).json()["id"].as_str().unwrap().to_string();
+    let j = s.wait(&k, &id, T);
+    assert_eq!((j["state"].as_str(), j["attempts"].as_u64()), (Some("dead"), Some(3)), "{j}");
+    assert_eq!(j["errors"].as_array().unwrap().len(), 3);
+    let auth = format!("Bearer {k}");
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
+    assert_eq!(usage["charges"], "0", "a dead job was billed");
+    // A spec that cannot be rendered is refused up front, never retried.
+    let r = s.submit(&k, &json!({"template": "orbit", "fps": 7}), None);
+    assert_eq!(r.status, 422);
+}
+
+#[test]
+fn kill9_mid_render_then_restart_completes_every_job_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &["--concurrency", "2", "--backoff-base-ms", "50"], &[]);
+    let k = s.tenant("acme", "mid");
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            s.submit(&k, &clip(1.0 + f64::from(i) * 0.25, 160, 90), Some(&format!("crash-{i}"))).json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(700 + round * 300));
+        s.kill9();
+        s = Server::start(dir.path(), &["--concurrency", "2", "--backoff-base-ms", "50"], &[]);
+    }
+    for id in &ids {
+        let j = s.wait(&k, id, T);
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    // Exactly one billable output per job, and no partial files left behind.
+    drop(s);
+    let events = crate::ledger::rt().block_on(async {
+        let store = tessera_metering::ledger::Store::open(dir.path()).await.unwrap();
+        store.events(&Default::default()).await.unwrap()
+    });
+    for id in &ids {
+        let outputs =
+            events.iter().filter(|e| &e.job_id == id && e.kind == tessera_metering::ledger::EventKind::Output).count();
+        assert_eq!(outputs, 1, "job {id} billed {outputs} times");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("clips"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+    let clips = std::fs::read_dir(dir.path().join("clips")).unwrap().count();
+    assert_eq!(clips, ids.len() * 2, "one clip and one sidecar per job");
+}
+
+#[test]
+fn metrics_endpoint_passes_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[], &[]);
+    let k = s.tenant("acme", "mid");
+    let id = s.submit(&k, &tiny("standard"), None).json()["id"].as_str().unwrap().to_string();
+    s.wait(&k, &id, T);
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = String::from_utf8(http(&s.metrics, "GET", "/metrics", &[], b"").body).unwrap();
+    for name in [
+        "tessera_queue_depth",
+        "tessera_jobs_total",
+        "tessera_queue_wait_seconds_bucket",
+        "tessera_concurrency_limit",
+        "tessera_gpu_seconds_total",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn aging_lets_a_bulk_job_through_a_steady_stream_of_urgent_jobs() {
+    use tessera_worker::service::jobs::{JobStore, NewJob};
+    let dir = tempfile::tempdir().unwrap();
+    crate::ledger::rt().block_on(async {
+        let store = tessera_metering::ledger::Store::open(dir.path()).await.unwrap();
+        let jobs = JobStore::new(store.pool().clone()).await.unwrap();
+        let job = |id: String, lane: &str, max_wait_ms: i64| NewJob {
+            id,
+            tenant_id: "t".into(),
+            idempotency_key: None,
+            body_hash: "h".into(),
+            spec_json: "{}".into(),
+            template: "orbit@2".into(),
+            lane: lane.into(),
+            lane_rank: tessera_worker::service::config::lane_rank(lane),
+            tier_bonus: 0.0,
+            est_cost_ms: 1,
+            max_wait_ms,
+            max_attempts: 6,
+            frames_total: 1,
+            price_micros: 0,
+        };
+        let window_ms = 400;
+        jobs.insert(&job("j_bulk".into(), "bulk", window_ms)).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut n = 0;
+        loop {
+            // Two urgent jobs arrive for every one claimed: urgent work never runs dry.
+            for _ in 0..2 {
+                jobs.insert(&job(format!("j_u{n}"), "urgent", 60_000)).await.unwrap();
+                n += 1;
+            }
+            let claimed = jobs.claim("w", 10_000).await.unwrap().unwrap();
+            let waited = start.elapsed().as_millis() as i64;
+            if claimed.id == "j_bulk" {
+                assert!(waited >= window_ms - 50, "bulk went ahead of urgent work after only {waited} ms");
+                assert!(waited <= window_ms + 300, "bulk waited {waited} ms, past its {window_ms} ms window");
+                break;
+            }
+            assert!(waited < window_ms + 300, "bulk job starved: {waited} ms");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+}

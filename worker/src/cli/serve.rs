@@ -1,0 +1,68 @@
+//! `tessera serve`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{load_price_book, runtime, usage, CliError, StoreArgs};
+use crate::gpu::GpuContext;
+use crate::service::{self, ServeConfig, Service};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Prometheus /metrics address.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Jobs in flight to start from (the limit then adapts).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Most jobs in flight the adaptive limit may reach.
+    #[arg(long, default_value_t = 32)]
+    pub max_concurrency: usize,
+    /// Attempts before a job is dead-lettered.
+    #[arg(long, default_value_t = 6)]
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds (doubles per attempt, full jitter).
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    pub backoff_cap_ms: u64,
+    /// Longest a bulk job waits before it goes ahead of every lane, seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub bulk_max_wait_s: u64,
+    /// Lease of a running job, seconds (renewed by heartbeat).
+    #[arg(long, default_value_t = 15)]
+    pub lease_s: u64,
+    /// How long archived clips are kept, hours.
+    #[arg(long, default_value_t = 720)]
+    pub retention_h: u64,
+}
+
+pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let book = load_price_book(args.store.price_book.as_deref())?;
+    if args.concurrency == 0 || args.max_attempts == 0 || args.lease_s == 0 {
+        return Err(usage(anyhow::anyhow!("--concurrency, --max-attempts and --lease-s must be at least 1")));
+    }
+    let mut config = ServeConfig::new(args.store.data.clone(), args.listen, args.metrics_listen);
+    config.initial_concurrency = args.concurrency;
+    config.max_concurrency = args.max_concurrency.max(1);
+    config.initial_concurrency = config.initial_concurrency.min(config.max_concurrency);
+    config.max_attempts = args.max_attempts;
+    config.backoff_base = Duration::from_millis(args.backoff_base_ms);
+    config.backoff_cap = Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms));
+    config.bulk.max_wait = Duration::from_secs(args.bulk_max_wait_s);
+    config.lease = Duration::from_secs(args.lease_s);
+    config.retention = Duration::from_secs(args.retention_h * 3600);
+    let ctx = Arc::new(GpuContext::open().map_err(runtime)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)?;
+    rt.block_on(async move {
+        let svc = Service::new(config, ctx, book).await.map_err(runtime)?;
+        service::serve(svc).await.map_err(runtime)
+    })
+}

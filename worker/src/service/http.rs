@@ -1,0 +1,579 @@
+//! The HTTP API (`/v1`), built by [`app`] and tested in-process with `oneshot`.
+//!
+//! Every error is JSON, `{"error": {"code", "message", "fields"}}`, with a 4xx
+//! status for anything the caller can fix; 5xx bodies hide details, which are
+//! logged once. A tenant sees only its own jobs, outputs and usage: anything
+//! else is 404, as if it did not exist.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tessera_metering::ledger::{now_ms, EventFilter, Tenant};
+use tessera_metering::{quote, AttemptRef, UsageEvent};
+
+use super::jobs::{Inserted, Job, ListFilter, NewJob};
+use super::{config, Service};
+use crate::spec::{self, FieldError, SpecFormat, SpecLimits};
+
+/// The API's error.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    fields: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), fields: Vec::new() }
+    }
+    fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "fields": self.fields}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Routes of the API port.
+pub fn app(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs/{id}", get(get_job).delete(cancel))
+        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/metadata", get(metadata))
+        .route("/v1/quote", post(quote_handler))
+        .route("/v1/usage", get(usage))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(svc.config.max_body_bytes))
+        .with_state(svc)
+}
+
+/// Routes of the metrics port.
+pub fn metrics_app(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(svc): State<Arc<Service>>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], svc.metrics.render())
+            }),
+        )
+        .with_state(svc)
+}
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn readyz(State(svc): State<Arc<Service>>) -> Response {
+    let store = sqlx::query("SELECT 1").execute(svc.store.pool()).await.is_ok();
+    let gpu = svc.ctx.check_errors().is_ok();
+    let status = if store && gpu { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"store": store, "gpu": gpu, "adapter": svc.ctx.adapter.name}))).into_response()
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "missing Authorization: Bearer KEY")
+    })?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Authorization must be `Bearer KEY`"))
+}
+
+/// The calling tenant, after the rate limit.
+async fn tenant(svc: &Service, headers: &HeaderMap) -> ApiResult<Tenant> {
+    let key = bearer(headers)?;
+    if svc.config.admin_key.as_deref() == Some(key) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin key cannot act as a tenant"));
+    }
+    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE api_key_hash = ?")
+        .bind(hash_key(key))
+        .fetch_optional(svc.store.pool())
+        .await
+        .map_err(ApiError::internal)?;
+    let id = row.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?.0;
+    let t = svc.store.tenant(&id).await.map_err(ApiError::internal)?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    if !svc.rate_allow(&t.id) {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down"));
+    }
+    Ok(t)
+}
+
+fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    b.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body is too large")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+        }
+    })
+}
+
+fn json_body(b: &Bytes) -> ApiResult<serde_json::Value> {
+    let text =
+        std::str::from_utf8(b).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", "body is not UTF-8"))?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("body is not JSON: {e}")))
+}
+
+async fn create_tenant(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = bearer(&headers)?;
+    let Some(admin) = svc.config.admin_key.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "tenant creation is disabled: TESSERA_ADMIN_KEY is not set",
+        ));
+    };
+    if key != admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "creating tenants needs the admin key"));
+    }
+    let v = json_body(&body(b)?)?;
+    let field = |name: &str| -> ApiResult<String> {
+        v.get(name).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
+            let mut e =
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("`{name}` must be a string"));
+            e.fields.push(FieldError { field: name.into(), message: "required string".into() });
+            e
+        })
+    };
+    let (name, tier) = (field("name")?, field("tier")?);
+    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "`name` must be 1 to 64 printable characters",
+        ));
+    }
+    let t = svc.store.create_tenant(&svc.book, &name, &tier).await.map_err(|e| match e {
+        tessera_metering::ledger::LedgerError::TenantExists(_) => {
+            ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
+        }
+        tessera_metering::ledger::LedgerError::UnknownTier { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+        }
+        other => ApiError::internal(other),
+    })?;
+    let mut raw = [0u8; 24];
+    getrandom::getrandom(&mut raw).map_err(ApiError::internal)?;
+    let api_key = format!("tsk_{}", hex::encode(raw));
+    sqlx::query("UPDATE tenants SET api_key_hash = ? WHERE id = ?")
+        .bind(hash_key(&api_key))
+        .bind(&t.id)
+        .execute(svc.store.pool())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(json!({"id": t.id, "name": t.name, "tier": t.tier, "api_key": api_key})))
+        .into_response())
+}
+
+fn spec_error(e: spec::SpecError) -> ApiError {
+    let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string());
+    if let spec::SpecError::Syntax { .. } = e {
+        err.status = StatusCode::BAD_REQUEST;
+        err.code = "bad_json";
+    }
+    err.fields = e.field_errors();
+    err
+}
+
+fn job_view(svc: &Service, j: &Job) -> serde_json::Value {
+    let spec: serde_json::Value = serde_json::from_str(&j.spec_json).unwrap_or_default();
+    json!({
+        "id": j.id, "state": j.state, "lane": j.lane, "template": j.template,
+        "attempts": j.attempts, "max_attempts": j.max_attempts,
+        "frames_done": j.frames_done, "frames_total": j.frames_total,
+        "price": tessera_metering::price::from_micros(j.price_micros).to_string(), "currency": svc.book.currency,
+        "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms, "finished_at_ms": j.finished_at_ms,
+        "cancel_requested": j.cancel_requested, "errors": j.errors,
+        "output": j.output_path.as_ref().map(|_| json!({"bytes": j.output_bytes, "sha256": j.output_sha256,
+            "url": format!("/v1/jobs/{}/output", j.id), "metadata": format!("/v1/jobs/{}/metadata", j.id)})),
+        "spec": spec,
+    })
+}
+
+async fn submit(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let t = tenant(&svc, &headers).await?;
+    let b = body(b)?;
+    let text =
+        std::str::from_utf8(&b).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", "body is not UTF-8"))?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 128 && k.chars().all(|c| c.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_idempotency_key",
+                        "Idempotency-Key must be 1 to 128 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let raw = spec::parse(text, SpecFormat::Json).map_err(spec_error)?;
+    let js = raw.validate(&SpecLimits::from_price_book(&svc.book)).map_err(spec_error)?;
+    let q = quote(&svc.book, &js.quote_request())
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
+    let body_hash = hex::encode(Sha256::digest(serde_json::to_vec(&raw).unwrap_or_default()));
+    let id_seed =
+        format!("{}|{}|{}", t.id, key.clone().unwrap_or_else(|| format!("{}:{}", now_ms(), svc.next_seq())), body_hash);
+    let id = format!("j_{:016x}", tessera_metering::ledger::fnv1a(id_seed.as_bytes()));
+    let lane = js.lane.as_str();
+    let new = NewJob {
+        id: id.clone(),
+        tenant_id: t.id.clone(),
+        idempotency_key: key,
+        body_hash,
+        spec_json: serde_json::to_string(&raw).map_err(ApiError::internal)?,
+        template: js.template.id(),
+        lane: lane.into(),
+        lane_rank: config::lane_rank(lane),
+        tier_bonus: config::tier_bonus(&t.tier),
+        est_cost_ms: (u64::from(js.width) * u64::from(js.height) * u64::from(js.frames) / 20_000) as i64,
+        max_wait_ms: svc.config.lane(lane).max_wait.as_millis() as i64,
+        max_attempts: svc.config.max_attempts,
+        frames_total: js.frames,
+        price_micros: tessera_metering::price::to_micros(q.price),
+    };
+    // Admission first: a refused job is never queued. Re-admitting an existing id is a no-op.
+    let request = js.quote_request();
+    let reservation = tessera_metering::ledger::Reservation {
+        job_id: &id,
+        request: &request,
+        lane,
+        frames: js.frames,
+        price: q.price,
+    };
+    let warnings = svc.store.admit(&svc.book, &t, reservation).await.map_err(|e| match e {
+        tessera_metering::ledger::LedgerError::Admission(a) => {
+            let mut err = ApiError::new(StatusCode::FORBIDDEN, "admission_refused", a.to_string());
+            err.fields
+                .push(FieldError { field: "tier".into(), message: serde_json::to_string(&a).unwrap_or_default() });
+            err
+        }
+        other => ApiError::internal(other),
+    })?;
+    match svc.jobs.insert(&new).await.map_err(ApiError::internal)? {
+        Inserted::New(j) => {
+            svc.wake.notify_one();
+            let mut v = job_view(&svc, &j);
+            v["warnings"] = json!(warnings);
+            Ok((StatusCode::CREATED, Json(v)).into_response())
+        }
+        Inserted::Existing(j) => Ok((StatusCode::OK, Json(job_view(&svc, &j))).into_response()),
+        Inserted::Conflict(j) => {
+            let _ = svc.store.release(&id).await;
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                format!("Idempotency-Key was used for job {} with another body", j.id),
+            ))
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    id.len() == 18 && id.starts_with("j_") && id[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Job> {
+    if !valid_id(id) {
+        return Err(ApiError::not_found("job"));
+    }
+    match svc.jobs.get(id).await.map_err(ApiError::internal)? {
+        Some(j) if j.tenant_id == t.id => Ok(j),
+        _ => Err(ApiError::not_found("job")),
+    }
+}
+
+async fn get_job(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&svc, &headers).await?;
+    let j = own_job(&svc, &t, &id).await?;
+    let mut v = job_view(&svc, &j);
+    let events = svc
+        .store
+        .events(&EventFilter { tenant: Some(t.id.clone()), ..Default::default() })
+        .await
+        .map_err(ApiError::internal)?;
+    let mut usage: HashMap<String, i64> = HashMap::new();
+    for e in events.iter().filter(|e| e.job_id == j.id && e.kind == tessera_metering::ledger::EventKind::Gpu) {
+        *usage.entry(e.pass.map(|p| p.as_str().to_string()).unwrap_or_default()).or_default() += e.quantity;
+    }
+    v["usage_gpu_ns"] = json!(usage);
+    Ok(Json(v))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    lane: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&svc, &headers).await?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let states = ["queued", "running", "succeeded", "dead", "cancelled"];
+    if q.state.as_deref().is_some_and(|s| !states.contains(&s)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("state must be one of {}", states.join(", ")),
+        ));
+    }
+    if q.lane.as_deref().is_some_and(|l| !["urgent", "standard", "bulk"].contains(&l)) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "lane must be urgent, standard or bulk"));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "limit must be 1 to 200"));
+    }
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let (ms, id) =
+                c.split_once(':').ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "bad cursor"))?;
+            Some((
+                ms.parse::<i64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "bad cursor"))?,
+                id.to_string(),
+            ))
+        }
+    };
+    let jobs = svc
+        .jobs
+        .list(&t.id, &ListFilter { state: q.state, lane: q.lane, before, limit })
+        .await
+        .map_err(ApiError::internal)?;
+    let next =
+        (jobs.len() as u32 == limit).then(|| jobs.last().map(|j| format!("{}:{}", j.created_at_ms, j.id))).flatten();
+    Ok(Json(json!({"jobs": jobs.iter().map(|j| job_view(&svc, j)).collect::<Vec<_>>(), "next_cursor": next})))
+}
+
+async fn cancel(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&svc, &headers).await?;
+    let j = own_job(&svc, &t, &id).await?;
+    let j = svc.jobs.cancel(&j.id).await.map_err(ApiError::internal)?.ok_or_else(|| ApiError::not_found("job"))?;
+    if j.state == "cancelled" {
+        let _ = svc.store.release(&j.id).await;
+    }
+    Ok(Json(job_view(&svc, &j)))
+}
+
+/// Parses a single `bytes=` range against a length.
+fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = h.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().ok()?;
+            if n == 0 {
+                return None;
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (s, "") => (s.parse().ok()?, len - 1),
+        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len - 1)),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+async fn output(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let t = tenant(&svc, &headers).await?;
+    let j = own_job(&svc, &t, &id).await?;
+    let path = j
+        .output_path
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state)))?;
+    let data = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::GONE, "expired", "output is no longer retained"))?;
+    let len = data.len() as u64;
+    let (status, slice, range) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => (StatusCode::OK, &data[..], None),
+        Some(r) => match (len > 0).then(|| parse_range(r, len)).flatten() {
+            Some((s, e)) => (StatusCode::PARTIAL_CONTENT, &data[s as usize..=e as usize], Some((s, e))),
+            None => {
+                return Ok((
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+                    Json(json!({"error": {"code": "bad_range", "message": "range not satisfiable", "fields": []}})),
+                )
+                    .into_response())
+            }
+        },
+    };
+    // Egress: metered in the ledger before the bytes go out.
+    let a = AttemptRef { tenant_id: t.id.clone(), tier: t.tier.clone(), job_id: j.id.clone(), attempt: j.attempts };
+    let served = slice.len() as i64;
+    svc.store.append(&[UsageEvent::egress(&a, svc.next_seq(), served)]).await.map_err(ApiError::internal)?;
+    svc.metrics.record_egress(&t.id, served as u64);
+    let mut resp = Response::new(Body::from(slice.to_vec()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, "video/x-msvideo".parse().expect("static header"));
+    h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("static header"));
+    if let Some((s, e)) = range {
+        h.insert(header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}").parse().map_err(ApiError::internal)?);
+    }
+    Ok(resp)
+}
+
+async fn metadata(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let t = tenant(&svc, &headers).await?;
+    let j = own_job(&svc, &t, &id).await?;
+    let path = j
+        .metadata_path
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no metadata", j.state)))?;
+    let text = tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::GONE, "expired", "metadata is no longer retained"))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], text).into_response())
+}
+
+async fn quote_handler(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&svc, &headers).await?;
+    let b = body(b)?;
+    let text =
+        std::str::from_utf8(&b).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", "body is not UTF-8"))?;
+    let js = spec::parse(text, SpecFormat::Json)
+        .and_then(|r| r.validate(&SpecLimits::from_price_book(&svc.book)))
+        .map_err(spec_error)?;
+    let req = js.quote_request();
+    let q = quote(&svc.book, &req)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
+    let tier = &svc.book.tiers[&t.tier];
+    let usage = svc.store.month_usage(&t.id).await.map_err(ApiError::internal)?;
+    let verdict = match tier.check_features(&t.tier, &req, js.lane.as_str()) {
+        Ok(()) => tier
+            .check_caps(&t.tier, &usage, req.output_seconds, q.price)
+            .map(|w| json!({"admissible": true, "warnings": w})),
+        Err(e) => Err(e),
+    };
+    let mut v = serde_json::to_value(&q).map_err(ApiError::internal)?;
+    v["admission"] = verdict.unwrap_or_else(|e| json!({"admissible": false, "refusal": e, "message": e.to_string()}));
+    Ok(Json(v))
+}
+
+async fn usage(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let t = tenant(&svc, &headers).await?;
+    let events = svc
+        .store
+        .events(&EventFilter { tenant: Some(t.id.clone()), ..Default::default() })
+        .await
+        .map_err(ApiError::internal)?;
+    let (mut gpu, mut frames_s, mut charges, mut egress, mut storage) =
+        (HashMap::<String, i64>::new(), rust_decimal::Decimal::ZERO, 0i64, 0i64, 0i64);
+    for e in &events {
+        match e.kind {
+            tessera_metering::ledger::EventKind::Gpu => {
+                *gpu.entry(e.pass.map(|p| p.as_str().to_string()).unwrap_or_default()).or_default() += e.quantity
+            }
+            tessera_metering::ledger::EventKind::Output => {
+                frames_s += tessera_metering::ledger::output_seconds(e.quantity, e.fps.unwrap_or(1));
+                charges += e.amount_micros;
+            }
+            tessera_metering::ledger::EventKind::Egress => egress += e.quantity,
+            tessera_metering::ledger::EventKind::Storage => storage += e.quantity,
+            tessera_metering::ledger::EventKind::AttemptEnd => {}
+        }
+    }
+    let month = svc.store.month_usage(&t.id).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "tenant": t.name, "tier": t.tier, "currency": svc.book.currency,
+        "gpu_ns": gpu, "output_seconds": frames_s.normalize().to_string(),
+        "charges": tessera_metering::price::from_micros(charges).to_string(),
+        "egress_bytes": egress, "storage_byte_seconds": storage,
+        "this_month": {"output_seconds": month.used_seconds.normalize().to_string(), "reserved_seconds": month.reserved_seconds.normalize().to_string(),
+                       "spent": month.spent.to_string(), "reserved_spend": month.reserved_spend.to_string()},
+    })))
+}
+
+/// Token bucket per tenant.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: std::sync::Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn allow(&self, tenant: &str, per_s: u32) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let burst = f64::from(per_s.max(1)) * 2.0;
+        let now = Instant::now();
+        let (tokens, last) = b.entry(tenant.to_string()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * f64::from(per_s)).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
