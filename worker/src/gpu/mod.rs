@@ -67,6 +67,8 @@ pub struct GpuContext {
     /// Compiled pipelines by key, reused across clips: compiling a ray-marching
     /// template takes seconds on some drivers.
     pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    /// Off only to measure what reuse saves (benches/load.rs).
+    pipeline_reuse: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -196,11 +198,15 @@ impl GpuContext {
             limits,
             errors,
             pipelines: Mutex::default(),
+            pipeline_reuse: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
     /// The cached value under `key`, made by `make` on first use.
     pub fn cached<T: Any + Send + Sync>(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        if !self.pipeline_reuse.load(std::sync::atomic::Ordering::Relaxed) {
+            return Arc::new(make());
+        }
         let mut map = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = map.get(key).and_then(|v| v.clone().downcast::<T>().ok()) {
             return found;
@@ -208,6 +214,11 @@ impl GpuContext {
         let made = Arc::new(make());
         map.insert(key.to_string(), made.clone());
         made
+    }
+
+    /// Turns reuse of compiled pipelines across clips on or off.
+    pub fn set_pipeline_reuse(&self, on: bool) {
+        self.pipeline_reuse.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Fails with the first GPU error recorded since the last check.

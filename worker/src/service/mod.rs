@@ -219,6 +219,12 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// The dispatcher, lease sweeper, concurrency controller, storage metering and
+/// retention loop; `serve` runs it, and so can an embedding (benches).
+pub async fn run_background(svc: Arc<Service>) {
+    background(svc).await
+}
+
 async fn background(svc: Arc<Service>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let (mut n, storage_period) = (0u64, Duration::from_secs(60));
