@@ -82,7 +82,16 @@ fn ledger_metrics_and_export_reconcile_to_the_nanosecond() {
         run_attempt(&env, &a, "job-a1", 1, &small("orbit", "general"), None).await;
         run_attempt(&env, &a, "job-a2", 1, &small("pedestal", "advanced"), None).await;
         run_attempt(&env, &b, "job-b1", 1, &small("dunes", "general"), Some(5)).await;
+        // A failed attempt that will be retried keeps its cap reservation.
+        let reserved = store.month_usage(&b.id).await.unwrap().reserved_seconds;
+        assert_eq!(reserved, rust_decimal::Decimal::new(5, 1));
         run_attempt(&env, &b, "job-b1", 2, &small("dunes", "general"), None).await;
+        // Billed: the output now counts as used, not reserved.
+        let u = store.month_usage(&b.id).await.unwrap();
+        assert_eq!(
+            (u.used_seconds, u.reserved_seconds),
+            (rust_decimal::Decimal::new(5, 1), rust_decimal::Decimal::ZERO)
+        );
         store
     });
     let (ledger, events) = rt().block_on(async {

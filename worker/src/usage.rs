@@ -105,7 +105,8 @@ impl<'a> UsageRecorder<'a> {
     /// Ends the attempt. On success the job's output is billed once (a job already
     /// billed by an earlier attempt is not billed again); a cancelled job is billed
     /// for what it delivered, which `spec.frames` and `quote` then describe. The
-    /// counters move only after the ledger committed.
+    /// counters move only after the ledger committed. The job's cap reservation
+    /// is left for the caller to release once the job is final.
     pub async fn finish(
         mut self,
         book: &PriceBook,
@@ -130,7 +131,8 @@ impl<'a> UsageRecorder<'a> {
             ));
         }
         self.store.append(&events).await?;
-        self.store.release(&self.attempt.job_id).await?;
+        // The reservation stays while the job may still be retried; whoever knows
+        // the job is final releases it (`Store::release`).
         let a = &self.attempt;
         self.metrics.record_attempt(a, outcome, self.timing, &self.totals);
         self.metrics.record_gpu_cost(book, a, &self.totals);

@@ -122,6 +122,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     let q = quote(&m.book, &spec.quote_request()).map_err(usage)?;
     let outcome = if result.is_ok() { Outcome::Succeeded } else { Outcome::Failed };
     m.rt.block_on(recorder.finish(&m.book, &spec, &q, outcome)).map_err(runtime)?;
+    m.rt.block_on(m.store.release(&m.job)).map_err(runtime)?;
     let summary = result.with_context(|| format!("rendering {}", args.output.display())).map_err(runtime)?;
     println!(
         "{}; billed {} {} to tenant {} as job {}",

@@ -133,6 +133,9 @@ impl Service {
                 self.store.release(id).await?;
             } else {
                 self.jobs.fail(id, "worker lost (crash or kill); lease expired", 0, dead).await?;
+                if dead {
+                    self.store.release(id).await?;
+                }
             }
         }
         Ok(orphans.len())

@@ -48,6 +48,9 @@ pub async fn run(svc: Arc<Service>, job: Job) {
     let start = Instant::now();
     let result = attempt(svc.clone(), &job).await;
     svc.svc_metrics.run_time.with_label_values(&[&lane]).observe(start.elapsed().as_secs_f64());
+    if result.is_ok() {
+        let _ = svc.store.release(&job.id).await;
+    }
     let outcome = match result {
         Ok(Done::Succeeded) => "succeeded",
         Ok(Done::Cancelled) => "cancelled",
@@ -58,6 +61,9 @@ pub async fn run(svc: Arc<Service>, job: Job) {
             tracing::warn!(job = %job.id, attempt = job.attempts, dead, delay_ms = delay.as_millis() as u64, error = %e.message, "attempt failed");
             if let Err(db) = svc.jobs.fail(&job.id, &e.message, delay.as_millis() as i64, dead).await {
                 tracing::error!(job = %job.id, error = %db, "could not record the failed attempt; the lease will expire");
+            }
+            if dead {
+                let _ = svc.store.release(&job.id).await;
             }
             if dead {
                 "dead"
