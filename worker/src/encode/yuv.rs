@@ -43,7 +43,7 @@ impl Yuv420Pass {
         let words = len.div_ceil(4) as u32;
         let layout = layout(ctx, "yuv420", &[uniform_entry(0), texture_entry(1), storage_entry(2, false)]);
         let module = module(&ctx.device, "yuv420", &compose(&[COMMON, YUV420]));
-        let pipeline = pipeline(&ctx.device, &layout, &module, "main");
+        let pipeline = pipeline(ctx, &layout, &module, "main");
         let bytes = u64::from(words) * 4;
         let planes = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("yuv planes"),

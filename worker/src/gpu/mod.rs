@@ -5,6 +5,7 @@
 //! CI (Mesa lavapipe) both offer; `TESSERA_BACKEND` picks another and
 //! `TESSERA_ADAPTER` picks an adapter by case-insensitive name substring.
 
+pub mod pipeline_cache;
 pub mod readback;
 pub mod timing;
 
@@ -69,6 +70,8 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
     /// Off only to measure what reuse saves (benches/load.rs).
     pipeline_reuse: std::sync::atomic::AtomicBool,
+    info: wgpu::AdapterInfo,
+    disk_cache: std::sync::OnceLock<pipeline_cache::DiskPipelineCache>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -160,7 +163,8 @@ impl GpuContext {
     /// timestamp queries.
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
         let info = adapter.get_info();
-        let wanted = if timestamps_trusted(&info) { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let timing = if timestamps_trusted(&info) { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let wanted = timing | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
@@ -192,6 +196,8 @@ impl GpuContext {
         Ok(Self {
             adapter: AdapterReport::from_info(&info),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            info,
+            disk_cache: std::sync::OnceLock::new(),
             device,
             queue,
             features,
@@ -214,6 +220,32 @@ impl GpuContext {
         let made = Arc::new(make());
         map.insert(key.to_string(), made.clone());
         made
+    }
+
+    /// Persists compiled pipelines under `dir` (where the driver supports it):
+    /// loads what an earlier run saved; [`GpuContext::save_pipeline_cache`] writes.
+    /// Returns whether a cache is in use. Call before creating pipelines.
+    pub fn enable_disk_pipeline_cache(&self, dir: &std::path::Path) -> bool {
+        if let Some(c) = pipeline_cache::DiskPipelineCache::open(&self.device, &self.info, self.features, dir) {
+            let _ = self.disk_cache.set(c);
+        }
+        self.disk_cache.get().is_some()
+    }
+
+    /// The driver pipeline cache new pipelines go into, if enabled.
+    pub fn pipeline_cache(&self) -> Option<&wgpu::PipelineCache> {
+        self.disk_cache.get().map(|c| {
+            c.mark_dirty();
+            &c.cache
+        })
+    }
+
+    /// Saves the pipeline cache if it changed; returns whether it wrote.
+    pub fn save_pipeline_cache(&self) -> std::io::Result<bool> {
+        match self.disk_cache.get() {
+            Some(c) => c.save(),
+            None => Ok(false),
+        }
     }
 
     /// Turns reuse of compiled pipelines across clips on or off.

@@ -484,10 +484,10 @@ impl Pipelines {
         let bloom_module = module(d, "bloom", &compose(&[COMMON, BLOOM]));
         let stitch_module = module(d, "stitch", &compose(&[COMMON, STITCH]));
         Self {
-            template: pipeline(d, &template_layout, &template_module, "main"),
-            bloom_x: pipeline(d, &bloom_layout, &bloom_module, "bright_blur_x"),
-            bloom_y: pipeline(d, &bloom_layout, &bloom_module, "composite_y"),
-            stitch: pipeline(d, &stitch_layout, &stitch_module, "main"),
+            template: pipeline(ctx, &template_layout, &template_module, "main"),
+            bloom_x: pipeline(ctx, &bloom_layout, &bloom_module, "bright_blur_x"),
+            bloom_y: pipeline(ctx, &bloom_layout, &bloom_module, "composite_y"),
+            stitch: pipeline(ctx, &stitch_layout, &stitch_module, "main"),
         }
     }
 }
@@ -554,18 +554,18 @@ pub(crate) fn module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::
 }
 
 pub(crate) fn pipeline(
-    device: &wgpu::Device,
+    ctx: &GpuContext,
     layout: &(wgpu::BindGroupLayout, wgpu::PipelineLayout),
     module: &wgpu::ShaderModule,
     entry: &str,
 ) -> wgpu::ComputePipeline {
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+    ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
         layout: Some(&layout.1),
         module,
         entry_point: Some(entry),
         compilation_options: Default::default(),
-        cache: None,
+        cache: ctx.pipeline_cache(),
     })
 }
 

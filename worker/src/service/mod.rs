@@ -60,6 +60,9 @@ pub enum ServeError {
 impl Service {
     pub async fn new(config: ServeConfig, ctx: Arc<GpuContext>, book: PriceBook) -> Result<Arc<Self>, ServeError> {
         let store = Store::open(&config.data).await?;
+        if ctx.enable_disk_pipeline_cache(&config.data.join("pipeline-cache")) {
+            tracing::info!("compiled pipelines persist in {}", config.data.join("pipeline-cache").display());
+        }
         let jobs = jobs::JobStore::new(store.pool().clone()).await?;
         let metrics = Metrics::new(&book.currency);
         let svc_metrics = metrics::ServiceMetrics::register(metrics.registry())?;
@@ -216,6 +219,9 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     while svc.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    if let Err(e) = svc.ctx.save_pipeline_cache() {
+        tracing::warn!(error = %e, "could not save the pipeline cache");
+    }
     let _ = stop_tx.send(true);
     let _ = api_task.await;
     let _ = metrics_task.await;
@@ -241,6 +247,11 @@ async fn background(svc: Arc<Service>) {
         if n % 5 == 0 {
             let _ = svc.recover(false).await;
             svc.update_queue_metrics().await;
+        }
+        if n % 50 == 0 {
+            if let Err(e) = svc.ctx.save_pipeline_cache() {
+                tracing::warn!(error = %e, "could not save the pipeline cache");
+            }
         }
         if n % 10 == 0 {
             let in_flight = svc.in_flight.load(Ordering::Relaxed);

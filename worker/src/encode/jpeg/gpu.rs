@@ -39,7 +39,7 @@ impl JpegPass {
         let layout = layout(ctx, "jpeg", &[uniform_entry(0), texture_entry(1), storage_entry(2, false)]);
         let pipeline = ctx.cached("encode/jpeg", || {
             let module = module(&ctx.device, "jpeg", &compose(&[COMMON, JPEG]));
-            pipeline(&ctx.device, &layout, &module, "main")
+            pipeline(ctx, &layout, &module, "main")
         });
         let bytes = (grid.mcu_count() * COEFFS_PER_MCU * 2) as u64;
         let coeffs =
