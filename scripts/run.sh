@@ -12,7 +12,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo build --release --locked
-./target/release/tessera doctor | head -n 6
+./target/release/tessera doctor | sed -n 1,6p
 if (($#)); then
   exec ./target/release/tessera render "$@"
 fi
