@@ -154,21 +154,28 @@ fn metered_gpu_time_tracks_the_wall_clock() {
     }));
     let mut renderer = FrameRenderer::new(ctx(), s.render_plan()).unwrap();
     renderer.render_frame(0, Readback::None).unwrap();
-    let (mut metered, mut wall) = (0u64, 0u128);
+    let (mut metered, mut wall, mut per_frame) = (0u64, 0u128, Vec::new());
     for i in 1..=6 {
         let start = Instant::now();
         let f = renderer.render_frame(i * 3, Readback::None).unwrap();
-        wall += start.elapsed().as_nanos();
-        metered += f.times.render_ns + f.times.stitch_ns;
+        let w = start.elapsed().as_nanos();
+        let m = f.times.render_ns + f.times.stitch_ns;
+        per_frame.push((w as f64 - m as f64).abs() / w as f64 * 100.0);
+        wall += w;
+        metered += m;
     }
     let diff = (wall as f64 - metered as f64).abs() / wall as f64 * 100.0;
+    per_frame.sort_by(f64::total_cmp);
+    let median = (per_frame[2] + per_frame[3]) / 2.0;
     eprintln!(
-        "metered {:.3} s vs wall {:.3} s: {diff:.2} % apart (timing {})",
+        "metered {:.3} s vs wall {:.3} s: {diff:.2} % apart over 6 frames, median frame {median:.2} % (timing {})",
         metered as f64 / 1e9,
         wall as f64 / 1e9,
         renderer.timing_source().as_str()
     );
-    assert!(diff < 2.0, "metered GPU time is {diff:.2} % off the wall clock");
+    // The median frame keeps a test thread that other tests preempt from failing
+    // a bound that is about metering, not about this machine's load.
+    assert!(median < 2.0, "metered GPU time is {median:.2} % off the wall clock on the median frame");
 }
 
 #[test]
