@@ -465,6 +465,25 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// GPU nanoseconds of one job per pass, over all its attempts.
+    pub async fn job_gpu_ns(&self, job_id: &str) -> Result<BTreeMap<String, i64>, LedgerError> {
+        let rows =
+            sqlx::query("SELECT pass, SUM(quantity) FROM usage_events WHERE job_id = ? AND kind = 'gpu' GROUP BY pass")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// The tenant holding an API key, by the key's hash.
+    pub async fn tenant_by_key_hash(&self, key_hash: &str) -> Result<Option<Tenant>, LedgerError> {
+        let row = sqlx::query("SELECT id, name, tier FROM tenants WHERE api_key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Tenant { id: r.get(0), name: r.get(1), tier: r.get(2) }))
+    }
+
     /// GPU nanoseconds per (tenant id, pass, attempt outcome).
     pub async fn gpu_ns_totals(&self) -> Result<BTreeMap<(String, String, String), i64>, LedgerError> {
         let rows = sqlx::query(

@@ -121,13 +121,12 @@ async fn tenant(svc: &Service, headers: &HeaderMap) -> ApiResult<Tenant> {
     if svc.config.admin_key.as_deref() == Some(key) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin key cannot act as a tenant"));
     }
-    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE api_key_hash = ?")
-        .bind(hash_key(key))
-        .fetch_optional(svc.store.pool())
+    let t = svc
+        .store
+        .tenant_by_key_hash(&hash_key(key))
         .await
-        .map_err(ApiError::internal)?;
-    let id = row.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?.0;
-    let t = svc.store.tenant(&id).await.map_err(ApiError::internal)?.ok_or_else(|| ApiError::not_found("tenant"))?;
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?;
     if !svc.rate_allow(&t.id) {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down"));
     }
@@ -340,15 +339,7 @@ async fn get_job(
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
     let mut v = job_view(&svc, &j);
-    let events = svc
-        .store
-        .events(&EventFilter { tenant: Some(t.id.clone()), ..Default::default() })
-        .await
-        .map_err(ApiError::internal)?;
-    let mut usage: HashMap<String, i64> = HashMap::new();
-    for e in events.iter().filter(|e| e.job_id == j.id && e.kind == tessera_metering::ledger::EventKind::Gpu) {
-        *usage.entry(e.pass.map(|p| p.as_str().to_string()).unwrap_or_default()).or_default() += e.quantity;
-    }
+    let usage = svc.store.job_gpu_ns(&j.id).await.map_err(ApiError::internal)?;
     v["usage_gpu_ns"] = json!(usage);
     Ok(Json(v))
 }
