@@ -1,9 +1,12 @@
 //! Load bench for `tessera serve`, run by hand: an in-process worker on an
 //! ephemeral port, driven over HTTP with many small jobs across the three lanes.
 //! Prints throughput, p50/p95/p99 queue wait and run time per lane, and the
-//! per-job overhead with and without pipeline reuse, measured in the same run.
+//! per-job overhead with and without pipeline reuse and with and without
+//! grouping jobs into shared GPU submissions, all measured in the same run.
 //!
 //! `cargo bench --bench load`; `TESSERA_BENCH_JOBS` (default 60) jobs per round.
+//! Grouping needs GPU timestamps: on a software adapter (lavapipe) run it with
+//! `TESSERA_TIMING=gpu` to measure it (its timestamps then meter too little).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -12,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use tessera_metering::PriceBook;
 use tessera_worker::gpu::GpuContext;
+use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::service::{self, ServeConfig, Service};
+use tessera_worker::spec::{RawSpec, SpecLimits};
 
 fn request(addr: &str, method: &str, path: &str, key: &str, body: &str) -> anyhow::Result<serde_json::Value> {
     let mut s = std::net::TcpStream::connect(addr)?;
@@ -100,14 +105,19 @@ fn mean_run_ms(r: &Round) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("TESSERA_BENCH_JOBS").ok().map(|s| s.parse()).transpose()?.unwrap_or(60);
+    let env = |name: &str, default: usize| -> anyhow::Result<usize> {
+        Ok(std::env::var(name).ok().map(|s| s.parse()).transpose()?.unwrap_or(default))
+    };
+    let n = env("TESSERA_BENCH_JOBS", 60)?;
+    let concurrency = env("TESSERA_BENCH_CONCURRENCY", 8)?;
+    let group_max = env("TESSERA_BENCH_GROUP", 8)?;
     let dir = tempfile::tempdir()?;
     let ctx = Arc::new(GpuContext::open()?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut config = ServeConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
     config.rate_limit_per_s = 100_000;
-    config.initial_concurrency = 4;
-    config.max_concurrency = 8;
+    config.initial_concurrency = concurrency;
+    config.max_concurrency = concurrency * 2;
     let svc = rt.block_on(Service::new(config, ctx.clone(), PriceBook::default_book()))?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?.to_string();
@@ -124,28 +134,101 @@ fn main() -> anyhow::Result<()> {
             .execute(svc.store.pool()),
     )?;
     println!(
-        "adapter: {} ({}), {n} jobs per round (96x54, 6 frames, templates and lanes mixed), concurrency 4..8",
-        ctx.adapter.name, ctx.adapter.backend
+        "adapter: {} ({}), {n} jobs per round (96x54, 6 frames, templates and lanes mixed), concurrency {concurrency}..{}",
+        ctx.adapter.name,
+        ctx.adapter.backend,
+        concurrency * 2
     );
 
+    if ctx.timestamps {
+        submission_overhead(&ctx)?;
+    }
     ctx.set_pipeline_reuse(false);
+    svc.groups.set_max(1);
     let cold = round(&addr, key, n)?;
     ctx.set_pipeline_reuse(true);
     let _warm_up = round(&addr, key, 3)?;
     let warm = round(&addr, key, n)?;
-    report("without pipeline reuse (every job compiles its pipelines)", &cold);
-    report("with pipeline reuse (compiled once per template version)", &warm);
-    let (c, w) = (mean_run_ms(&cold), mean_run_ms(&warm));
-    println!(
-        "\nmean run time per job: {c:.0} ms without reuse, {w:.0} ms with: reuse saves {:.0} ms per job ({:.0} %)",
-        c - w,
-        (c - w) / c * 100.0
-    );
-    println!(
-        "throughput: {:.2} vs {:.2} jobs/s ({:.2}x)",
-        cold.jobs.len() as f64 / cold.seconds,
-        warm.jobs.len() as f64 / warm.seconds,
-        cold.seconds / warm.seconds
-    );
+    report("without pipeline reuse (every job compiles its pipelines), no grouping", &cold);
+    report("with pipeline reuse (compiled once per template version), no grouping", &warm);
+    let mut rows = vec![("no reuse, no grouping", &cold), ("reuse, no grouping", &warm)];
+    let grouped;
+    if ctx.timestamps {
+        svc.groups.set_max(group_max);
+        grouped = round(&addr, key, n)?;
+        report(&format!("with pipeline reuse and grouping (up to {group_max} jobs per submission)"), &grouped);
+        rows.push(("reuse and grouping", &grouped));
+    } else {
+        println!("\ngrouping skipped: passes are timed on the host on this adapter (TESSERA_TIMING=gpu to measure it)");
+    }
+    println!("\n| mode | jobs/s | wall ms per job | mean run ms | saved vs first row, ms per job |");
+    println!("|---|---|---|---|---|");
+    let base = wall_ms_per_job(&cold);
+    for (name, r) in rows {
+        let w = wall_ms_per_job(r);
+        println!(
+            "| {name} | {:.2} | {w:.0} | {:.0} | {:.0} ({:.0} %) |",
+            r.jobs.len() as f64 / r.seconds,
+            mean_run_ms(r),
+            base - w,
+            (base - w) / base * 100.0
+        );
+    }
     Ok(())
+}
+
+/// GPU level, without the service: the next frame of `k` jobs rendered one
+/// submission each, then all in one submission; milliseconds per job-frame.
+fn submission_overhead(ctx: &GpuContext) -> anyhow::Result<()> {
+    println!("\nGPU submissions (orbit, JPEG readback, 24 frames per job, best of 3):");
+    println!(
+        "| frame | jobs | one submission per job, ms per job-frame | one shared submission | saved per job-frame |"
+    );
+    println!("|---|---|---|---|---|");
+    for (w, h) in [(32u32, 32u32), (96, 54), (320, 180)] {
+        let raw: RawSpec = serde_json::from_value(serde_json::json!({"template": "orbit",
+            "resolution": {"width": w, "height": h}, "fps": 24, "duration_s": 1.0}))?;
+        let spec = raw.validate(&SpecLimits::default())?;
+        for k in [1usize, 4, 8] {
+            let mut jobs: Vec<FrameRenderer<'_>> =
+                (0..k).map(|_| FrameRenderer::new(ctx, spec.render_plan())).collect::<Result<_, _>>()?;
+            for r in &mut jobs {
+                r.render_frame(0, Readback::Jpeg)?;
+            }
+            let per_job_frame = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / (24 * k) as f64;
+            let (mut alone, mut shared) = (f64::INFINITY, f64::INFINITY);
+            for _ in 0..3 {
+                let t = Instant::now();
+                for i in 0..24 {
+                    for r in &mut jobs {
+                        r.render_frame(i, Readback::Jpeg)?;
+                    }
+                }
+                alone = alone.min(per_job_frame(t));
+                let t = Instant::now();
+                for i in 0..24 {
+                    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                    for r in &mut jobs {
+                        r.record_frame(&mut encoder, i, Readback::Jpeg, false)?;
+                    }
+                    let submission = ctx.queue.submit([encoder.finish()]);
+                    for r in &mut jobs {
+                        r.collect_frame(&submission)?;
+                    }
+                }
+                shared = shared.min(per_job_frame(t));
+            }
+            println!(
+                "| {w}x{h} | {k} | {alone:.3} | {shared:.3} | {:.3} ms ({:.1} %) |",
+                alone - shared,
+                (alone - shared) / alone * 100.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Wall time per job at the round's throughput: the per-job cost, overhead included.
+fn wall_ms_per_job(r: &Round) -> f64 {
+    r.seconds * 1000.0 / r.jobs.len().max(1) as f64
 }

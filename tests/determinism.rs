@@ -1,4 +1,5 @@
-//! The same spec renders to the same bytes, and the seed and time matter.
+//! The same spec renders to the same bytes, alone or sharing a submission with
+//! other jobs, and the seed and time matter.
 
 use crate::util::{render_rgba, small_spec, spec};
 
@@ -53,4 +54,52 @@ fn pipeline_cache_persists_across_contexts_and_ignores_corruption() {
     let third = GpuContext::open().unwrap();
     assert!(third.enable_disk_pipeline_cache(dir.path()));
     assert!(render(&third) == want);
+}
+
+#[test]
+fn frames_of_several_jobs_in_one_submission_match_their_solo_renders() {
+    use tessera_worker::gpu::GpuContext;
+    use tessera_worker::render::{FrameRenderer, Readback};
+    // Grouping needs per-job timestamp queries; lavapipe offers them (untrusted for billing).
+    let ctx = GpuContext::open_timed(true).unwrap();
+    if !ctx.timestamps {
+        eprintln!("adapter has no timestamp queries; grouping never runs on it");
+        return;
+    }
+    let specs = [
+        (small_spec("orbit", 96, 54, 2, 1, 16), 0u32, true),
+        (small_spec("pedestal", 64, 48, 1, 1, 0), 5, false),
+        (small_spec("orbit", 80, 72, 1, 2, 16), 9, false),
+    ];
+    let mut grouped: Vec<FrameRenderer<'_>> =
+        specs.iter().map(|(s, _, _)| FrameRenderer::new(&ctx, s.render_plan()).unwrap()).collect();
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    for (r, (_, frame, sample)) in grouped.iter_mut().zip(&specs) {
+        r.record_frame(&mut encoder, *frame, Readback::Jpeg, *sample).unwrap();
+    }
+    let submission = ctx.queue.submit([encoder.finish()]);
+    for (r, (s, frame, sample)) in grouped.iter_mut().zip(&specs) {
+        let shared = r.collect_frame(&submission).unwrap();
+        let alone =
+            FrameRenderer::new(&ctx, s.render_plan()).unwrap().render_sampled(*frame, Readback::Jpeg, *sample).unwrap();
+        assert!(
+            shared.frame.data == alone.frame.data,
+            "{}: the grouped JPEG differs from the solo one",
+            s.template.id()
+        );
+        assert_eq!(shared.rgba, alone.rgba);
+        assert_eq!(shared.rgba.is_some(), *sample);
+        assert_eq!(shared.frame.nonzero_ac, alone.frame.nonzero_ac);
+        // Each job's passes carry their own timestamps.
+        for pass in tessera_metering::Pass::ALL {
+            assert!(shared.frame.times.get(pass) > 0, "{}: no {pass:?} time", s.template.id());
+        }
+    }
+    // Collecting twice, or recording on a host-timed renderer, is an error, not a panic.
+    assert!(grouped[0].collect_frame(&submission).is_err());
+    let host = GpuContext::open_timed(false).unwrap();
+    let mut r = FrameRenderer::new(&host, specs[1].0.render_plan()).unwrap();
+    let mut encoder = host.device.create_command_encoder(&Default::default());
+    let err = r.record_frame(&mut encoder, 0, Readback::Jpeg, false).unwrap_err();
+    assert!(err.to_string().contains("GPU timestamps"), "{err}");
 }

@@ -399,3 +399,46 @@ fn aging_lets_a_bulk_job_through_a_steady_stream_of_urgent_jobs() {
         }
     });
 }
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from the scrape"))
+}
+
+#[test]
+fn jobs_sharing_a_template_share_gpu_submissions_and_match_a_solo_render() {
+    let dir = tempfile::tempdir().unwrap();
+    // lavapipe's timestamps are not trusted for billing, so the worker groups
+    // nothing there by default; forcing GPU timing turns grouping on.
+    let s = Server::start(dir.path(), &["--concurrency", "4", "--group-max", "4"], &[("TESSERA_TIMING", "gpu")]);
+    let k = s.tenant("acme", "mid");
+    let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 1.0,
+                      "lane": "bulk", "seed": 3});
+    let submit = |key: &str| s.submit(&k, &spec, Some(key)).json()["id"].as_str().unwrap().to_string();
+    let ids: Vec<String> = (0..4).map(|i| submit(&format!("grouped-{i}"))).collect();
+    let jobs: Vec<_> = ids.iter().map(|id| s.wait(&k, id, T)).collect();
+    let text = String::from_utf8(http(&s.metrics, "GET", "/metrics", &[], b"").body).unwrap();
+    let submissions = sample(&text, "tessera_submission_jobs_count");
+    let alone = sample(&text, "tessera_submission_jobs_bucket{le=\"1\"}");
+    let over_4 = submissions - sample(&text, "tessera_submission_jobs_bucket{le=\"4\"}");
+    assert!(submissions > alone, "no submission held more than one job ({submissions} submissions)");
+    assert_eq!(over_4, 0.0, "a submission held more than --group-max jobs");
+    // A fifth job with the same spec, alone: the same bytes as the grouped ones.
+    let solo = s.wait(&k, &submit("solo"), T);
+    let hash = |j: &serde_json::Value| j["output"]["sha256"].as_str().unwrap().to_string();
+    for j in &jobs {
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["frames_done"], 24);
+        assert_eq!(hash(j), hash(&solo), "a grouped clip differs from the solo clip");
+        // Metered on its own timestamps, every pass.
+        for pass in ["render", "stitch", "encode"] {
+            assert!(j["usage_gpu_ns"][pass].as_i64().unwrap() > 0, "{pass}: {j}");
+        }
+    }
+    // Billed once each: five one-second clips.
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &format!("Bearer {k}"))], b"").json();
+    assert_eq!(usage["output_seconds"], "5", "{usage}");
+}

@@ -45,6 +45,8 @@ pub const RUN_SECONDS: &str = "tessera_run_seconds";
 pub const JOBS_IN_FLIGHT: &str = "tessera_jobs_in_flight";
 /// The adaptive limit on attempts in flight (gauge).
 pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
+/// Histogram: jobs whose frames shared one GPU submission (grouping).
+pub const SUBMISSION_JOBS: &str = "tessera_submission_jobs";
 
 #[derive(Debug, Clone, Copy)]
 enum Scale {

@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Most jobs in flight the adaptive limit may reach.
     #[arg(long, default_value_t = 32)]
     pub max_concurrency: usize,
+    /// Most jobs of one template and lane rendered in one GPU submission (1 turns
+    /// grouping off). Only where GPU timestamps time each job's passes.
+    #[arg(long, default_value_t = 8)]
+    pub group_max: usize,
     /// Attempts before a job is dead-lettered.
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
@@ -46,14 +50,17 @@ pub struct ServeArgs {
 
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     let book = load_price_book(args.store.price_book.as_deref())?;
-    if args.concurrency == 0 || args.max_attempts == 0 || args.lease_s == 0 {
-        return Err(usage(anyhow::anyhow!("--concurrency, --max-attempts and --lease-s must be at least 1")));
+    if args.concurrency == 0 || args.max_attempts == 0 || args.lease_s == 0 || args.group_max == 0 {
+        return Err(usage(anyhow::anyhow!(
+            "--concurrency, --max-attempts, --lease-s and --group-max must be at least 1"
+        )));
     }
     let mut config = ServeConfig::new(args.store.data.clone(), args.listen, args.metrics_listen);
     config.initial_concurrency = args.concurrency;
     config.max_concurrency = args.max_concurrency.max(1);
     config.initial_concurrency = config.initial_concurrency.min(config.max_concurrency);
     config.max_attempts = args.max_attempts;
+    config.group_max = args.group_max;
     config.backoff_base = Duration::from_millis(args.backoff_base_ms);
     config.backoff_cap = Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms));
     config.bulk.max_wait = Duration::from_secs(args.bulk_max_wait_s);

@@ -2,8 +2,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::gpu::binding::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
-use crate::render::frame::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::render::shaders::{compose, COMMON, YUV420};
 
 /// Mirror of `YuvUniforms` in shaders/shared/common.wgsl.
@@ -91,9 +91,9 @@ impl Yuv420Pass {
         encoder.copy_buffer_to_buffer(&self.planes, 0, &self.readback, 0, u64::from(self.words) * 4);
     }
 
-    /// Reads the planes after the submission.
-    pub fn read(&self, ctx: &GpuContext) -> Result<Vec<u8>, GpuError> {
-        let mut data = readback::read_buffer(ctx, &self.readback, u64::from(self.words) * 4)?;
+    /// Reads the planes once submission `after` is done.
+    pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Vec<u8>, GpuError> {
+        let mut data = readback::read_buffer(ctx, &self.readback, u64::from(self.words) * 4, after)?;
         data.truncate(self.len);
         Ok(data)
     }

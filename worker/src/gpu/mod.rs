@@ -5,6 +5,7 @@
 //! CI (Mesa lavapipe) both offer; `TESSERA_BACKEND` picks another and
 //! `TESSERA_ADAPTER` picks an adapter by case-insensitive name substring.
 
+pub mod binding;
 pub mod pipeline_cache;
 pub mod readback;
 pub mod timing;
@@ -71,6 +72,8 @@ pub struct GpuContext {
     /// Off only to measure what reuse saves (benches/load.rs).
     pipeline_reuse: std::sync::atomic::AtomicBool,
     info: wgpu::AdapterInfo,
+    /// Serialises host-timed submissions ([`GpuContext::exclusive`]).
+    host_timed: Mutex<()>,
     disk_cache: std::sync::OnceLock<pipeline_cache::DiskPipelineCache>,
 }
 
@@ -159,11 +162,24 @@ impl GpuContext {
         Self::from_adapter(&adapter)
     }
 
-    /// Opens a device on `adapter` with its full limits and, where offered,
-    /// timestamp queries.
+    /// Opens like [`GpuContext::open`], with GPU timestamps on or off whatever
+    /// the adapter (tests and benches of grouped submissions on software adapters).
+    pub fn open_timed(gpu_timestamps: bool) -> Result<Self, GpuError> {
+        let backends = backends_from_env()?;
+        let wanted = std::env::var("TESSERA_ADAPTER").ok();
+        let adapter = choose_adapter(list_adapters(backends), wanted.as_deref(), backends)?;
+        Self::with_timing(&adapter, gpu_timestamps)
+    }
+
+    /// Opens a device on `adapter` with its full limits and, where offered and
+    /// trusted, timestamp queries.
     pub fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self, GpuError> {
+        Self::with_timing(adapter, timestamps_trusted(&adapter.get_info()))
+    }
+
+    fn with_timing(adapter: &wgpu::Adapter, gpu_timestamps: bool) -> Result<Self, GpuError> {
         let info = adapter.get_info();
-        let timing = if timestamps_trusted(&info) { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+        let timing = if gpu_timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
         let wanted = timing | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
@@ -197,6 +213,7 @@ impl GpuContext {
             adapter: AdapterReport::from_info(&info),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             info,
+            host_timed: Mutex::new(()),
             disk_cache: std::sync::OnceLock::new(),
             device,
             queue,
@@ -266,8 +283,23 @@ impl GpuContext {
 
     /// Blocks until all submitted work is done.
     pub fn wait_idle(&self) -> Result<(), GpuError> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| GpuError::Device(e.to_string()))?;
+        self.wait_for(None)
+    }
+
+    /// Blocks until submission `index` is done (`None`: the latest submission),
+    /// not waiting for work that other jobs submitted after it.
+    pub fn wait_for(&self, index: Option<&wgpu::SubmissionIndex>) -> Result<(), GpuError> {
+        let poll = wgpu::PollType::Wait { submission_index: index.cloned(), timeout: None };
+        self.device.poll(poll).map_err(|e| GpuError::Device(e.to_string()))?;
         self.check_errors()
+    }
+
+    /// The GPU to oneself, for host timing: a pass timed on the host from submit
+    /// to completion must not queue behind, or run beside, another job's work,
+    /// or that job's time would be billed to it. Every host-timed submission
+    /// holds this until its work is done.
+    pub fn exclusive(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.host_timed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Largest storage buffer one binding may hold on this device.

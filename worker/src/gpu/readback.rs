@@ -3,14 +3,20 @@
 use super::{GpuContext, GpuError};
 
 /// Maps `buffer` (MAP_READ) after the GPU is done with it and copies `len`
-/// bytes out. The caller has submitted the copy into `buffer` already.
-pub fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>, GpuError> {
+/// bytes out. The caller has submitted the copy into `buffer` already, in
+/// submission `after` (`None`: wait for the latest submission of all).
+pub fn read_buffer(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    len: u64,
+    after: Option<&wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>, GpuError> {
     let slice = buffer.slice(..len);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
     });
-    ctx.wait_idle()?;
+    ctx.wait_for(after)?;
     rx.recv()
         .map_err(|_| GpuError::Readback("map callback dropped".into()))?
         .map_err(|e| GpuError::Readback(e.to_string()))?;

@@ -72,10 +72,10 @@ impl GpuTimer {
         encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, u64::from(count) * QUERY_BYTES);
     }
 
-    /// Reads the timestamps after the submission finished; resets for the next one.
-    pub fn collect(&mut self, ctx: &GpuContext) -> Result<PassTimes, GpuError> {
+    /// Reads the timestamps once submission `after` finished; resets for the next one.
+    pub fn collect(&mut self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<PassTimes, GpuError> {
         let size = (TIMED_PASSES.len() * 2) as u64 * QUERY_BYTES;
-        let bytes = readback::read_buffer(ctx, &self.readback, size)?;
+        let bytes = readback::read_buffer(ctx, &self.readback, size, after)?;
         let ticks: Vec<u64> =
             bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
         let mut times = PassTimes::default();

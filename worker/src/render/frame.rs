@@ -6,6 +6,12 @@
 //! go into one submission with timestamp queries around each pass kind; without
 //! timestamp queries each pass kind is submitted and waited on separately and
 //! timed on the host.
+//!
+//! With timestamp queries a frame can also be recorded into a command encoder
+//! that other renderers record into too ([`FrameRenderer::record_frame`], then
+//! [`FrameRenderer::collect_frame`] after the one shared submission): this is how
+//! the worker groups jobs. Each renderer owns its query set, so every job's
+//! passes are still timed on their own.
 
 use std::time::Instant;
 
@@ -13,7 +19,8 @@ use bytemuck::{Pod, Zeroable};
 use tessera_metering::{Pass, PassTimes, TimingSource};
 
 use super::catalog::{ParamBlock, Template};
-use super::tiler::{Tile, Tiler, POST_RADIUS};
+use super::resources::{bind_stitch, create_tiles, Pipelines, TileGpu};
+use super::tiler::Tiler;
 use crate::encode::jpeg::gpu::JpegPass;
 use crate::encode::yuv::Yuv420Pass;
 use crate::gpu::timing::{timing_source, GpuTimer};
@@ -93,6 +100,10 @@ pub enum RenderError {
     FrameTooLarge { width: u32, height: u32, max: u32 },
     #[error("stitch input for tile {index} has {got} pixels, expected {want}")]
     BadTileData { index: usize, got: usize, want: usize },
+    #[error("frames can share a submission only where GPU timestamps time each job's passes (this adapter is timed on the host)")]
+    GroupNeedsTimestamps,
+    #[error("collect_frame called with no recorded frame")]
+    NothingRecorded,
 }
 
 /// What to read back after a frame.
@@ -119,30 +130,26 @@ pub struct RenderedFrame {
     pub nonzero_ac: Option<u64>,
 }
 
+/// A frame and, when asked for, the RGBA8 frame it was encoded from (the
+/// sample a quality gate compares the encoded frame with).
+#[derive(Debug, Clone)]
+pub struct SampledFrame {
+    pub frame: RenderedFrame,
+    pub rgba: Option<Vec<u8>>,
+}
+
+/// What a recorded frame reads back once its submission is done.
+#[derive(Debug, Clone, Copy)]
+struct Recorded {
+    readback: Readback,
+    sample_rgba: bool,
+}
+
 /// The encode pass a frame's readback needs, made on first use.
 #[derive(Debug)]
 enum FrameEncoder {
     Yuv(Yuv420Pass),
     Jpeg(JpegPass),
-}
-
-#[derive(Debug)]
-struct TileGpu {
-    tile: Tile,
-    uniforms: wgpu::Buffer,
-    hdr: wgpu::Buffer,
-    template_group: wgpu::BindGroup,
-    bloom_group: wgpu::BindGroup,
-    stitch_group: Option<wgpu::BindGroup>,
-    stitch_region: super::TileRect,
-}
-
-#[derive(Debug)]
-struct Pipelines {
-    template: wgpu::ComputePipeline,
-    bloom_x: wgpu::ComputePipeline,
-    bloom_y: wgpu::ComputePipeline,
-    stitch: wgpu::ComputePipeline,
 }
 
 /// Renders the frames of one clip; pipelines and buffers are made once.
@@ -156,6 +163,9 @@ pub struct FrameRenderer<'a> {
     rgba_readback: wgpu::Buffer,
     encoder: Option<FrameEncoder>,
     timer: Option<GpuTimer>,
+    recorded: Option<Recorded>,
+    /// The submission holding the latest copies out; reads wait for it alone.
+    submitted: Option<wgpu::SubmissionIndex>,
 }
 
 impl<'a> FrameRenderer<'a> {
@@ -189,7 +199,18 @@ impl<'a> FrameRenderer<'a> {
         let mut tiles = create_tiles(ctx, &plan, &pipelines);
         bind_stitch(ctx, &plan.tiler, &pipelines, &mut tiles, &frame);
         let timer = GpuTimer::new(ctx)?;
-        Ok(Self { ctx, plan, pipelines, tiles, frame, rgba_readback, encoder: None, timer })
+        Ok(Self {
+            ctx,
+            plan,
+            pipelines,
+            tiles,
+            frame,
+            rgba_readback,
+            encoder: None,
+            timer,
+            recorded: None,
+            submitted: None,
+        })
     }
 
     pub fn plan(&self) -> &RenderPlan {
@@ -207,13 +228,80 @@ impl<'a> FrameRenderer<'a> {
 
     /// Renders frame `index` and reads back what `readback` asks for.
     pub fn render_frame(&mut self, index: u32, readback: Readback) -> Result<RenderedFrame, RenderError> {
+        Ok(self.render_sampled(index, readback, false)?.frame)
+    }
+
+    /// Renders frame `index`; with `sample_rgba`, also reads the stitched frame
+    /// back as RGBA8 from the same render.
+    pub fn render_sampled(
+        &mut self,
+        index: u32,
+        readback: Readback,
+        sample_rgba: bool,
+    ) -> Result<SampledFrame, RenderError> {
+        if self.timer.is_some() {
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            self.record_frame(&mut encoder, index, readback, sample_rgba)?;
+            let submission = self.ctx.queue.submit([encoder.finish()]);
+            return self.collect_frame(&submission);
+        }
         self.write_uniforms(index);
         self.prepare_encoder(readback);
-        let times = if self.timer.is_some() { self.submit_timed(readback)? } else { self.submit_host_timed(readback)? };
+        let times = self.submit_host_timed(readback, sample_rgba)?;
+        self.collect(times, Recorded { readback, sample_rgba })
+    }
+
+    /// Records frame `index` (uniforms, passes, copies, timestamp resolve) into
+    /// `encoder` for a submission that other renderers' frames may share; after
+    /// it is submitted and done, [`FrameRenderer::collect_frame`] reads it back.
+    /// Needs GPU timestamps: host timing cannot tell the jobs of one submission apart.
+    pub fn record_frame(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        index: u32,
+        readback: Readback,
+        sample_rgba: bool,
+    ) -> Result<(), RenderError> {
+        if self.timer.is_none() {
+            return Err(RenderError::GroupNeedsTimestamps);
+        }
+        self.write_uniforms(index);
+        self.prepare_encoder(readback);
+        for &kind in Self::passes(readback) {
+            self.record_pass(encoder, kind);
+        }
+        if sample_rgba && readback != Readback::Rgba8 {
+            self.copy_frame_out(encoder);
+        }
+        self.record_copies(encoder, readback);
+        if let Some(timer) = &self.timer {
+            timer.resolve(encoder);
+        }
+        self.recorded = Some(Recorded { readback, sample_rgba });
+        Ok(())
+    }
+
+    /// Reads back the frame [`FrameRenderer::record_frame`] recorded, with its
+    /// pass times, once `submission` (the one that held it) is done.
+    pub fn collect_frame(&mut self, submission: &wgpu::SubmissionIndex) -> Result<SampledFrame, RenderError> {
+        let recorded = self.recorded.take().ok_or(RenderError::NothingRecorded)?;
+        self.submitted = Some(submission.clone());
+        let timer = self.timer.as_mut().ok_or(RenderError::GroupNeedsTimestamps)?;
+        let times = timer.collect(self.ctx, Some(submission))?;
+        self.collect(times, recorded)
+    }
+
+    fn collect(&mut self, times: PassTimes, recorded: Recorded) -> Result<SampledFrame, RenderError> {
+        let Recorded { readback, sample_rgba } = recorded;
+        let rgba = match (sample_rgba, readback) {
+            (false, _) | (true, Readback::Rgba8) => None,
+            (true, _) => Some(self.read(Readback::Rgba8)?),
+        };
         let start = Instant::now();
         let (data, nonzero_ac) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac })
+        let rgba = if sample_rgba && readback == Readback::Rgba8 { Some(data.clone()) } else { rgba };
+        Ok(SampledFrame { frame: RenderedFrame { data, times, cpu_encode_ns, nonzero_ac }, rgba })
     }
 
     /// Encodes the frame already in the frame texture again, without rendering:
@@ -227,15 +315,18 @@ impl<'a> FrameRenderer<'a> {
         if let Some(timer) = &self.timer {
             timer.resolve(&mut encoder);
         }
+        let exclusive = self.timer.is_none().then(|| self.ctx.exclusive());
         let start = Instant::now();
-        self.ctx.queue.submit([encoder.finish()]);
+        let submission = self.ctx.queue.submit([encoder.finish()]);
         match self.timer.as_mut() {
-            Some(timer) => times = timer.collect(self.ctx)?,
+            Some(timer) => times = timer.collect(self.ctx, Some(&submission))?,
             None => {
-                self.ctx.wait_idle()?;
+                self.ctx.wait_for(Some(&submission))?;
                 times.add(Pass::Encode, start.elapsed().as_nanos() as u64);
             }
         }
+        drop(exclusive);
+        self.submitted = Some(submission);
         let start = Instant::now();
         let (data, nonzero_ac) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
@@ -340,35 +431,28 @@ impl<'a> FrameRenderer<'a> {
         }
     }
 
-    fn submit_timed(&mut self, readback: Readback) -> Result<PassTimes, RenderError> {
-        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-        for &kind in Self::passes(readback) {
-            self.record_pass(&mut encoder, kind);
-        }
-        self.record_copies(&mut encoder, readback);
-        if let Some(timer) = &self.timer {
-            timer.resolve(&mut encoder);
-        }
-        self.ctx.queue.submit([encoder.finish()]);
-        let timer = self.timer.as_mut().expect("timed submission has a timer");
-        Ok(timer.collect(self.ctx)?)
-    }
-
     /// Without timestamp queries: one submission per pass kind, timed from
-    /// submit to completion on the host.
-    fn submit_host_timed(&mut self, readback: Readback) -> Result<PassTimes, RenderError> {
+    /// submit to completion on the host, with the GPU to itself
+    /// ([`GpuContext::exclusive`]) until the frame's copies are done too.
+    fn submit_host_timed(&mut self, readback: Readback, sample_rgba: bool) -> Result<PassTimes, RenderError> {
         let mut times = PassTimes::default();
+        let _exclusive = self.ctx.exclusive();
         for &kind in Self::passes(readback) {
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
             self.record_pass(&mut encoder, kind);
             let start = Instant::now();
-            self.ctx.queue.submit([encoder.finish()]);
-            self.ctx.wait_idle()?;
+            let submission = self.ctx.queue.submit([encoder.finish()]);
+            self.ctx.wait_for(Some(&submission))?;
             times.add(kind, u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        if sample_rgba && readback != Readback::Rgba8 {
+            self.copy_frame_out(&mut encoder);
+        }
         self.record_copies(&mut encoder, readback);
-        self.ctx.queue.submit([encoder.finish()]);
+        let submission = self.ctx.queue.submit([encoder.finish()]);
+        self.ctx.wait_for(Some(&submission))?;
+        self.submitted = Some(submission);
         Ok(times)
     }
 
@@ -391,7 +475,7 @@ impl<'a> FrameRenderer<'a> {
     /// Reads back, and for JPEG counts the non-zero AC coefficients on the way.
     fn read_with_stats(&self, readback: Readback) -> Result<(Vec<u8>, Option<u64>), RenderError> {
         if let (Readback::Jpeg, Some(FrameEncoder::Jpeg(jpeg))) = (readback, &self.encoder) {
-            let coeffs = jpeg.read(self.ctx)?;
+            let coeffs = jpeg.read(self.ctx, self.submitted.as_ref())?;
             let nonzero = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
             let data = crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality);
             return Ok((data, Some(nonzero)));
@@ -403,18 +487,18 @@ impl<'a> FrameRenderer<'a> {
         let (w, h) = (self.plan.tiler.width, self.plan.tiler.height);
         match readback {
             Readback::None => {
-                self.ctx.wait_idle()?;
+                self.ctx.wait_for(self.submitted.as_ref())?;
                 Ok(Vec::new())
             }
             Readback::Rgba8 => {
                 let size = u64::from(readback::padded_row_bytes(w, 4)) * u64::from(h);
-                let padded = readback::read_buffer(self.ctx, &self.rgba_readback, size)?;
+                let padded = readback::read_buffer(self.ctx, &self.rgba_readback, size, self.submitted.as_ref())?;
                 Ok(readback::unpad_rows(&padded, w, h, 4))
             }
             Readback::Yuv420 | Readback::Jpeg => match &self.encoder {
-                Some(FrameEncoder::Yuv(yuv)) => Ok(yuv.read(self.ctx)?),
+                Some(FrameEncoder::Yuv(yuv)) => Ok(yuv.read(self.ctx, self.submitted.as_ref())?),
                 Some(FrameEncoder::Jpeg(jpeg)) => {
-                    let coeffs = jpeg.read(self.ctx)?;
+                    let coeffs = jpeg.read(self.ctx, self.submitted.as_ref())?;
                     Ok(crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality))
                 }
                 None => Ok(Vec::new()),
@@ -440,7 +524,7 @@ impl<'a> FrameRenderer<'a> {
             self.record_stitch(&mut pass);
         }
         self.copy_frame_out(&mut encoder);
-        self.ctx.queue.submit([encoder.finish()]);
+        self.submitted = Some(self.ctx.queue.submit([encoder.finish()]));
         self.read(Readback::Rgba8)
     }
 }
@@ -459,199 +543,4 @@ fn check_tile_sizes(ctx: &GpuContext, tiler: &Tiler) -> Result<(), RenderError> 
         }
     }
     Ok(())
-}
-
-impl Pipelines {
-    fn new(ctx: &GpuContext, template: &Template) -> Self {
-        use super::shaders::{compose, BLOOM, COMMON, STITCH};
-        let d = &ctx.device;
-        let template_layout = layout(ctx, "template", &[uniform_entry(0), storage_entry(1, false)]);
-        let bloom_layout = layout(ctx, "bloom", &[uniform_entry(0), storage_entry(1, false), storage_entry(2, false)]);
-        let mut stitch_entries = vec![uniform_entry(0)];
-        stitch_entries.extend((1..=4).map(|b| storage_entry(b, true)));
-        stitch_entries.push(wgpu::BindGroupLayoutEntry {
-            binding: 5,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::StorageTexture {
-                access: wgpu::StorageTextureAccess::WriteOnly,
-                format: FRAME_FORMAT,
-                view_dimension: wgpu::TextureViewDimension::D2,
-            },
-            count: None,
-        });
-        let stitch_layout = layout(ctx, "stitch", &stitch_entries);
-        let template_module = module(d, &template.id(), &template.shader_source());
-        let bloom_module = module(d, "bloom", &compose(&[COMMON, BLOOM]));
-        let stitch_module = module(d, "stitch", &compose(&[COMMON, STITCH]));
-        Self {
-            template: pipeline(ctx, &template_layout, &template_module, "main"),
-            bloom_x: pipeline(ctx, &bloom_layout, &bloom_module, "bright_blur_x"),
-            bloom_y: pipeline(ctx, &bloom_layout, &bloom_module, "composite_y"),
-            stitch: pipeline(ctx, &stitch_layout, &stitch_module, "main"),
-        }
-    }
-}
-
-pub(crate) fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-pub(crate) fn texture_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Texture {
-            sample_type: wgpu::TextureSampleType::Float { filterable: false },
-            view_dimension: wgpu::TextureViewDimension::D2,
-            multisampled: false,
-        },
-        count: None,
-    }
-}
-
-pub(crate) fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Storage { read_only },
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-/// A bind group layout wrapped in its pipeline layout.
-pub(crate) fn layout(
-    ctx: &GpuContext,
-    label: &str,
-    entries: &[wgpu::BindGroupLayoutEntry],
-) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-    let group = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(label), entries });
-    let pipeline = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(label),
-        bind_group_layouts: &[Some(&group)],
-        immediate_size: 0,
-    });
-    (group, pipeline)
-}
-
-pub(crate) fn module(device: &wgpu::Device, label: &str, source: &str) -> wgpu::ShaderModule {
-    device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(label),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    })
-}
-
-pub(crate) fn pipeline(
-    ctx: &GpuContext,
-    layout: &(wgpu::BindGroupLayout, wgpu::PipelineLayout),
-    module: &wgpu::ShaderModule,
-    entry: &str,
-) -> wgpu::ComputePipeline {
-    ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry),
-        layout: Some(&layout.1),
-        module,
-        entry_point: Some(entry),
-        compilation_options: Default::default(),
-        cache: ctx.pipeline_cache(),
-    })
-}
-
-fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
-}
-
-fn create_tiles(ctx: &GpuContext, plan: &RenderPlan, pipelines: &Pipelines) -> Vec<TileGpu> {
-    let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-    let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-    plan.tiler
-        .tiles()
-        .into_iter()
-        .map(|tile| {
-            let bytes = tile.rect.area() * TILE_PIXEL_BYTES;
-            let uniforms = buffer(ctx, "frame uniforms", std::mem::size_of::<FrameUniforms>() as u64, uniform);
-            let hdr = buffer(ctx, "tile hdr", bytes, storage);
-            let scratch = buffer(ctx, "tile scratch", bytes, storage);
-            let post = PostUniforms {
-                tile_size: [tile.rect.width, tile.rect.height],
-                radius: POST_RADIUS,
-                _pad0: 0,
-                threshold: 0.9,
-                strength: 0.6,
-                exposure: 1.0,
-                _pad1: 0.0,
-            };
-            let post_buf = buffer(ctx, "post uniforms", std::mem::size_of::<PostUniforms>() as u64, uniform);
-            ctx.queue.write_buffer(&post_buf, 0, bytemuck::bytes_of(&post));
-            let template_group = bind(ctx, &pipelines.template, &[&uniforms, &hdr]);
-            let bloom_group = bind(ctx, &pipelines.bloom_x, &[&post_buf, &hdr, &scratch]);
-            let stitch_region = plan.tiler.stitch_region(tile.col, tile.row);
-            TileGpu { tile, uniforms, hdr, template_group, bloom_group, stitch_group: None, stitch_region }
-        })
-        .collect()
-}
-
-fn bind(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-        .iter()
-        .enumerate()
-        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-        .collect();
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
-}
-
-fn bind_stitch(ctx: &GpuContext, tiler: &Tiler, pipelines: &Pipelines, tiles: &mut [TileGpu], frame: &wgpu::Texture) {
-    let view = frame.create_view(&Default::default());
-    let uniform = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-    for i in 0..tiles.len() {
-        let t = tiles[i].tile;
-        let has_right = t.col + 1 < tiler.cols;
-        let has_below = t.row + 1 < tiler.rows;
-        // Absent neighbours get weight zero; the tile itself stands in for their binding.
-        let pick = |dc: u32, dr: u32, present: bool| if present { tiler.index(t.col + dc, t.row + dr) } else { i };
-        let neighbours = [i, pick(1, 0, has_right), pick(0, 1, has_below), pick(1, 1, has_right && has_below)];
-        let rect = |k: usize| {
-            let r = tiles[neighbours[k]].tile.rect;
-            [r.x, r.y, r.width, r.height]
-        };
-        let region = tiles[i].stitch_region;
-        let u = StitchUniforms {
-            region_origin: [region.x, region.y],
-            region_size: [region.width, region.height],
-            seam: [tiler.xs[t.col as usize + 1], tiler.ys[t.row as usize + 1]],
-            has_next: [u32::from(has_right), u32::from(has_below)],
-            blend_half: tiler.blend_half(),
-            _pad: [0; 3],
-            rects: [rect(0), rect(1), rect(2), rect(3)],
-        };
-        let ubuf = buffer(ctx, "stitch uniforms", std::mem::size_of::<StitchUniforms>() as u64, uniform);
-        ctx.queue.write_buffer(&ubuf, 0, bytemuck::bytes_of(&u));
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: ubuf.as_entire_binding() }];
-        for (k, &n) in neighbours.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: k as u32 + 1, resource: tiles[n].hdr.as_entire_binding() });
-        }
-        entries.push(wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(&view) });
-        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("stitch"),
-            layout: &pipelines.stitch.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        tiles[i].stitch_group = Some(group);
-    }
 }

@@ -8,10 +8,11 @@
 pub mod catalog;
 pub mod clip;
 pub mod frame;
+mod resources;
 pub mod shaders;
 pub mod stitch;
 pub mod tiler;
 
 pub use catalog::{Template, TEMPLATES};
-pub use frame::{FrameRenderer, Readback, RenderError, RenderedFrame};
+pub use frame::{FrameRenderer, Readback, RenderError, RenderedFrame, SampledFrame};
 pub use tiler::{Tile, TileRect, Tiler};

@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub lease: Duration,
     pub initial_concurrency: usize,
     pub max_concurrency: usize,
+    /// Most jobs of one template and lane whose frames share a GPU submission
+    /// (1: none). Used only where GPU timestamps time each job's passes.
+    pub group_max: usize,
     pub retention: Duration,
     /// Requests per second a tenant may make (burst of twice that).
     pub rate_limit_per_s: u32,
@@ -54,6 +57,7 @@ impl ServeConfig {
             lease: Duration::from_secs(15),
             initial_concurrency: 16,
             max_concurrency: 32,
+            group_max: 8,
             retention: Duration::from_secs(30 * 86_400),
             rate_limit_per_s: 50,
             max_body_bytes: 64 * 1024,

@@ -14,6 +14,7 @@ pub struct ServiceMetrics {
     pub run_time: prometheus::HistogramVec,
     pub in_flight: prometheus::IntGauge,
     pub concurrency_limit: prometheus::IntGauge,
+    pub submission_jobs: prometheus::Histogram,
 }
 
 impl ServiceMetrics {
@@ -47,6 +48,10 @@ impl ServiceMetrics {
             )?,
             in_flight: prometheus::IntGauge::new(JOBS_IN_FLIGHT, "Attempts running now.")?,
             concurrency_limit: prometheus::IntGauge::new(CONCURRENCY_LIMIT, "Adaptive limit on attempts in flight.")?,
+            submission_jobs: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(SUBMISSION_JOBS, "Jobs whose frames shared one GPU submission.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
+            )?,
         };
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.oldest_age.clone()))?;
@@ -56,6 +61,7 @@ impl ServiceMetrics {
         registry.register(Box::new(m.run_time.clone()))?;
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.concurrency_limit.clone()))?;
+        registry.register(Box::new(m.submission_jobs.clone()))?;
         Ok(m)
     }
 }

@@ -3,12 +3,15 @@
 //! Data path: [`http`] validates, admits (tier, caps) and queues a job in
 //! [`jobs`]; the dispatcher claims the best queued job ([`jobs::JobStore::claim`]:
 //! aged-out first, then lane, then score) whenever fewer than the adaptive limit
-//! ([`metrics::ConcurrencyController`]) are in flight; [`runner`] renders it with
-//! a lease renewed by heartbeat, gates and archives it, and meters every frame;
+//! ([`metrics::ConcurrencyController`]) are in flight; [`runner`] holds its lease
+//! (renewed by heartbeat) and hands it to a render [`group`] of its template and
+//! lane, which renders the frames of all its jobs in shared GPU submissions,
+//! gates and archives each clip, and meters every frame of every job;
 //! failures go back with [`retry::backoff`] or to the dead letters. On start,
 //! jobs left `running` by a killed worker are recovered.
 
 pub mod config;
+pub mod group;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -39,6 +42,8 @@ pub struct Service {
     /// This process's lease owner id.
     pub owner: String,
     pub controller: Mutex<metrics::ConcurrencyController>,
+    /// Render groups: jobs sharing a template render in one submission.
+    pub groups: group::Groups,
     pub wake: tokio::sync::Notify,
     in_flight: AtomicUsize,
     shutting_down: AtomicBool,
@@ -71,6 +76,11 @@ impl Service {
         metrics.replay(&book, &events);
         let controller = metrics::ConcurrencyController::new(config.initial_concurrency, config.max_concurrency);
         svc_metrics.concurrency_limit.set(controller.limit as i64);
+        // One submission can be split between jobs only by GPU timestamps.
+        let group_max = if ctx.timestamps { config.group_max } else { 1 };
+        if group_max < config.group_max {
+            tracing::info!("passes are timed on the host on this adapter: jobs render in submissions of their own");
+        }
         let mut raw = [0u8; 8];
         let _ = getrandom::getrandom(&mut raw);
         Ok(Arc::new(Self {
@@ -83,6 +93,7 @@ impl Service {
             metrics,
             svc_metrics,
             controller: Mutex::new(controller),
+            groups: group::Groups::new(group_max),
             wake: tokio::sync::Notify::new(),
             in_flight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),

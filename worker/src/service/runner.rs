@@ -1,6 +1,7 @@
-//! Runs one attempt of a claimed job: render and encode every frame on the GPU,
-//! check the quality gates, archive the clip with its sidecar, and meter it; on
-//! failure, retry with backoff or dead-letter; on cancel, stop at the next frame.
+//! Runs one attempt of a claimed job: hand it to a render group ([`super::group`])
+//! that renders and encodes its frames on the GPU, check the quality gates,
+//! archive the clip with its sidecar, and meter it; on failure, retry with
+//! backoff or dead-letter; on cancel, stop at the next frame.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -11,27 +12,36 @@ use sha2::{Digest, Sha256};
 use tessera_metering::ledger::now_ms;
 use tessera_metering::{quote, AttemptRef, Outcome, PassTimes, Quote, TimingSource, UsageEvent};
 
+use super::group::Member;
 use super::jobs::{ArchivedOutput, Job};
 use super::retry::{backoff, random_unit};
 use super::Service;
 use crate::encode::mux::{AviMuxer, Muxer, StreamInfo};
-use crate::render::{FrameRenderer, Readback};
+use crate::render::{FrameRenderer, Readback, SampledFrame};
 use crate::spec::{JobSpec, RawSpec, SpecLimits};
 use crate::usage::UsageRecorder;
 
 /// Why an attempt did not succeed.
 #[derive(Debug)]
-struct AttemptError {
+pub struct AttemptError {
     message: String,
     /// False for errors a retry cannot fix (an invalid stored spec).
     retryable: bool,
 }
 
-fn retryable(message: impl Into<String>) -> AttemptError {
-    AttemptError { message: message.into(), retryable: true }
+impl AttemptError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true }
+    }
 }
 
-enum Done {
+fn retryable(message: impl Into<String>) -> AttemptError {
+    AttemptError::retryable(message)
+}
+
+/// How an attempt that did not fail ended.
+#[derive(Debug)]
+pub enum Done {
     Succeeded,
     Cancelled,
 }
@@ -98,13 +108,18 @@ async fn attempt(svc: Arc<Service>, job: &Job) -> Result<Done, AttemptError> {
     let finished = Arc::new(AtomicBool::new(false));
     let heartbeat =
         tokio::spawn(heartbeat(svc.clone(), job.id.clone(), cancel.clone(), frames_done.clone(), finished.clone()));
-    let handle = tokio::runtime::Handle::current();
-    let (svc2, job2, cancel2, done2) = (svc.clone(), job.clone(), cancel.clone(), frames_done.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        render_attempt(&svc2, &job2, &spec, &q, attempt, &cancel2, &done2, &handle)
-    })
-    .await
-    .unwrap_or_else(|e| Err(retryable(format!("render task panicked: {e}"))));
+    let (reply, result) = tokio::sync::oneshot::channel();
+    let member = Member {
+        job: job.clone(),
+        spec,
+        quote: q,
+        attempt,
+        cancel: cancel.clone(),
+        frames_done: frames_done.clone(),
+        reply,
+    };
+    svc.groups.join(&svc, member);
+    let result = result.await.unwrap_or_else(|_| Err(retryable("the render thread stopped before the attempt ended")));
     finished.store(true, Ordering::Relaxed);
     heartbeat.abort();
     result
@@ -133,35 +148,161 @@ async fn heartbeat(
     }
 }
 
-/// The frames of an attempt, rendered and muxed; what happened.
-enum Rendered {
+/// How an attempt's rendering ended.
+#[derive(Debug)]
+pub(super) enum Rendered {
     Complete { frames: u32 },
     Cancelled { frames: u32 },
 }
 
-#[allow(clippy::too_many_arguments)]
-fn render_attempt(
+/// What [`ActiveJob::before_frame`] decided.
+#[derive(Debug)]
+pub(super) enum Step<'s> {
+    Continue(ActiveJob<'s>),
+    Ended(ActiveJob<'s>, Result<Rendered, AttemptError>),
+}
+
+/// An attempt being rendered by a group: its renderer, muxer and usage
+/// recorder, and the next frame to render.
+#[derive(Debug)]
+pub(super) struct ActiveJob<'s> {
+    member: Member,
+    recorder: UsageRecorder<'s>,
+    renderer: FrameRenderer<'s>,
+    mux: AviMuxer,
+    partial: PathBuf,
+    next: u32,
+}
+
+fn gpu(e: crate::render::RenderError) -> AttemptError {
+    retryable(format!("GPU: {e}"))
+}
+
+impl<'s> ActiveJob<'s> {
+    /// Opens the attempt's renderer and partial clip; on failure the attempt
+    /// ends (and is answered) here.
+    pub fn start(svc: &'s Service, member: Member, rt: &tokio::runtime::Handle) -> Option<Self> {
+        let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+        let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing);
+        let clips = svc.config.data.join("clips");
+        let partial = clips.join(format!("{}.a{}.avi.partial", member.job.id, member.job.attempts));
+        let opened = std::fs::create_dir_all(&clips)
+            .map_err(|e| retryable(format!("creating {}: {e}", clips.display())))
+            .and_then(|()| FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu))
+            .and_then(|renderer| {
+                let mut mux = AviMuxer::new(&partial);
+                let s = &member.spec;
+                let info = StreamInfo { width: s.width, height: s.height, fps: s.fps, frames: s.frames };
+                mux.write_header(&info).map_err(|e| retryable(e.to_string()))?;
+                Ok((renderer, mux))
+            });
+        match opened {
+            Ok((renderer, mux)) => Some(Self { member, recorder, renderer, mux, partial, next: 0 }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                let _ = rt.block_on(recorder.finish(&svc.book, &member.spec, &member.quote, Outcome::Failed));
+                let _ = member.reply.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Ends the attempt before its next frame when the clip is complete, the job
+    /// was cancelled, the worker is shutting down, or (tests) a fault is injected.
+    pub fn before_frame(mut self, svc: &Service) -> Step<'s> {
+        let cancelled = self.member.cancel.load(Ordering::Relaxed);
+        if self.next >= self.member.spec.frames || cancelled || svc.shutting_down() {
+            let result = self.end_clip(cancelled);
+            return Step::Ended(self, result);
+        }
+        match injected_fault(&self.member.job, self.next) {
+            Ok(()) => Step::Continue(self),
+            Err(e) => Step::Ended(self, Err(e)),
+        }
+    }
+
+    fn end_clip(&mut self, cancelled: bool) -> Result<Rendered, AttemptError> {
+        self.mux.finish().map_err(|e| retryable(e.to_string()))?;
+        let frames = self.next;
+        if cancelled {
+            return Ok(Rendered::Cancelled { frames });
+        }
+        if frames < self.member.spec.frames {
+            return Err(retryable("worker shutting down; the job resumes on restart"));
+        }
+        let spec = &self.member.spec;
+        let duration = f64::from(frames) / f64::from(spec.fps);
+        if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
+            return Err(retryable(format!("quality gate: clip lasts {duration} s, spec asked {} s", spec.duration_s)));
+        }
+        Ok(Rendered::Complete { frames })
+    }
+
+    /// Frame 0 is also the PSNR gate's sample: its RGBA frame comes back too.
+    fn sample(&self) -> bool {
+        self.next == 0
+    }
+
+    /// Renders the next frame in a submission of its own.
+    pub fn render_alone(&mut self) -> Result<SampledFrame, AttemptError> {
+        self.renderer.render_sampled(self.next, Readback::Jpeg, self.sample()).map_err(gpu)
+    }
+
+    /// Records the next frame into a submission shared with other jobs.
+    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<(), AttemptError> {
+        let sample = self.sample();
+        self.renderer.record_frame(encoder, self.next, Readback::Jpeg, sample).map_err(gpu)
+    }
+
+    /// Reads back the recorded frame once the shared submission is done.
+    pub fn collect(&mut self, submission: &wgpu::SubmissionIndex) -> Result<SampledFrame, AttemptError> {
+        self.renderer.collect_frame(submission).map_err(gpu)
+    }
+
+    /// Meters the frame, checks the quality gates and appends it to the clip.
+    pub fn accept(
+        &mut self,
+        svc: &Service,
+        rt: &tokio::runtime::Handle,
+        sampled: SampledFrame,
+    ) -> Result<(), AttemptError> {
+        let i = self.next;
+        let frame = sampled.frame;
+        // Metered first: a frame that fails a gate still used the GPU.
+        rt.block_on(self.recorder.frame(i, &frame.times)).map_err(|e| retryable(e.to_string()))?;
+        if let Some(rgba) = &sampled.rgba {
+            psnr_gate(rgba, &frame.data, svc.config.psnr_floor_db)?;
+        }
+        if frame.nonzero_ac == Some(0) {
+            return Err(retryable(format!("quality gate: frame {i} is blank (no detail at all)")));
+        }
+        self.mux.write_frame(&frame.data).map_err(|e| retryable(e.to_string()))?;
+        self.next += 1;
+        self.member.frames_done.store(self.next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Archives or discards the clip, settles the usage and answers the attempt.
+    pub fn end(self, svc: &Service, rt: &tokio::runtime::Handle, rendered: Result<Rendered, AttemptError>) {
+        let Self { member, recorder, partial, .. } = self;
+        let result = settle(svc, &member, recorder, &partial, rendered, rt);
+        let _ = member.reply.send(result);
+    }
+}
+
+fn settle(
     svc: &Service,
-    job: &Job,
-    spec: &JobSpec,
-    q: &Quote,
-    attempt: AttemptRef,
-    cancel: &AtomicBool,
-    frames_done: &AtomicU32,
+    member: &Member,
+    recorder: UsageRecorder<'_>,
+    partial: &Path,
+    rendered: Result<Rendered, AttemptError>,
     rt: &tokio::runtime::Handle,
 ) -> Result<Done, AttemptError> {
-    let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
-    let mut recorder = UsageRecorder::new(&svc.store, &svc.metrics, attempt, timing);
-    let clips = svc.config.data.join("clips");
-    let partial = clips.join(format!("{}.a{}.avi.partial", job.id, job.attempts));
-    let rendered = std::fs::create_dir_all(&clips)
-        .map_err(|e| retryable(format!("creating {}: {e}", clips.display())))
-        .and_then(|()| render_frames(svc, job, spec, &partial, &mut recorder, cancel, frames_done, rt));
+    let (job, spec, q) = (&member.job, &member.spec, &member.quote);
     let frames_gpu = recorder.totals();
     match rendered {
         Ok(Rendered::Complete { frames }) => {
-            let archived = archive(svc, job, spec, q, &partial, &recorder.attempt().tier, &frames_gpu);
-            let archived = match archived {
+            let archived = match archive(svc, job, spec, q, partial, &recorder.attempt().tier, &frames_gpu) {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = rt.block_on(recorder.finish(&svc.book, spec, q, Outcome::Failed));
@@ -178,7 +319,7 @@ fn render_attempt(
             Ok(Done::Succeeded)
         }
         Ok(Rendered::Cancelled { frames }) => {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(partial);
             // Billed for what it delivered: the frames rendered before the cancel.
             let mut delivered = spec.clone();
             delivered.frames = frames;
@@ -189,62 +330,11 @@ fn render_attempt(
             Ok(Done::Cancelled)
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(partial);
             let _ = rt.block_on(recorder.finish(&svc.book, spec, q, Outcome::Failed));
             Err(e)
         }
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn render_frames(
-    svc: &Service,
-    job: &Job,
-    spec: &JobSpec,
-    partial: &Path,
-    recorder: &mut UsageRecorder<'_>,
-    cancel: &AtomicBool,
-    frames_done: &AtomicU32,
-    rt: &tokio::runtime::Handle,
-) -> Result<Rendered, AttemptError> {
-    let gpu = |e: crate::render::RenderError| retryable(format!("GPU: {e}"));
-    let mut renderer = FrameRenderer::new(&svc.ctx, spec.render_plan()).map_err(gpu)?;
-    let mut mux = AviMuxer::new(partial);
-    let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
-    mux.write_header(&info).map_err(|e| retryable(e.to_string()))?;
-    for i in 0..spec.frames {
-        if cancel.load(Ordering::Relaxed) || svc.shutting_down() {
-            mux.finish().map_err(|e| retryable(e.to_string()))?;
-            if svc.shutting_down() && !cancel.load(Ordering::Relaxed) {
-                return Err(retryable("worker shutting down; the job resumes on restart"));
-            }
-            return Ok(Rendered::Cancelled { frames: i });
-        }
-        injected_fault(job, i)?;
-        let frame = if i == 0 {
-            // Frame 0 is also the PSNR gate's sample: compare the encoded JPEG with the RGB frame.
-            let rgba = renderer.render_frame(0, Readback::Rgba8).map_err(gpu)?;
-            let mut jpeg = renderer.encode_current(Readback::Jpeg).map_err(gpu)?;
-            jpeg.times.merge(&rgba.times);
-            psnr_gate(&rgba.data, &jpeg.data, svc.config.psnr_floor_db)?;
-            jpeg
-        } else {
-            renderer.render_frame(i, Readback::Jpeg).map_err(gpu)?
-        };
-        if frame.nonzero_ac == Some(0) {
-            return Err(retryable(format!("quality gate: frame {i} is blank (no detail at all)")));
-        }
-        mux.write_frame(&frame.data).map_err(|e| retryable(e.to_string()))?;
-        rt.block_on(recorder.frame(i, &frame.times)).map_err(|e| retryable(e.to_string()))?;
-        frames_done.store(i + 1, Ordering::Relaxed);
-    }
-    mux.finish().map_err(|e| retryable(e.to_string()))?;
-    // Frame count and duration as specified.
-    let duration = f64::from(spec.frames) / f64::from(spec.fps);
-    if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
-        return Err(retryable(format!("quality gate: clip lasts {duration} s, spec asked {} s", spec.duration_s)));
-    }
-    Ok(Rendered::Complete { frames: spec.frames })
 }
 
 fn psnr_gate(rgba: &[u8], jpeg: &[u8], floor: f64) -> Result<(), AttemptError> {

@@ -5,8 +5,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::jfif::quant_tables;
 use super::{McuGrid, COEFFS_PER_MCU};
+use crate::gpu::binding::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
-use crate::render::frame::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::render::shaders::{compose, COMMON, JPEG};
 
 /// Mirror of `JpegUniforms` in shaders/shared/common.wgsl.
@@ -95,8 +95,8 @@ impl JpegPass {
     }
 
     /// The quantised coefficients, MCU order, zigzag within each block.
-    pub fn read(&self, ctx: &GpuContext) -> Result<Vec<i16>, GpuError> {
-        let bytes = readback::read_buffer(ctx, &self.readback, self.coeffs.size())?;
+    pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Vec<i16>, GpuError> {
+        let bytes = readback::read_buffer(ctx, &self.readback, self.coeffs.size(), after)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
 }

@@ -1,0 +1,219 @@
+//! Grouping: running jobs that share a template and a lane render frame by
+//! frame in one GPU submission.
+//!
+//! A claimed job becomes a [`Member`] and [`Groups::join`]s an open group of its
+//! template and lane that has room (fewer than `group_max` members), or starts a
+//! new one on a blocking thread. Groups batch continuously: a member joins at
+//! the next frame boundary and leaves when its clip ends, so a steady queue keeps
+//! groups full even though slots free up one at a time. Every round records the
+//! next frame of each member into one command encoder and submits it once; each
+//! member's renderer carries its own timestamp queries, so every job is metered
+//! for its own passes, to the nanosecond, whoever shares its submission. Where
+//! passes are timed on the host (software adapters), a submission cannot be
+//! split between jobs, so `group_max` is 1 there.
+//!
+//! Lanes never share a group: an urgent job's frames do not wait for bulk frames.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tessera_metering::{AttemptRef, Quote};
+use tokio::runtime::Handle;
+
+use super::jobs::Job;
+use super::runner::{ActiveJob, AttemptError, Done, Step};
+use super::Service;
+use crate::spec::JobSpec;
+
+/// A claimed job handed to a group, with what its attempt needs.
+#[derive(Debug)]
+pub struct Member {
+    pub job: Job,
+    pub spec: JobSpec,
+    pub quote: Quote,
+    pub attempt: AttemptRef,
+    /// Set by the heartbeat when the job is cancelled or its lease was lost.
+    pub cancel: Arc<AtomicBool>,
+    pub frames_done: Arc<AtomicU32>,
+    /// Where the attempt's result goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<Done, AttemptError>>,
+}
+
+/// A group's members waiting to join and how many it holds.
+#[derive(Debug, Default)]
+struct Inbox {
+    joining: Vec<Member>,
+    members: usize,
+    closed: bool,
+}
+
+type Group = Arc<Mutex<Inbox>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The open groups, by template and lane.
+#[derive(Debug)]
+pub struct Groups {
+    max: AtomicUsize,
+    open: Mutex<HashMap<String, Vec<Group>>>,
+}
+
+impl Groups {
+    pub fn new(max: usize) -> Self {
+        Self { max: AtomicUsize::new(max.max(1)), open: Mutex::default() }
+    }
+
+    /// Most jobs one submission holds.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Changes the group size for jobs claimed from now on (benches compare
+    /// with and without grouping in one run). Callers keep it at 1 where passes
+    /// are timed on the host.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Hands `member` to an open group of its template and lane, or starts one.
+    /// Must be called within the Tokio runtime.
+    pub fn join(&self, svc: &Arc<Service>, member: Member) {
+        let key = format!("{}|{}", member.job.template, member.job.lane);
+        let max = self.max();
+        let mut open = lock(&self.open);
+        let groups = open.entry(key.clone()).or_default();
+        for group in groups.iter() {
+            let mut inbox = lock(group);
+            if !inbox.closed && inbox.members < max {
+                inbox.members += 1;
+                inbox.joining.push(member);
+                return;
+            }
+        }
+        let group: Group = Arc::new(Mutex::new(Inbox { joining: vec![member], members: 1, closed: false }));
+        groups.push(group.clone());
+        drop(open);
+        let (svc, rt) = (svc.clone(), Handle::current());
+        tokio::task::spawn_blocking(move || run_group(&svc, &key, &group, &rt));
+    }
+
+    /// Ends `group` unless a member is waiting to join it; returns whether it ended.
+    fn close_if_idle(&self, key: &str, group: &Group) -> bool {
+        let mut open = lock(&self.open);
+        let mut inbox = lock(group);
+        if !inbox.joining.is_empty() {
+            return false;
+        }
+        inbox.closed = true;
+        drop(inbox);
+        forget(&mut open, key, group);
+        true
+    }
+}
+
+/// Takes a closed group out of the open list.
+fn forget(open: &mut HashMap<String, Vec<Group>>, key: &str, group: &Group) {
+    if let Some(list) = open.get_mut(key) {
+        list.retain(|g| !Arc::ptr_eq(g, group));
+        if list.is_empty() {
+            open.remove(key);
+        }
+    }
+}
+
+/// Closes a group however its thread ends; members still waiting to join are
+/// dropped, which their attempts see as a failed (retried) attempt.
+struct CloseOnDrop<'a> {
+    groups: &'a Groups,
+    key: &'a str,
+    group: &'a Group,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut open = lock(&self.groups.open);
+        let stranded = {
+            let mut inbox = lock(self.group);
+            inbox.closed = true;
+            std::mem::take(&mut inbox.joining)
+        };
+        forget(&mut open, self.key, self.group);
+        drop(open);
+        drop(stranded);
+    }
+}
+
+/// The group's thread: admits joiners, renders one frame of every member per
+/// round, and ends members whose clips are done, cancelled or failed.
+fn run_group(svc: &Service, key: &str, group: &Group, rt: &Handle) {
+    let _close = CloseOnDrop { groups: &svc.groups, key, group };
+    let mut active: Vec<ActiveJob<'_>> = Vec::new();
+    loop {
+        let joining = std::mem::take(&mut lock(group).joining);
+        let before = active.len() + joining.len();
+        active.extend(joining.into_iter().filter_map(|m| ActiveJob::start(svc, m, rt)));
+        if !active.is_empty() {
+            active = round(svc, active, rt);
+        }
+        let left = before - active.len();
+        lock(group).members -= left;
+        if active.is_empty() && svc.groups.close_if_idle(key, group) {
+            return;
+        }
+    }
+}
+
+/// One frame of every member; returns the members still rendering.
+fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<ActiveJob<'s>> {
+    let mut running = Vec::with_capacity(active.len());
+    for job in active {
+        match job.before_frame(svc) {
+            Step::Continue(job) => running.push(job),
+            Step::Ended(job, rendered) => job.end(svc, rt, rendered),
+        }
+    }
+    if running.is_empty() {
+        return running;
+    }
+    let results = render_round(svc, &mut running, rt);
+    let mut still = Vec::with_capacity(running.len());
+    for (job, result) in running.into_iter().zip(results) {
+        match result {
+            Ok(()) => still.push(job),
+            Err(e) => job.end(svc, rt, Err(e)),
+        }
+    }
+    still
+}
+
+/// Renders, reads back and accepts the next frame of every job: alone when
+/// there is one, else recorded into one submission and read back in parallel
+/// (JPEG entropy coding is CPU work).
+fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<Result<(), AttemptError>> {
+    if let [job] = jobs {
+        svc.svc_metrics.submission_jobs.observe(1.0);
+        return vec![job.render_alone().and_then(|frame| job.accept(svc, rt, frame))];
+    }
+    let mut encoder =
+        svc.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("grouped frames") });
+    let recorded: Vec<Result<(), AttemptError>> = jobs.iter_mut().map(|job| job.record(&mut encoder)).collect();
+    let submission = svc.ctx.queue.submit([encoder.finish()]);
+    let submission = &submission;
+    svc.svc_metrics.submission_jobs.observe(recorded.iter().filter(|r| r.is_ok()).count() as f64);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .iter_mut()
+            .zip(recorded)
+            .map(|(job, rec)| {
+                scope.spawn(move || rec.and_then(|()| job.collect(submission)).and_then(|f| job.accept(svc, rt, f)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(AttemptError::retryable("frame thread panicked"))))
+            .collect()
+    })
+}
