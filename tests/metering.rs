@@ -152,7 +152,11 @@ fn metered_gpu_time_tracks_the_wall_clock() {
         "template": "pedestal", "resolution": {"width": 640, "height": 360}, "fps": 24, "duration_s": 1.0,
         "variant": "advanced", "tiles": {"cols": 2, "rows": 2, "overlap_px": 16},
     }));
-    let mut renderer = FrameRenderer::new(ctx(), s.render_plan()).unwrap();
+    // A device of its own: on the shared one, host-timed frames of tests running
+    // beside this one take turns on the GPU, and the wall clock would count the
+    // turns this test's frames waited for (not GPU time, rightly not metered).
+    let own = tessera_worker::gpu::GpuContext::open().unwrap();
+    let mut renderer = FrameRenderer::new(&own, s.render_plan()).unwrap();
     renderer.render_frame(0, Readback::None).unwrap();
     let (mut metered, mut wall, mut per_frame) = (0u64, 0u128, Vec::new());
     for i in 1..=6 {

@@ -281,11 +281,6 @@ impl GpuContext {
         Err(GpuError::Device(first))
     }
 
-    /// Blocks until all submitted work is done.
-    pub fn wait_idle(&self) -> Result<(), GpuError> {
-        self.wait_for(None)
-    }
-
     /// Blocks until submission `index` is done (`None`: the latest submission),
     /// not waiting for work that other jobs submitted after it.
     pub fn wait_for(&self, index: Option<&wgpu::SubmissionIndex>) -> Result<(), GpuError> {

@@ -293,14 +293,13 @@ impl<'a> FrameRenderer<'a> {
 
     fn collect(&mut self, times: PassTimes, recorded: Recorded) -> Result<SampledFrame, RenderError> {
         let Recorded { readback, sample_rgba } = recorded;
-        let rgba = match (sample_rgba, readback) {
-            (false, _) | (true, Readback::Rgba8) => None,
-            (true, _) => Some(self.read(Readback::Rgba8)?),
-        };
+        // An RGBA readback is its own sample; other readbacks copy the frame out too.
+        let copied = sample_rgba && readback != Readback::Rgba8;
+        let rgba = if copied { Some(self.read(Readback::Rgba8)?) } else { None };
         let start = Instant::now();
         let (data, nonzero_ac) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        let rgba = if sample_rgba && readback == Readback::Rgba8 { Some(data.clone()) } else { rgba };
+        let rgba = rgba.or_else(|| sample_rgba.then(|| data.clone()));
         Ok(SampledFrame { frame: RenderedFrame { data, times, cpu_encode_ns, nonzero_ac }, rgba })
     }
 
