@@ -125,14 +125,8 @@ fn main() -> anyhow::Result<()> {
     rt.spawn(async move { axum::serve(listener, app).await });
     let runner = svc.clone();
     rt.spawn(async move { service::run_background(runner).await });
-    let tenant = rt.block_on(svc.store.create_tenant(&svc.book, "bench", "enterprise"))?;
     let key = "bench-key";
-    rt.block_on(
-        sqlx::query("UPDATE tenants SET api_key_hash = ? WHERE id = ?")
-            .bind(service::http::hash_key(key))
-            .bind(&tenant.id)
-            .execute(svc.store.pool()),
-    )?;
+    rt.block_on(svc.store.create_tenant(&svc.book, "bench", "enterprise", Some(&service::http::hash_key(key))))?;
     println!(
         "adapter: {} ({}), {n} jobs per round (96x54, 6 frames, templates and lanes mixed), concurrency {concurrency}..{}",
         ctx.adapter.name,

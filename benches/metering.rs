@@ -1,18 +1,19 @@
 //! Cost of metering: the same frames rendered and encoded with and without the
-//! usage recorder (per-frame events, ledger flushes at least once per second of
-//! GPU work, Prometheus counters), alternating runs, in one process.
+//! usage recorder (a usage window per second of GPU work written in the
+//! background, the attempt's end and output, Prometheus counters), alternating
+//! runs, in one process.
 //!
 //! `cargo bench --bench metering`; `TESSERA_BENCH_FRAMES` (default 24) per run.
 
 use std::time::Instant;
 
 use anyhow::Context;
-use tessera_metering::ledger::Store;
 use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
+use tessera_store::{Store, StoreUrl};
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::spec::{RawSpec, SpecLimits};
-use tessera_worker::usage::UsageRecorder;
+use tessera_worker::usage::{Bill, UsageRecorder};
 
 fn main() -> anyhow::Result<()> {
     let frames: u32 = std::env::var("TESSERA_BENCH_FRAMES").ok().map(|s| s.parse()).transpose()?.unwrap_or(24);
@@ -26,8 +27,8 @@ fn main() -> anyhow::Result<()> {
     let q = quote(&book, &spec.quote_request())?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let dir = tempfile::tempdir()?;
-    let store = rt.block_on(Store::open(dir.path()))?;
-    let tenant = rt.block_on(store.create_tenant(&book, "bench", "enterprise"))?;
+    let store = rt.block_on(Store::open(&StoreUrl::in_data_dir(dir.path())))?;
+    let tenant = rt.block_on(store.create_tenant(&book, "bench", "enterprise", None))?;
     let metrics = Metrics::new(&book.currency);
     let mut renderer = FrameRenderer::new(&ctx, spec.render_plan())?;
     renderer.render_frame(0, Readback::Jpeg)?;
@@ -45,14 +46,18 @@ fn main() -> anyhow::Result<()> {
         plain_s += start.elapsed().as_secs_f64();
 
         let job = format!("bench-{round}");
-        let a = AttemptRef { tenant_id: tenant.id.clone(), tier: tenant.tier.clone(), job_id: job.clone(), attempt: 1 };
+        let a =
+            AttemptRef { tenant_id: tenant.id.to_string(), tier: tenant.tier.clone(), job_id: job.clone(), attempt: 1 };
         let start = Instant::now();
         let mut recorder = UsageRecorder::new(&store, &metrics, a, timing);
         for i in 0..frames {
             let f = renderer.render_frame(i, Readback::Jpeg)?;
             rt.block_on(recorder.frame(i, &f.times))?;
         }
-        rt.block_on(recorder.finish(&book, &spec, &q, Outcome::Succeeded))?;
+        let closing = rt.block_on(recorder.close());
+        let events = closing.events(Outcome::Succeeded, Some(&Bill::new(&book, &spec, &q)));
+        let inserted = rt.block_on(store.append(&events))?;
+        closing.record(&metrics, &book, Outcome::Succeeded, &events, &inserted);
         metered_s += start.elapsed().as_secs_f64();
     }
     let n = f64::from(frames * 3);

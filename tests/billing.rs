@@ -161,7 +161,9 @@ fn invalid_price_books_name_the_key() {
 #[test]
 fn each_tier_has_its_feature_map() {
     let book = PriceBook::default_book();
-    let check = |tier: &str, r: &QuoteRequest, lane: &str| book.tiers[tier].check_features(tier, r, lane);
+    let check = |tier: &str, r: &QuoteRequest, lane: &str| {
+        book.tiers[tier].check_features(tier, r, lane.parse::<tessera_metering::Lane>().unwrap())
+    };
     let ok = req(1280, 720, 24, "10", false);
     for tier in ["short", "mid", "enterprise"] {
         check(tier, &ok, "standard").unwrap_or_else(|e| panic!("{tier}: {e}"));

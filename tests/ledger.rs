@@ -1,129 +1,21 @@
-//! The usage ledger: idempotent appends, append-only rows, admission under
-//! concurrency, crash safety under SIGKILL, and a Prometheus exposition that
-//! promtool accepts.
+//! The usage ledger from the outside: `tessera usage import` SIGKILLed
+//! mid-write loses and duplicates nothing (on every backend), and the
+//! Prometheus exposition passes promtool. Idempotent appends, append-only
+//! rows and admission under concurrency are in the store's conformance suite
+//! (`store/tests/conformance.rs`), which runs them on every backend.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
-use std::sync::Arc;
 
-use rust_decimal::Decimal;
-use tessera_metering::ledger::{EventFilter, LedgerError, Reservation, Store};
-use tessera_metering::tiers::AdmissionError;
-use tessera_metering::{AttemptRef, Metrics, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
+use tessera_metering::{AttemptRef, Metrics, Outcome, Pass, TimingSource, UsageEvent};
+use tessera_store::EventFilter;
 
-use crate::util::tessera;
+use crate::util::{rt, tessera, TestStore};
 
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
-}
+crate::on_every_backend!(sigkill_during_ledger_writes_loses_and_duplicates_nothing);
 
 fn attempt(tenant: &str, job: &str, n: u32) -> AttemptRef {
     AttemptRef { tenant_id: tenant.into(), tier: "mid".into(), job_id: job.into(), attempt: n }
-}
-
-#[test]
-fn appends_are_idempotent_and_rows_append_only() {
-    let dir = tempfile::tempdir().unwrap();
-    rt().block_on(async {
-        let store = Store::open(dir.path()).await.unwrap();
-        let a = attempt("t1", "j1", 1);
-        let events: Vec<UsageEvent> =
-            (0..10).map(|i| UsageEvent::gpu(&a, Pass::Render, i, 1_000 + i, TimingSource::Gpu)).collect();
-        assert_eq!(store.append(&events).await.unwrap(), 10);
-        assert_eq!(store.append(&events).await.unwrap(), 0, "a retry recorded events twice");
-        assert_eq!(store.append(&events[3..5]).await.unwrap(), 0);
-        let all = store.events(&EventFilter::default()).await.unwrap();
-        assert_eq!(all.len(), 10);
-        let upd = sqlx::query("UPDATE usage_events SET quantity = 0").execute(store.pool()).await;
-        assert!(upd.unwrap_err().to_string().contains("append-only"));
-        let del = sqlx::query("DELETE FROM usage_events").execute(store.pool()).await;
-        assert!(del.is_err());
-        // The billable output of a job is one event whatever attempt delivers it.
-        let out1 = UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::from_str("0.01").unwrap());
-        let out2 = UsageEvent::output(&attempt("t1", "j1", 2), 24, 24, "720p", "general", Decimal::ONE);
-        assert_eq!(store.append(&[out1]).await.unwrap(), 1);
-        assert_eq!(store.append(&[out2]).await.unwrap(), 0);
-        assert!(store.has_output("j1").await.unwrap());
-    });
-}
-
-#[test]
-fn concurrent_admissions_never_exceed_a_cap() {
-    // The short tier caps output at 600 s a month: 40 jobs of 30 s arriving at
-    // once must admit exactly 20.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let (store, tenant) = rt.block_on(async {
-        let store = Store::open(dir.path()).await.unwrap();
-        let tenant = store.create_tenant(&PriceBook::default_book(), "racer", "short").await.unwrap();
-        (store, tenant)
-    });
-    let book = Arc::new(PriceBook::default_book());
-    let req = QuoteRequest {
-        width: 1280,
-        height: 720,
-        fps: 24,
-        output_seconds: Decimal::from(30),
-        advanced: false,
-        addons: vec![],
-    };
-    let results = rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(40));
-        let tasks: Vec<_> = (0..40)
-            .map(|i| {
-                let (store, tenant, book, req, barrier) =
-                    (store.clone(), tenant.clone(), book.clone(), req.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let job = format!("job{i}");
-                    let r = Reservation {
-                        job_id: &job,
-                        request: &req,
-                        lane: "standard",
-                        frames: 720,
-                        price: Decimal::new(36, 2),
-                    };
-                    store.admit(&book, &tenant, r).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
-    });
-    let admitted = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(admitted, 20, "{results:?}");
-    for r in results.iter().filter_map(|r| r.as_ref().err()) {
-        match r {
-            LedgerError::Admission(refusal) => match refusal.as_ref() {
-                AdmissionError::OutputCap { tier, cap, .. } => {
-                    assert_eq!((tier.as_str(), *cap), ("short", Decimal::from(600)));
-                    assert!(r.to_string().contains("600 s reserved"), "{r}");
-                }
-                other => panic!("unexpected refusal: {other}"),
-            },
-            other => panic!("unexpected refusal: {other}"),
-        }
-    }
-    // Releasing an admitted job frees its seconds for the next one.
-    let first = results.iter().position(|r| r.is_ok()).unwrap();
-    rt.block_on(async {
-        store.release(&format!("job{first}")).await.unwrap();
-        let r = Reservation {
-            job_id: "job-next",
-            request: &req,
-            lane: "standard",
-            frames: 720,
-            price: Decimal::new(36, 2),
-        };
-        let again = store.admit(&book, &tenant, r).await;
-        assert!(again.is_ok(), "{again:?}");
-        let usage = store.month_usage(&tenant.id).await.unwrap();
-        assert_eq!(usage.reserved_seconds, Decimal::from(600));
-    });
 }
 
 /// Writes `n` distinct events as JSON lines.
@@ -135,6 +27,7 @@ fn spool(path: &std::path::Path, n: u64) {
             &a,
             [Pass::Render, Pass::Stitch, Pass::Encode][(i % 3) as usize],
             i / 3,
+            1,
             1_000_000 + i,
             TimingSource::Gpu,
         );
@@ -142,10 +35,10 @@ fn spool(path: &std::path::Path, n: u64) {
     }
 }
 
-#[test]
-fn sigkill_during_ledger_writes_loses_and_duplicates_nothing() {
+fn sigkill_during_ledger_writes_loses_and_duplicates_nothing(store: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    let db = store.url(&data);
     let file = dir.path().join("spool.jsonl");
     const N: u64 = 3000;
     spool(&file, N);
@@ -153,7 +46,7 @@ fn sigkill_during_ledger_writes_loses_and_duplicates_nothing() {
     let mut cut_short = 0;
     for round in 0..8u64 {
         let mut child = tessera()
-            .args(["usage", "import", file.to_str().unwrap(), "--batch", "7", "--data", data.to_str().unwrap()])
+            .args(["usage", "import", file.to_str().unwrap(), "--batch", "7", "--db", &db])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -175,10 +68,7 @@ fn sigkill_during_ledger_writes_loses_and_duplicates_nothing() {
         // SIGKILL: no chance to clean up.
         child.kill().unwrap();
         child.wait().unwrap();
-        let events = rt().block_on(async {
-            let store = Store::open(&data).await.unwrap();
-            store.events(&EventFilter::default()).await.unwrap()
-        });
+        let events = rt().block_on(async { store.open(&data).await.events(&EventFilter::default()).await.unwrap() });
         let ids: std::collections::BTreeSet<String> = events.iter().map(|e| e.id.clone()).collect();
         assert_eq!(ids.len(), events.len(), "round {round}: duplicate events");
         let missing: Vec<_> = acked.iter().filter(|id| !ids.contains(*id)).collect();
@@ -189,11 +79,9 @@ fn sigkill_during_ledger_writes_loses_and_duplicates_nothing() {
     }
     assert!(cut_short > 0, "no kill landed mid-import, so nothing was tested");
     // A last run completes; every event is there exactly once.
-    let o =
-        tessera().args(["usage", "import", file.to_str().unwrap(), "--data", data.to_str().unwrap()]).output().unwrap();
-    assert!(o.status.success());
-    let events =
-        rt().block_on(async { Store::open(&data).await.unwrap().events(&EventFilter::default()).await.unwrap() });
+    let o = tessera().args(["usage", "import", file.to_str().unwrap(), "--db", &db]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let events = rt().block_on(async { store.open(&data).await.events(&EventFilter::default()).await.unwrap() });
     assert_eq!(events.len() as u64, N);
     let total: i64 = events.iter().map(|e| e.quantity).sum();
     assert_eq!(total as u64, (0..N).map(|i| 1_000_000 + i).sum::<u64>());

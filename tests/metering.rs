@@ -1,21 +1,22 @@
 //! Metering end to end on the GPU: several jobs for two tenants (one with a
-//! failed attempt and a retry) reconcile to the nanosecond between the ledger,
-//! the live Prometheus counters, the usage export and counters rebuilt from the
-//! ledger; metered GPU time tracks an independent wall clock; the CLI quotes
-//! the brief's examples.
+//! failed attempt and a retry) reconcile to the nanosecond between the ledger
+//! (on every backend), the live Prometheus counters, the usage export and
+//! counters rebuilt from the ledger; metered GPU time tracks an independent
+//! wall clock; the CLI quotes the brief's examples.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tessera_metering::export::{self, Bucket, Format};
-use tessera_metering::ledger::{EventFilter, Reservation, Store, Tenant};
-use tessera_metering::{quote, AttemptRef, Metrics, Outcome, Pass, PriceBook, TimingSource};
+use tessera_metering::{quote, AttemptRef, EventKind, Metrics, Outcome, Pass, PriceBook, TimingSource};
+use tessera_store::{EventFilter, JobId, Reservation, Store, Tenant};
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::spec::JobSpec;
-use tessera_worker::usage::UsageRecorder;
+use tessera_worker::usage::{Bill, UsageRecorder};
 
-use crate::ledger::rt;
-use crate::util::{ctx, spec, tessera};
+use crate::util::{ctx, rt, spec, tessera, TestStore};
+
+crate::on_every_backend!(ledger_metrics_and_export_reconcile_to_the_nanosecond);
 
 struct Env<'a> {
     store: &'a Store,
@@ -27,12 +28,13 @@ struct Env<'a> {
 async fn run_attempt(env: &Env<'_>, tenant: &Tenant, job: &str, attempt: u32, spec: &JobSpec, fail_after: Option<u32>) {
     let Env { store, metrics, book } = *env;
     let q = quote(book, &spec.quote_request()).unwrap();
-    let request = spec.quote_request();
-    let r =
-        Reservation { job_id: job, request: &request, lane: spec.lane.as_str(), frames: spec.frames, price: q.price };
-    store.admit(book, tenant, r).await.unwrap();
+    let id = JobId::new(job);
+    // Reserving a job id again (its retry) changes nothing.
+    let (req, lane, frames) = (spec.quote_request(), spec.lane, spec.frames);
+    let r = Reservation { job: &id, request: &req, lane, frames, price: q.price };
+    store.reserve(book, tenant, &r).await.unwrap();
     let timing = if ctx().timestamps { TimingSource::Gpu } else { TimingSource::Host };
-    let a = AttemptRef { tenant_id: tenant.id.clone(), tier: tenant.tier.clone(), job_id: job.into(), attempt };
+    let a = AttemptRef { tenant_id: tenant.id.to_string(), tier: tenant.tier.clone(), job_id: job.into(), attempt };
     let mut recorder = UsageRecorder::new(store, metrics, a, timing);
     let mut renderer = FrameRenderer::new(ctx(), spec.render_plan()).unwrap();
     let frames = fail_after.unwrap_or(spec.frames);
@@ -40,8 +42,19 @@ async fn run_attempt(env: &Env<'_>, tenant: &Tenant, job: &str, attempt: u32, sp
         let f = renderer.render_frame(i, Readback::Jpeg).unwrap();
         recorder.frame(i, &f.times).await.unwrap();
     }
-    let outcome = if fail_after.is_some() { Outcome::Failed } else { Outcome::Succeeded };
-    recorder.finish(book, spec, &q, outcome).await.unwrap();
+    let closing = recorder.close().await;
+    // A failed attempt records its usage and keeps the reservation for its
+    // retry; a successful one bills and releases it in one transaction.
+    let (events, inserted, outcome) = if fail_after.is_some() {
+        let events = closing.events(Outcome::Failed, None);
+        let inserted = store.append(&events).await.unwrap();
+        (events, inserted, Outcome::Failed)
+    } else {
+        let events = closing.events(Outcome::Succeeded, Some(&Bill::new(book, spec, &q)));
+        let inserted = store.finish_reserved(&id, &events).await.unwrap();
+        (events, inserted, Outcome::Succeeded)
+    };
+    closing.record(metrics, book, outcome, &events, &inserted);
 }
 
 /// Sums of an exposed counter, as integers after scaling back (ns for seconds).
@@ -63,9 +76,10 @@ fn scrape(text: &str, metric: &str, scale: f64, keys: &[&str]) -> BTreeMap<Vec<S
     out
 }
 
-#[test]
-fn ledger_metrics_and_export_reconcile_to_the_nanosecond() {
+fn ledger_metrics_and_export_reconcile_to_the_nanosecond(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
+    // One runtime: a PostgreSQL pool lives on the runtime that opened it.
+    let runtime = rt();
     let book = PriceBook::default_book();
     let metrics = Metrics::new(&book.currency);
     let small = |template: &str, variant: &str| {
@@ -74,10 +88,10 @@ fn ledger_metrics_and_export_reconcile_to_the_nanosecond() {
             "variant": variant, "tiles": {"cols": 2, "rows": 1, "overlap_px": 16},
         }))
     };
-    let store = rt().block_on(async {
-        let store = Store::open(dir.path()).await.unwrap();
-        let a = store.create_tenant(&book, "acme", "mid").await.unwrap();
-        let b = store.create_tenant(&book, "globex", "enterprise").await.unwrap();
+    let store = runtime.block_on(async {
+        let store = db.open(dir.path()).await;
+        let a = store.create_tenant(&book, "acme", "mid", None).await.unwrap();
+        let b = store.create_tenant(&book, "globex", "enterprise", None).await.unwrap();
         let env = Env { store: &store, metrics: &metrics, book: &book };
         run_attempt(&env, &a, "job-a1", 1, &small("orbit", "general"), None).await;
         run_attempt(&env, &a, "job-a2", 1, &small("pedestal", "advanced"), None).await;
@@ -94,7 +108,7 @@ fn ledger_metrics_and_export_reconcile_to_the_nanosecond() {
         );
         store
     });
-    let (ledger, events) = rt().block_on(async {
+    let (ledger, events) = runtime.block_on(async {
         (store.gpu_ns_totals().await.unwrap(), store.events(&EventFilter::default()).await.unwrap())
     });
     // Ledger per (tenant, pass), over outcomes.
@@ -138,7 +152,7 @@ fn ledger_metrics_and_export_reconcile_to_the_nanosecond() {
         assert_eq!(scrape(&replay_text, metric, 1e9, keys), scrape(&text, metric, 1e9, keys), "{metric}");
     }
     // One billable output per job: the retried job is billed once.
-    let outputs: Vec<_> = events.iter().filter(|e| e.kind == tessera_metering::ledger::EventKind::Output).collect();
+    let outputs: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Output).collect();
     assert_eq!(outputs.len(), 3);
     let out_ms = scrape(&text, tessera_metering::prom::OUTPUT_SECONDS_TOTAL, 1e3, &["tenant"]);
     assert_eq!(out_ms.values().sum::<i64>(), 1500, "three clips of 12 frames at 24 fps");

@@ -1,5 +1,6 @@
 //! Shared helpers: one GPU context per test process, rendering a spec to RGBA,
-//! image metrics.
+//! image metrics, the store backends a test runs on, and `tessera serve`
+//! child processes over real sockets.
 
 use std::sync::OnceLock;
 
@@ -97,6 +98,71 @@ pub fn seam_ratio(img: &[u8], w: u32, h: u32, xs: &[u32], ys: &[u32]) -> f64 {
     (seam / seam_n) / (other / other_n)
 }
 
+/// A Tokio runtime for tests that drive the store.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
+}
+
+/// The store a test runs on: SQLite in the test's data directory, or a
+/// database of its own on the PostgreSQL server of `TESSERA_TEST_POSTGRES`.
+pub enum TestStore {
+    Sqlite,
+    Postgres(tessera_store::testing::TestDatabase),
+}
+
+impl TestStore {
+    pub fn sqlite() -> Self {
+        TestStore::Sqlite
+    }
+
+    /// A fresh PostgreSQL database, or `None` (skipped loudly) without a server.
+    pub fn postgres() -> Option<Self> {
+        let server = tessera_store::testing::postgres_server()?;
+        let db = rt().block_on(tessera_store::testing::TestDatabase::create(&server)).expect("a test database");
+        Some(TestStore::Postgres(db))
+    }
+
+    /// The `--db` URL for a worker whose data directory is `data`.
+    pub fn url(&self, data: &std::path::Path) -> String {
+        match self {
+            TestStore::Sqlite => format!("sqlite://{}", data.join("tessera.db").display()),
+            TestStore::Postgres(db) => db.url().to_string(),
+        }
+    }
+
+    /// Opens the store (as a worker with data directory `data` would).
+    pub async fn open(&self, data: &std::path::Path) -> tessera_store::Store {
+        let url = tessera_store::StoreUrl::parse(&self.url(data)).unwrap();
+        tessera_store::Store::open(&url).await.expect("the test store opens")
+    }
+}
+
+/// Declares each listed test (a `fn(&TestStore)`) once per backend:
+/// `sqlite::NAME` and `postgres::NAME` (skipped loudly without a server).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&$crate::util::TestStore::sqlite());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(db) = $crate::util::TestStore::postgres() {
+                        super::$name(&db);
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// The path of the `tessera` binary under test.
 pub fn tessera() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -167,13 +233,16 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    /// A worker on `store` with data directory `data`.
+    pub fn start_on(store: &TestStore, data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         let mut cmd = tessera();
         cmd.args([
             "serve",
             "--data",
             data.to_str().unwrap(),
+            "--db",
+            &store.url(data),
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",

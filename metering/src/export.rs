@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::ledger::{fnv1a, output_seconds, rfc3339, EventKind, UsageEvent};
+use crate::event::{fnv1a, output_seconds, rfc3339, EventKind, UsageEvent};
 use crate::price::from_micros;
 
 /// Export format.
@@ -109,7 +109,7 @@ fn csv_field(s: &str) -> String {
 /// Raw events as CSV (header included).
 pub fn events_csv(events: &[UsageEvent]) -> String {
     let mut out = String::from(
-        "id,time,tenant_id,tier,job_id,attempt,kind,pass,seq,quantity,unit,gpu_seconds,output_seconds,fps,resolution,variant,amount,timing,outcome\n",
+        "id,time,tenant_id,tier,job_id,attempt,kind,pass,seq,frames,quantity,unit,gpu_seconds,output_seconds,fps,resolution,variant,amount,timing,outcome\n",
     );
     for e in events {
         let fields = [
@@ -122,6 +122,7 @@ pub fn events_csv(events: &[UsageEvent]) -> String {
             e.kind.as_str().into(),
             e.pass.map(|p| p.as_str().to_string()).unwrap_or_default(),
             e.seq.to_string(),
+            e.frames.to_string(),
             e.quantity.to_string(),
             e.kind.unit().into(),
             gpu_seconds(e.kind, e.quantity),
@@ -187,7 +188,7 @@ pub fn events_cloudevents(events: &[UsageEvent]) -> String {
     for e in events {
         let data = json!({
             "tier": e.tier, "job_id": e.job_id, "attempt": e.attempt,
-            "pass": e.pass.map(|p| p.as_str()), "seq": e.seq,
+            "pass": e.pass.map(|p| p.as_str()), "seq": e.seq, "frames": e.frames,
             "quantity": e.quantity, "unit": e.kind.unit(),
             "gpu_seconds": gpu_seconds(e.kind, e.quantity),
             "output_seconds": out_seconds(e.kind, e.quantity, e.fps),

@@ -14,7 +14,7 @@ use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::clock::{Pass, PassTimes, TimingSource};
-use crate::ledger::{AttemptRef, Outcome};
+use crate::event::{AttemptRef, Outcome};
 
 /// GPU seconds of finished attempts, by tenant, tier, pass, outcome and timing source.
 pub const GPU_SECONDS_TOTAL: &str = "tessera_gpu_seconds_total";
@@ -241,8 +241,8 @@ impl Metrics {
 
     /// Rebuilds the counters from ledger events (for example after a restart):
     /// the metrics are a view of the store. Compute and encode cost use `book`.
-    pub fn replay(&self, book: &crate::price::PriceBook, events: &[crate::ledger::UsageEvent]) {
-        use crate::ledger::EventKind;
+    pub fn replay(&self, book: &crate::price::PriceBook, events: &[crate::event::UsageEvent]) {
+        use crate::event::EventKind;
         let mut attempts: BTreeMap<(String, u32), ReplayedAttempt> = BTreeMap::new();
         for e in events {
             let a = AttemptRef {

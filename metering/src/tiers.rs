@@ -4,6 +4,7 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::lane::Lane;
 use crate::price::{named_pixels, PriceBook, QuoteRequest};
 
 /// Monthly caps of a tier.
@@ -32,12 +33,16 @@ pub struct Tier {
     pub max_clip_seconds: Decimal,
     #[serde(default)]
     pub features: Vec<String>,
+    /// Seconds of queue age a job of this tier is worth in the queue's score:
+    /// within a lane, a job of a tier weighted 30 goes ahead of an otherwise
+    /// equal job submitted up to 30 s earlier by a tier weighted 0.
+    #[serde(default)]
+    pub queue_weight_s: u32,
     pub caps: Caps,
 }
 
 /// Share of the budget at which admission starts warning.
 pub const BUDGET_WARNING_PERCENT: u32 = 80;
-pub const LANES: [&str; 3] = ["urgent", "standard", "bulk"];
 
 /// Why a job was refused; every message names the limit, the tier and the usage.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize)]
@@ -89,7 +94,7 @@ impl Tier {
         if let Some(v) = self.variants.iter().find(|v| !book.price.variant.contains_key(*v)) {
             return Err((key("variants"), format!("unknown variant `{v}`")));
         }
-        if let Some(l) = self.lanes.iter().find(|l| !LANES.contains(&l.as_str())) {
+        if let Some(l) = self.lanes.iter().find(|l| l.parse::<Lane>().is_err()) {
             return Err((key("lanes"), format!("unknown lane `{l}` (urgent, standard, bulk)")));
         }
         if let Some(f) = self.features.iter().find(|f| !book.price.addons.contains_key(*f)) {
@@ -108,7 +113,7 @@ impl Tier {
     }
 
     /// Checks the feature map: resolution, frame rate, variant, lane, length, add-ons.
-    pub fn check_features(&self, tier: &str, req: &QuoteRequest, lane: &str) -> Result<(), AdmissionError> {
+    pub fn check_features(&self, tier: &str, req: &QuoteRequest, lane: Lane) -> Result<(), AdmissionError> {
         let tier_s = tier.to_string();
         let pixels = u64::from(req.width) * u64::from(req.height);
         let max_pixels = named_pixels(&self.max_resolution).unwrap_or(0);
@@ -131,8 +136,8 @@ impl Tier {
                 variant: variant.into(),
             });
         }
-        if !self.lanes.iter().any(|l| l == lane) {
-            return Err(AdmissionError::Lane { tier: tier_s, allowed: join(&self.lanes), lane: lane.into() });
+        if !self.lanes.iter().any(|l| l == lane.as_str()) {
+            return Err(AdmissionError::Lane { tier: tier_s, allowed: join(&self.lanes), lane: lane.as_str().into() });
         }
         if req.output_seconds > self.max_clip_seconds {
             return Err(AdmissionError::ClipLength {

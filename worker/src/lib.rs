@@ -10,10 +10,12 @@
 //!   [`render::frame`] (template → bloom → stitch), the CPU reference of the
 //!   stitch in [`render::stitch`], and [`render::clip`], which drives a clip.
 //! - [`encode`]: GPU colour conversion and the muxers that write files.
+//! - [`usage`]: an attempt's GPU time as usage events, billed outputs.
+//! - [`service`]: `tessera serve`, one worker of a fleet: API, scheduler, attempts.
 //! - [`cli`]: the `tessera` command line.
 //!
 //! GPU time of every pass is measured in integer nanoseconds with
-//! `tessera_metering`.
+//! `tessera_metering`; everything persistent goes through `tessera_store`.
 
 pub mod cli;
 pub mod encode;

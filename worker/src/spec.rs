@@ -15,6 +15,8 @@ use crate::render::catalog::{self, ParamBlock, ParamKind, ParamValue, Template};
 use crate::render::frame::RenderPlan;
 use crate::render::tiler::{Tiler, MAX_TILES_PER_AXIS};
 
+pub use tessera_metering::Lane;
+
 /// Bounds a spec is validated against: the frame rates and billable features
 /// come from the operator's price book.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,24 +67,6 @@ pub struct RawSize {
 pub enum Variant {
     General,
     Advanced,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Lane {
-    Urgent,
-    Standard,
-    Bulk,
-}
-
-impl Lane {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Lane::Urgent => "urgent",
-            Lane::Standard => "standard",
-            Lane::Bulk => "bulk",
-        }
-    }
 }
 
 impl Variant {

@@ -1,27 +1,41 @@
-//! Metered rendering: admission against the tenant's tier, per-frame usage events
-//! flushed to the ledger at least once per second of GPU work, and at the end
-//! the attempt's outcome, the job's billable output and the Prometheus counters,
-//! all from the same integer nanoseconds.
+//! Metered rendering: an attempt's GPU time becomes usage events, one per pass
+//! and *window* of frames (about a second of GPU work: see BENCHMARKS.md for
+//! why not one per frame), appended to the ledger in the background while the
+//! next frames render. The last window, the attempt's end and the job's
+//! billable output go into the ledger with the attempt's settlement, in one
+//! transaction; the Prometheus counters move only for what the ledger took.
 
 use std::time::{Duration, Instant};
 
-use tessera_metering::ledger::{LedgerError, Tenant};
 use tessera_metering::price::to_micros;
 use tessera_metering::{
-    AttemptRef, Metrics, Outcome, Pass, PassTimes, PriceBook, Quote, Store, TimingSource, UsageEvent,
+    AttemptRef, EventKind, Metrics, Outcome, Pass, PassTimes, PriceBook, Quote, TimingSource, UsageEvent,
 };
+use tessera_store::{Store, StoreError, Tenant};
 
 use crate::spec::JobSpec;
 
-/// Flush accrued events once this much GPU time or wall time has passed.
-const FLUSH_GPU_NS: u64 = 1_000_000_000;
-const FLUSH_WALL: Duration = Duration::from_secs(1);
+/// A window closes once this much GPU time accrued...
+const WINDOW_GPU_NS: u64 = 1_000_000_000;
+/// ...or this much wall time passed, so a crash loses at most this much metering.
+const WINDOW_WALL: Duration = Duration::from_secs(10);
 
-/// A deterministic job id from the tenant, the spec and an idempotency key.
-pub fn job_id(tenant: &Tenant, spec: &JobSpec, key: &str) -> String {
+/// A deterministic job id from the tenant, the spec and a key.
+pub fn job_id(tenant: &Tenant, spec: &JobSpec, key: &str) -> tessera_store::JobId {
     let text = format!("{}|{}|{}", tenant.id, serde_json::to_string(spec).unwrap_or_default(), key);
-    format!("j_{:016x}", tessera_metering::ledger::fnv1a(text.as_bytes()))
+    tessera_store::JobId::new(format!("j_{:016x}", tessera_metering::event::fnv1a(text.as_bytes())))
 }
+
+/// Frames accrued since the last window closed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    first: u32,
+    frames: u32,
+    times: PassTimes,
+}
+
+/// A window the ledger did not take, and why.
+type UnwrittenBatch = (StoreError, Vec<UsageEvent>);
 
 /// Records one attempt's usage as it runs.
 #[derive(Debug)]
@@ -30,12 +44,26 @@ pub struct UsageRecorder<'a> {
     metrics: &'a Metrics,
     attempt: AttemptRef,
     timing: TimingSource,
-    pending: Vec<UsageEvent>,
-    pending_ns: u64,
-    last_flush: Instant,
+    window: Window,
+    opened: Instant,
     totals: PassTimes,
-    /// The previous flush, committing in the background while frames render.
-    inflight: Option<tokio::task::JoinHandle<Result<u64, LedgerError>>>,
+    /// The previous window, committing in the background while frames render;
+    /// a batch that could not be written comes back for the settlement.
+    inflight: Option<tokio::task::JoinHandle<Result<(), UnwrittenBatch>>>,
+    /// Events of windows whose write failed: they go with the settlement.
+    unwritten: Vec<UsageEvent>,
+}
+
+/// What is left of an attempt's metering when its frames are done: the events
+/// its settlement must write, and the GPU time for the counters.
+#[derive(Debug)]
+pub struct Closing {
+    pub attempt: AttemptRef,
+    pub timing: TimingSource,
+    /// GPU time of the whole attempt.
+    pub totals: PassTimes,
+    /// GPU events of the last, unwritten window.
+    pub pending: Vec<UsageEvent>,
 }
 
 impl<'a> UsageRecorder<'a> {
@@ -45,11 +73,11 @@ impl<'a> UsageRecorder<'a> {
             metrics,
             attempt,
             timing,
-            pending: Vec::new(),
-            pending_ns: 0,
-            last_flush: Instant::now(),
+            window: Window::default(),
+            opened: Instant::now(),
             totals: PassTimes::default(),
             inflight: None,
+            unwritten: Vec::new(),
         }
     }
 
@@ -62,90 +90,149 @@ impl<'a> UsageRecorder<'a> {
         self.totals
     }
 
-    /// One frame's pass times; flushes when a second of GPU or wall time accrued.
-    pub async fn frame(&mut self, index: u32, times: &PassTimes) -> Result<(), LedgerError> {
-        for pass in Pass::ALL {
-            let ns = times.get(pass);
-            if ns > 0 {
-                self.pending.push(UsageEvent::gpu(&self.attempt, pass, u64::from(index), ns, self.timing));
-            }
+    /// Frame `index`'s pass times; closes the window when it holds a second of
+    /// GPU time or ten of wall time. Frames arrive in order.
+    pub async fn frame(&mut self, index: u32, times: &PassTimes) -> Result<(), StoreError> {
+        if self.window.frames == 0 {
+            self.window.first = index;
         }
+        self.window.frames += 1;
+        self.window.times.merge(times);
         self.totals.merge(times);
-        self.pending_ns += times.total_ns();
         self.metrics.record_accrued(&self.attempt, self.timing, times);
-        if self.pending_ns >= FLUSH_GPU_NS || self.last_flush.elapsed() >= FLUSH_WALL {
+        if self.window.times.total_ns() >= WINDOW_GPU_NS || self.opened.elapsed() >= WINDOW_WALL {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Starts writing what has accrued. The commit (an fsync) runs in the
-    /// background while the next frames render; the next flush or `finish`
-    /// waits for it, so at most one batch is in flight and none is dropped.
-    /// Must be called within a Tokio runtime.
-    pub async fn flush(&mut self) -> Result<(), LedgerError> {
+    /// The window's events (one per pass that ran), and a new empty window.
+    fn take_window(&mut self) -> Vec<UsageEvent> {
+        let w = std::mem::take(&mut self.window);
+        self.opened = Instant::now();
+        Pass::ALL
+            .into_iter()
+            .filter(|p| w.times.get(*p) > 0)
+            .map(|p| UsageEvent::gpu(&self.attempt, p, u64::from(w.first), w.frames, w.times.get(p), self.timing))
+            .collect()
+    }
+
+    /// Starts writing the window. The commit (an fsync) runs in the background
+    /// while the next frames render; the next flush or `close` waits for it, so
+    /// at most one batch is in flight and none is dropped. Must be called within
+    /// a Tokio runtime.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
         self.wait_inflight().await?;
-        if !self.pending.is_empty() {
+        let batch = self.take_window();
+        if !batch.is_empty() {
             let store = self.store.clone();
-            let batch = std::mem::take(&mut self.pending);
-            self.inflight = Some(tokio::spawn(async move { store.append(&batch).await }));
-        }
-        self.pending_ns = 0;
-        self.last_flush = Instant::now();
-        Ok(())
-    }
-
-    async fn wait_inflight(&mut self) -> Result<(), LedgerError> {
-        if let Some(handle) = self.inflight.take() {
-            handle.await.map_err(|e| LedgerError::Query(sqlx::Error::Protocol(format!("ledger writer: {e}"))))??;
+            self.inflight = Some(tokio::spawn(async move {
+                match store.append(&batch).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err((e, batch)),
+                }
+            }));
         }
         Ok(())
     }
 
-    /// Ends the attempt. On success the job's output is billed once (a job already
-    /// billed by an earlier attempt is not billed again); a cancelled job is billed
-    /// for what it delivered, which `spec.frames` and `quote` then describe. The
-    /// counters move only after the ledger committed. The job's cap reservation
-    /// is left for the caller to release once the job is final.
-    pub async fn finish(
-        mut self,
-        book: &PriceBook,
-        spec: &JobSpec,
-        quote: &Quote,
-        outcome: Outcome,
-    ) -> Result<PassTimes, LedgerError> {
-        self.wait_inflight().await?;
-        let mut events = std::mem::take(&mut self.pending);
+    /// Waits for the window in flight; a failed batch is kept for the settlement.
+    async fn wait_inflight(&mut self) -> Result<(), StoreError> {
+        let Some(handle) = self.inflight.take() else { return Ok(()) };
+        match handle.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((e, batch))) => {
+                self.unwritten.extend(batch);
+                Err(e)
+            }
+            Err(e) => Err(StoreError::Query(format!("ledger writer task: {e}"))),
+        }
+    }
+
+    /// Ends the recording: waits for the window in flight and hands over what
+    /// is not in the ledger yet (the last window, and any window whose write
+    /// failed), for the settlement to write in its transaction.
+    pub async fn close(mut self) -> Closing {
+        if let Err(e) = self.wait_inflight().await {
+            tracing::warn!(attempt = ?self.attempt, error = %e, "a usage window goes with the settlement");
+        }
+        let mut pending = std::mem::take(&mut self.unwritten);
+        pending.extend(self.take_window());
+        Closing { attempt: self.attempt.clone(), timing: self.timing, totals: self.totals, pending }
+    }
+}
+
+/// What a delivered clip is billed: `spec.frames` frames at the quoted price.
+#[derive(Debug, Clone)]
+pub struct Bill {
+    pub resolution: String,
+    pub fps: u32,
+    pub variant: String,
+    pub frames: u32,
+    pub price_micros: i64,
+}
+
+impl Bill {
+    pub fn new(book: &PriceBook, spec: &JobSpec, quote: &Quote) -> Self {
+        Self {
+            resolution: book.resolution_bucket(spec.width, spec.height).to_string(),
+            fps: spec.fps,
+            variant: spec.variant.as_str().to_string(),
+            frames: spec.frames,
+            price_micros: to_micros(quote.price),
+        }
+    }
+
+    /// The job's billable output event.
+    pub fn event(&self, attempt: &AttemptRef) -> UsageEvent {
+        let price = tessera_metering::price::from_micros(self.price_micros);
+        UsageEvent::output(attempt, self.frames, self.fps, &self.resolution, &self.variant, price)
+    }
+}
+
+impl Closing {
+    /// The events an attempt ending with `outcome` writes: its last GPU window,
+    /// its end, and the billable output when it delivered frames.
+    pub fn events(&self, outcome: Outcome, bill: Option<&Bill>) -> Vec<UsageEvent> {
+        let mut events = self.pending.clone();
         events.push(UsageEvent::attempt_end(&self.attempt, outcome));
-        let delivered = outcome != Outcome::Failed && spec.frames > 0;
-        let bill = delivered && !self.store.has_output(&self.attempt.job_id).await?;
-        let bucket = book.resolution_bucket(spec.width, spec.height).to_string();
-        if bill {
-            events.push(UsageEvent::output(
-                &self.attempt,
-                spec.frames,
-                spec.fps,
-                &bucket,
-                spec.variant.as_str(),
-                quote.price,
-            ));
+        if let Some(bill) = bill.filter(|b| b.frames > 0) {
+            events.push(bill.event(&self.attempt));
         }
-        self.store.append(&events).await?;
-        // The reservation stays while the job may still be retried; whoever knows
-        // the job is final releases it (`Store::release`).
+        events
+    }
+
+    /// Moves the counters for what the ledger took: `events[i]` where
+    /// `inserted[i]`. The attempt's GPU time is counted with its outcome once
+    /// its end was recorded (by this worker); GPU events recorded after another
+    /// worker ended the attempt count on their own.
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        book: &PriceBook,
+        outcome: Outcome,
+        events: &[UsageEvent],
+        inserted: &[bool],
+    ) {
+        let new = || events.iter().zip(inserted).filter(|(_, n)| **n).map(|(e, _)| e);
         let a = &self.attempt;
-        self.metrics.record_attempt(a, outcome, self.timing, &self.totals);
-        self.metrics.record_gpu_cost(book, a, &self.totals);
-        if bill {
-            self.metrics.record_output(
-                a,
-                &bucket,
-                spec.fps,
-                spec.variant.as_str(),
-                u64::from(spec.frames),
-                to_micros(quote.price),
-            );
+        if new().any(|e| e.kind == EventKind::AttemptEnd) {
+            metrics.record_attempt(a, outcome, self.timing, &self.totals);
+            metrics.record_gpu_cost(book, a, &self.totals);
+        } else {
+            let mut late = PassTimes::default();
+            for e in new().filter(|e| e.kind == EventKind::Gpu) {
+                if let Some(pass) = e.pass {
+                    late.add(pass, u64::try_from(e.quantity).unwrap_or(0));
+                }
+            }
+            metrics.record_attempt(a, outcome, self.timing, &late);
+            metrics.record_gpu_cost(book, a, &late);
         }
-        Ok(self.totals)
+        for e in new().filter(|e| e.kind == EventKind::Output) {
+            let (res, variant) = (e.resolution.clone().unwrap_or_default(), e.variant.clone().unwrap_or_default());
+            let frames = u64::try_from(e.quantity).unwrap_or(0);
+            metrics.record_output(a, &res, e.fps.unwrap_or(1), &variant, frames, e.amount_micros);
+        }
     }
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use rust_decimal::Decimal;
+use tessera_metering::event::parse_time;
 use tessera_metering::export::{self, Bucket, Format};
-use tessera_metering::ledger::{parse_time, EventFilter, LedgerError, Store, UsageEvent};
-use tessera_metering::{quote as price_quote, Metrics};
+use tessera_metering::{quote as price_quote, Metrics, UsageEvent};
+use tessera_store::{tier_of, EventFilter, StoreError};
 
 use super::{load_price_book, load_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
 
@@ -87,14 +88,14 @@ fn check_tenant(
     price: Decimal,
 ) -> Result<serde_json::Value, CliError> {
     let rt = tokio_runtime()?;
-    let store = rt.block_on(Store::open(&store_args.data)).map_err(runtime)?;
+    let store = store_args.open(&rt)?;
     let tenant = rt
         .block_on(store.tenant(name))
         .map_err(runtime)?
         .ok_or_else(|| usage(anyhow::anyhow!("unknown tenant `{name}`; create it with `tessera tenants add`")))?;
-    let tier = &book.tiers[&tenant.tier];
+    let tier = tier_of(book, &tenant.tier).map_err(usage)?;
     let usage_now = rt.block_on(store.month_usage(&tenant.id)).map_err(runtime)?;
-    let verdict = match tier.check_features(&tenant.tier, req, spec.lane.as_str()) {
+    let verdict = match tier.check_features(&tenant.tier, req, spec.lane) {
         Ok(()) => tier.check_caps(&tenant.tier, &usage_now, req.output_seconds, price),
         Err(e) => Err(e),
     };
@@ -138,15 +139,15 @@ pub(super) fn tenants(cmd: TenantsCommand) -> Result<(), CliError> {
                 return Err(usage(anyhow::anyhow!("tenant name must be 1 to 64 printable characters")));
             }
             let book = load_price_book(store.price_book.as_deref())?;
-            let db = rt.block_on(Store::open(&store.data)).map_err(runtime)?;
-            let t = rt.block_on(db.create_tenant(&book, &name, &tier)).map_err(|e| match e {
-                LedgerError::TenantExists(_) | LedgerError::UnknownTier { .. } => usage(e),
+            let db = store.open(&rt)?;
+            let t = rt.block_on(db.create_tenant(&book, &name, &tier, None)).map_err(|e| match e {
+                StoreError::TenantExists(_) | StoreError::UnknownTier { .. } => usage(e),
                 other => runtime(other),
             })?;
             println!("created tenant {} ({}) with tier {}", t.name, t.id, t.tier);
         }
         TenantsCommand::List { json, store } => {
-            let db = rt.block_on(Store::open(&store.data)).map_err(runtime)?;
+            let db = store.open(&rt)?;
             let list = rt.block_on(db.tenants()).map_err(runtime)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list).map_err(runtime)?);
@@ -223,7 +224,7 @@ pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
                 to_ms: to.as_deref().map(parse_time).transpose().map_err(usage)?,
                 tenant,
             };
-            let db = rt.block_on(Store::open(&store.data)).map_err(runtime)?;
+            let db = store.open(&rt)?;
             let events = rt.block_on(db.events(&filter)).map_err(runtime)?;
             let format = match format {
                 FormatArg::Csv => Format::Csv,
@@ -244,7 +245,7 @@ pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
         }
         UsageCommand::Import { file, batch, store } => {
             let f = std::fs::File::open(&file).with_context(|| format!("reading {}", file.display())).map_err(usage)?;
-            let db = rt.block_on(Store::open(&store.data)).map_err(runtime)?;
+            let db = store.open(&rt)?;
             let mut pending: Vec<UsageEvent> = Vec::new();
             let stdout = std::io::stdout();
             let flush = |pending: &mut Vec<UsageEvent>| -> Result<(), CliError> {
@@ -272,7 +273,7 @@ pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
         }
         UsageCommand::Metrics { store } => {
             let book = load_price_book(store.price_book.as_deref())?;
-            let db = rt.block_on(Store::open(&store.data)).map_err(runtime)?;
+            let db = store.open(&rt)?;
             let events = rt.block_on(db.events(&EventFilter::default())).map_err(runtime)?;
             let metrics = Metrics::new(&book.currency);
             metrics.replay(&book, &events);

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tessera_metering::PriceBook;
+use tessera_store::{Store, StoreUrl};
 
 use crate::spec::{self, JobSpec, RawSpec, SpecFormat, SpecLimits};
 
@@ -30,15 +31,37 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the store and the price book are.
+/// Where the data directory, the store and the price book are.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Data directory (the SQLite store lives here).
+    /// Data directory: clips and sidecars (shared by a fleet), and the
+    /// embedded SQLite store unless --db names another.
     #[arg(long, env = "TESSERA_DATA", default_value = "tessera-data")]
     pub data: PathBuf,
+    /// The store: sqlite://PATH or postgres://USER@HOST:PORT/DATABASE
+    /// (default: sqlite://DATA/tessera.db).
+    #[arg(long, env = "TESSERA_DB")]
+    pub db: Option<String>,
     /// Price book TOML (default: the built-in config/price-book.toml).
     #[arg(long, env = "TESSERA_PRICE_BOOK")]
     pub price_book: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The store's URL: `--db`, or SQLite in the data directory. A URL of
+    /// another kind is a usage error.
+    pub fn url(&self) -> Result<StoreUrl, CliError> {
+        match &self.db {
+            Some(url) => StoreUrl::parse(url).map_err(usage),
+            None => Ok(StoreUrl::in_data_dir(&self.data)),
+        }
+    }
+
+    /// Opens (and migrates) the store on `rt`.
+    pub fn open(&self, rt: &tokio::runtime::Runtime) -> Result<Store, CliError> {
+        let url = self.url()?;
+        rt.block_on(Store::open(&url)).map_err(runtime)
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tessera_metering::clock::format_seconds;
-use tessera_metering::ledger::{now_ms, Reservation, Store, Tenant};
+use tessera_metering::event::now_ms;
 use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
+use tessera_store::{JobId, Reservation, Store, StoreError, Tenant};
 
 use super::{load_price_book, load_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
 use crate::encode::mux;
 use crate::gpu::GpuContext;
 use crate::render::clip::{self, ClipSummary};
 use crate::spec::JobSpec;
-use crate::usage::{job_id, UsageRecorder};
+use crate::usage::{job_id, Bill, UsageRecorder};
 
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {
@@ -50,34 +51,27 @@ struct Metered {
     store: Store,
     tenant: Tenant,
     book: PriceBook,
-    job: String,
+    job: JobId,
 }
 
+/// Admits the render against the tenant's tier and caps: a reservation that
+/// the render's end releases, in the transaction that records its usage.
 fn admit(args: &RenderArgs, spec: &JobSpec, book: PriceBook, name: &str) -> Result<Metered, CliError> {
     let rt = tokio_runtime()?;
-    let store = rt.block_on(Store::open(&args.store.data)).map_err(runtime)?;
+    let store = args.store.open(&rt)?;
     let tenant = rt
         .block_on(store.tenant(name))
         .map_err(runtime)?
         .ok_or_else(|| usage(anyhow::anyhow!("unknown tenant `{name}`; create it with `tessera tenants add`")))?;
     let q = quote(&book, &spec.quote_request()).map_err(usage)?;
     let job = job_id(&tenant, spec, &format!("{}:{}", args.output.display(), now_ms()));
-    let warnings = rt
-        .block_on(store.admit(
-            &book,
-            &tenant,
-            Reservation {
-                job_id: &job,
-                request: &spec.quote_request(),
-                lane: spec.lane.as_str(),
-                frames: spec.frames,
-                price: q.price,
-            },
-        ))
-        .map_err(|e| match e {
-            tessera_metering::ledger::LedgerError::Admission(a) => usage(anyhow::anyhow!("admission refused: {a}")),
-            other => runtime(other),
-        })?;
+    let req = spec.quote_request();
+    let reservation = Reservation { job: &job, request: &req, lane: spec.lane, frames: spec.frames, price: q.price };
+    let warnings = rt.block_on(store.reserve(&book, &tenant, &reservation)).map_err(|e| match e {
+        StoreError::Admission(a) => usage(anyhow::anyhow!("admission refused: {a}")),
+        e @ StoreError::UnknownTier { .. } => usage(e),
+        other => runtime(other),
+    })?;
     for w in warnings {
         eprintln!("warning: {w}");
     }
@@ -111,8 +105,12 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         return Ok(());
     };
     let metrics = Metrics::new(&m.book.currency);
-    let attempt =
-        AttemptRef { tenant_id: m.tenant.id.clone(), tier: m.tenant.tier.clone(), job_id: m.job.clone(), attempt: 1 };
+    let attempt = AttemptRef {
+        tenant_id: m.tenant.id.to_string(),
+        tier: m.tenant.tier.clone(),
+        job_id: m.job.to_string(),
+        attempt: 1,
+    };
     let mut recorder = UsageRecorder::new(&m.store, &metrics, attempt, timing);
     let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |i, times| {
         bar.inc(1);
@@ -120,9 +118,16 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     });
     bar.finish_and_clear();
     let q = quote(&m.book, &spec.quote_request()).map_err(usage)?;
-    let outcome = if result.is_ok() { Outcome::Succeeded } else { Outcome::Failed };
-    m.rt.block_on(recorder.finish(&m.book, &spec, &q, outcome)).map_err(runtime)?;
-    m.rt.block_on(m.store.release(&m.job)).map_err(runtime)?;
+    let closing = m.rt.block_on(recorder.close());
+    let (outcome, bill) = match &result {
+        Ok(_) => (Outcome::Succeeded, Some(Bill::new(&m.book, &spec, &q))),
+        Err(_) => (Outcome::Failed, None),
+    };
+    // The render's last usage, its billable output and the reservation's
+    // release commit together.
+    let events = closing.events(outcome, bill.as_ref());
+    let inserted = m.rt.block_on(m.store.finish_reserved(&m.job, &events)).map_err(runtime)?;
+    closing.record(&metrics, &m.book, outcome, &events, &inserted);
     let summary = result.with_context(|| format!("rendering {}", args.output.display())).map_err(runtime)?;
     println!(
         "{}; billed {} {} to tenant {} as job {}",

@@ -28,9 +28,14 @@ pub struct ServeArgs {
     /// grouping off). Only where GPU timestamps time each job's passes.
     #[arg(long, default_value_t = 8)]
     pub group_max: usize,
-    /// Attempts before a job is dead-lettered.
+    /// Failed attempts before a job is dead-lettered (its failure budget).
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
+    /// Interrupted attempts (worker lost or drained, disk full, store
+    /// unreachable) before a job is dead-lettered; they do not spend the
+    /// failure budget.
+    #[arg(long, default_value_t = 24)]
+    pub max_interruptions: u32,
     /// First retry delay, milliseconds (doubles per attempt, full jitter).
     #[arg(long, default_value_t = 500)]
     pub backoff_base_ms: u64,
@@ -46,16 +51,26 @@ pub struct ServeArgs {
     /// How long archived clips are kept, hours.
     #[arg(long, default_value_t = 720)]
     pub retention_h: u64,
+    /// Where this worker keeps its compiled pipelines (default:
+    /// DATA/pipeline-cache/HOSTNAME, one per worker on a shared volume).
+    #[arg(long, env = "TESSERA_PIPELINE_CACHE")]
+    pub pipeline_cache: Option<std::path::PathBuf>,
 }
 
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     let book = load_price_book(args.store.price_book.as_deref())?;
-    if args.concurrency == 0 || args.max_attempts == 0 || args.lease_s == 0 || args.group_max == 0 {
+    let counts = [args.concurrency as u64, u64::from(args.max_attempts), u64::from(args.max_interruptions)];
+    if counts.contains(&0) || args.lease_s == 0 || args.group_max == 0 {
         return Err(usage(anyhow::anyhow!(
-            "--concurrency, --max-attempts, --lease-s and --group-max must be at least 1"
+            "--concurrency, --max-attempts, --max-interruptions, --lease-s and --group-max must be at least 1"
         )));
     }
     let mut config = ServeConfig::new(args.store.data.clone(), args.listen, args.metrics_listen);
+    config.db = args.store.url()?;
+    if let Some(dir) = args.pipeline_cache {
+        config.pipeline_cache = dir;
+    }
+    config.max_interruptions = args.max_interruptions;
     config.initial_concurrency = args.concurrency;
     config.max_concurrency = args.max_concurrency.max(1);
     config.initial_concurrency = config.initial_concurrency.min(config.max_concurrency);

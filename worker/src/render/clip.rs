@@ -33,7 +33,7 @@ pub enum ClipError {
     #[error("frame {frame} is past the clip's last frame {last} ({frames} frames)")]
     FrameOutOfRange { frame: u32, last: u32, frames: u32 },
     #[error("recording usage failed: {0}")]
-    Usage(#[from] tessera_metering::ledger::LedgerError),
+    Usage(#[from] tessera_store::StoreError),
 }
 
 /// The frames a muxer wants: every frame for a clip, `single` for one-frame outputs.

@@ -1,8 +1,11 @@
-//! Service configuration: addresses, lanes, retries, concurrency, retention.
+//! Service configuration: addresses, the store, lanes, retries, concurrency, retention.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tessera_metering::Lane;
+use tessera_store::StoreUrl;
 
 /// Targets of one lane.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -16,7 +19,12 @@ pub struct LaneTargets {
 /// Everything `tessera serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// Clips, sidecars and partial files: shared by every worker of a fleet.
     pub data: PathBuf,
+    /// The store (`--db`): SQLite in the data directory by default.
+    pub db: StoreUrl,
+    /// Where this worker keeps its compiled pipelines (per worker and adapter).
+    pub pipeline_cache: PathBuf,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
     /// `TESSERA_ADMIN_KEY`: creates tenants. Without it, tenant creation is disabled.
@@ -24,7 +32,13 @@ pub struct ServeConfig {
     pub urgent: LaneTargets,
     pub standard: LaneTargets,
     pub bulk: LaneTargets,
+    /// Failed attempts before a job is dead-lettered (its failure budget).
     pub max_attempts: u32,
+    /// Interrupted attempts (lost worker, drain, full disk) before a job is
+    /// dead-lettered: a separate, larger budget, so infrastructure trouble
+    /// does not spend the failure budget while a job that kills every worker
+    /// it lands on still ends.
+    pub max_interruptions: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub lease: Duration,
@@ -44,6 +58,8 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn new(data: PathBuf, listen: SocketAddr, metrics_listen: SocketAddr) -> Self {
         Self {
+            db: StoreUrl::in_data_dir(&data),
+            pipeline_cache: data.join("pipeline-cache").join(hostname()),
             data,
             listen,
             metrics_listen,
@@ -52,6 +68,7 @@ impl ServeConfig {
             standard: LaneTargets { wait_slo: Duration::from_secs(120), max_wait: Duration::from_secs(900) },
             bulk: LaneTargets { wait_slo: Duration::from_secs(1800), max_wait: Duration::from_secs(3600) },
             max_attempts: 6,
+            max_interruptions: 24,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             lease: Duration::from_secs(15),
@@ -65,29 +82,21 @@ impl ServeConfig {
         }
     }
 
-    pub fn lane(&self, lane: &str) -> LaneTargets {
+    pub fn lane(&self, lane: Lane) -> LaneTargets {
         match lane {
-            "urgent" => self.urgent,
-            "bulk" => self.bulk,
-            _ => self.standard,
+            Lane::Urgent => self.urgent,
+            Lane::Standard => self.standard,
+            Lane::Bulk => self.bulk,
         }
     }
 }
 
-/// Rank of a lane in the queue: urgent first.
-pub fn lane_rank(lane: &str) -> i64 {
-    match lane {
-        "urgent" => 0,
-        "standard" => 1,
-        _ => 2,
-    }
-}
-
-/// Score bonus of a tier (seconds of queue age it is worth).
-pub fn tier_bonus(tier: &str) -> f64 {
-    match tier {
-        "enterprise" => 30.0,
-        "mid" => 10.0,
-        _ => 0.0,
-    }
+/// This machine's host name (the pod name on Kubernetes).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)))
+        .unwrap_or_else(|| "localhost".into())
 }

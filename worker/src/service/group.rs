@@ -15,30 +15,14 @@
 //! Lanes never share a group: an urgent job's frames do not wait for bulk frames.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tessera_metering::{AttemptRef, Quote};
 use tokio::runtime::Handle;
 
-use super::jobs::Job;
-use super::runner::{ActiveJob, AttemptError, Done, Step};
+use super::attempt::frames::{ActiveJob, Step};
+use super::attempt::{AttemptError, Member};
 use super::Service;
-use crate::spec::JobSpec;
-
-/// A claimed job handed to a group, with what its attempt needs.
-#[derive(Debug)]
-pub struct Member {
-    pub job: Job,
-    pub spec: JobSpec,
-    pub quote: Quote,
-    pub attempt: AttemptRef,
-    /// Set by the heartbeat when the job is cancelled or its lease was lost.
-    pub cancel: Arc<AtomicBool>,
-    pub frames_done: Arc<AtomicU32>,
-    /// Where the attempt's result goes.
-    pub reply: tokio::sync::oneshot::Sender<Result<Done, AttemptError>>,
-}
 
 /// A group's members waiting to join and how many it holds.
 #[derive(Debug, Default)]
@@ -81,7 +65,7 @@ impl Groups {
     /// Hands `member` to an open group of its template and lane, or starts one.
     /// Must be called within the Tokio runtime.
     pub fn join(&self, svc: &Arc<Service>, member: Member) {
-        let key = format!("{}|{}", member.job.template, member.job.lane);
+        let key = format!("{}|{}", member.claimed.job.template, member.claimed.job.lane);
         let max = self.max();
         let mut open = lock(&self.open);
         let groups = open.entry(key.clone()).or_default();
@@ -172,7 +156,7 @@ fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<A
     for job in active {
         match job.before_frame(svc) {
             Step::Continue(job) => running.push(job),
-            Step::Ended(job, rendered) => job.end(svc, rt, rendered),
+            Step::Ended(job, rendered) => job.end(rt, rendered),
         }
     }
     if running.is_empty() {
@@ -183,7 +167,7 @@ fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<A
     for (job, result) in running.into_iter().zip(results) {
         match result {
             Ok(()) => still.push(job),
-            Err(e) => job.end(svc, rt, Err(e)),
+            Err(e) => job.end(rt, Err(e)),
         }
     }
     still
@@ -213,7 +197,7 @@ fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<R
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(AttemptError::retryable("frame thread panicked"))))
+            .map(|h| h.join().unwrap_or_else(|_| Err(AttemptError::failed("frame thread panicked"))))
             .collect()
     })
 }

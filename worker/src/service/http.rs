@@ -1,9 +1,11 @@
 //! The HTTP API (`/v1`), built by [`app`] and tested in-process with `oneshot`.
 //!
 //! Every error is JSON, `{"error": {"code", "message", "fields"}}`, with a 4xx
-//! status for anything the caller can fix; 5xx bodies hide details, which are
-//! logged once. A tenant sees only its own jobs, outputs and usage: anything
-//! else is 404, as if it did not exist.
+//! status for anything the caller can fix; a store that is full, busy or
+//! unreachable answers 503 with `Retry-After`; other 5xx bodies hide details,
+//! which are logged once. A tenant sees only its own jobs, outputs and usage:
+//! anything else is 404, as if it did not exist. Any worker of a fleet answers
+//! any request: everything comes from the shared store and data directory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,11 +20,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tessera_metering::ledger::{now_ms, EventFilter, Tenant};
-use tessera_metering::{quote, AttemptRef, UsageEvent};
+use tessera_metering::event::output_seconds;
+use tessera_metering::price::{from_micros, to_micros};
+use tessera_metering::{quote, AttemptRef, EventKind, Lane, UsageEvent};
+use tessera_store::{tier_of, EventFilter, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
 
-use super::jobs::{Inserted, Job, ListFilter, NewJob};
-use super::{config, Service};
+use super::Service;
 use crate::spec::{self, FieldError, SpecFormat, SpecLimits};
 
 /// The API's error.
@@ -45,12 +48,37 @@ impl ApiError {
         tracing::error!(error = %e, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
     }
+    fn bad_query(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_query", message)
+    }
+
+    /// A store error: transient faults are 503 (try again), a tier missing from
+    /// the price book is the operator's to fix (409), the rest is internal.
+    fn store(e: StoreError) -> Self {
+        match e {
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "store unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("{e}; try again shortly"))
+            }
+            StoreError::UnknownTier { tier, known } => Self::new(
+                StatusCode::CONFLICT,
+                "tier_unavailable",
+                format!("this tenant's tier `{tier}` is not in the price book (tiers: {known}); ask the operator"),
+            ),
+            other => Self::internal(other),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message, "fields": self.fields}});
-        (self.status, Json(body)).into_response()
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut resp = (self.status, Json(body)).into_response();
+        if retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -63,6 +91,7 @@ pub fn app(svc: Arc<Service>) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/v1/tenants", post(create_tenant))
+        .route("/v1/workers", get(workers))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
@@ -91,11 +120,16 @@ pub fn metrics_app(svc: Arc<Service>) -> Router {
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// Ready to take traffic: the store answers, the GPU has no error, and the
+/// worker is not draining.
 async fn readyz(State(svc): State<Arc<Service>>) -> Response {
-    let store = sqlx::query("SELECT 1").execute(svc.store.pool()).await.is_ok();
+    let store = svc.store.ping().await.is_ok();
     let gpu = svc.ctx.check_errors().is_ok();
-    let status = if store && gpu { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"store": store, "gpu": gpu, "adapter": svc.ctx.adapter.name}))).into_response()
+    let draining = svc.shutting_down();
+    let status = if store && gpu && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({"store": store, "gpu": gpu, "draining": draining, "adapter": svc.ctx.adapter.name,
+                      "worker": svc.worker, "backend": svc.store.kind().as_str()});
+    (status, Json(body)).into_response()
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -125,9 +159,9 @@ async fn tenant(svc: &Service, headers: &HeaderMap) -> ApiResult<Tenant> {
         .store
         .tenant_by_key_hash(&hash_key(key))
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?;
-    if !svc.rate_allow(&t.id) {
+    if !svc.rate_allow(t.id.as_str()) {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down"));
     }
     Ok(t)
@@ -150,22 +184,50 @@ fn json_body(b: &Bytes) -> ApiResult<serde_json::Value> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", format!("body is not JSON: {e}")))
 }
 
+/// Checks the admin key for `what`.
+fn admin(svc: &Service, headers: &HeaderMap, what: &str) -> ApiResult<()> {
+    let key = bearer(headers)?;
+    let Some(admin) = svc.config.admin_key.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{what} is disabled: TESSERA_ADMIN_KEY is not set"),
+        ));
+    };
+    if key != admin {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{what} needs the admin key")));
+    }
+    Ok(())
+}
+
+/// The fleet: every registered worker, with its last heartbeat (admin key).
+async fn workers(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    admin(&svc, &headers, "listing workers")?;
+    let now = tessera_metering::event::now_ms();
+    let alive_within = (svc.config.lease.as_millis() as i64).max(3_000);
+    let list: Vec<serde_json::Value> = svc
+        .store
+        .workers()
+        .await
+        .map_err(ApiError::store)?
+        .into_iter()
+        .map(|w| {
+            let alive = w.stopped_at_ms.is_none() && now - w.last_heartbeat_ms <= alive_within;
+            let mut v = serde_json::to_value(&w).unwrap_or_default();
+            v["alive"] = json!(alive);
+            v["this"] = json!(w.info.id == svc.worker);
+            v
+        })
+        .collect();
+    Ok(Json(json!({"workers": list})))
+}
+
 async fn create_tenant(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = bearer(&headers)?;
-    let Some(admin) = svc.config.admin_key.as_deref() else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "tenant creation is disabled: TESSERA_ADMIN_KEY is not set",
-        ));
-    };
-    if key != admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "creating tenants needs the admin key"));
-    }
+    admin(&svc, &headers, "creating tenants")?;
     let v = json_body(&body(b)?)?;
     let field = |name: &str| -> ApiResult<String> {
         v.get(name).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| {
@@ -183,24 +245,19 @@ async fn create_tenant(
             "`name` must be 1 to 64 printable characters",
         ));
     }
-    let t = svc.store.create_tenant(&svc.book, &name, &tier).await.map_err(|e| match e {
-        tessera_metering::ledger::LedgerError::TenantExists(_) => {
-            ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
-        }
-        tessera_metering::ledger::LedgerError::UnknownTier { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
-        }
-        other => ApiError::internal(other),
-    })?;
     let mut raw = [0u8; 24];
     getrandom::getrandom(&mut raw).map_err(ApiError::internal)?;
     let api_key = format!("tsk_{}", hex::encode(raw));
-    sqlx::query("UPDATE tenants SET api_key_hash = ? WHERE id = ?")
-        .bind(hash_key(&api_key))
-        .bind(&t.id)
-        .execute(svc.store.pool())
-        .await
-        .map_err(ApiError::internal)?;
+    // The tenant and its key's hash are one row, written once.
+    let t = svc.store.create_tenant(&svc.book, &name, &tier, Some(&hash_key(&api_key))).await.map_err(|e| match e {
+        StoreError::TenantExists(_) => ApiError::new(StatusCode::CONFLICT, "exists", e.to_string()),
+        StoreError::UnknownTier { .. } => {
+            let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string());
+            err.fields.push(FieldError { field: "tier".into(), message: e.to_string() });
+            err
+        }
+        other => ApiError::store(other),
+    })?;
     Ok((StatusCode::CREATED, Json(json!({"id": t.id, "name": t.name, "tier": t.tier, "api_key": api_key})))
         .into_response())
 }
@@ -219,12 +276,14 @@ fn job_view(svc: &Service, j: &Job) -> serde_json::Value {
     let spec: serde_json::Value = serde_json::from_str(&j.spec_json).unwrap_or_default();
     json!({
         "id": j.id, "state": j.state, "lane": j.lane, "template": j.template,
-        "attempts": j.attempts, "max_attempts": j.max_attempts,
+        "attempts": j.attempts, "max_attempts": j.max_failures,
+        "failures": j.failures, "interruptions": j.interruptions, "max_interruptions": j.max_interruptions,
+        "worker": j.worker,
         "frames_done": j.frames_done, "frames_total": j.frames_total,
-        "price": tessera_metering::price::from_micros(j.price_micros).to_string(), "currency": svc.book.currency,
+        "price": from_micros(j.price_micros).to_string(), "currency": svc.book.currency,
         "created_at_ms": j.created_at_ms, "started_at_ms": j.started_at_ms, "finished_at_ms": j.finished_at_ms,
         "cancel_requested": j.cancel_requested, "errors": j.errors,
-        "output": j.output_path.as_ref().map(|_| json!({"bytes": j.output_bytes, "sha256": j.output_sha256,
+        "output": j.output.as_ref().map(|o| json!({"bytes": o.bytes, "sha256": o.sha256,
             "url": format!("/v1/jobs/{}/output", j.id), "metadata": format!("/v1/jobs/{}/metadata", j.id)})),
         "spec": spec,
     })
@@ -260,72 +319,63 @@ async fn submit(
     let q = quote(&svc.book, &js.quote_request())
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
     let body_hash = hex::encode(Sha256::digest(serde_json::to_vec(&raw).unwrap_or_default()));
-    let id_seed =
-        format!("{}|{}|{}", t.id, key.clone().unwrap_or_else(|| format!("{}:{}", now_ms(), svc.next_seq())), body_hash);
-    let id = format!("j_{:016x}", tessera_metering::ledger::fnv1a(id_seed.as_bytes()));
-    let lane = js.lane.as_str();
+    // A keyed job's id is its tenant, key and body, the same on every worker;
+    // a job without a key gets a random one.
+    let id = match &key {
+        Some(k) => {
+            let seed = format!("{}|{k}|{body_hash}", t.id);
+            JobId::new(format!("j_{:016x}", tessera_metering::event::fnv1a(seed.as_bytes())))
+        }
+        None => JobId::random(),
+    };
+    let lane = js.lane;
     let new = NewJob {
-        id: id.clone(),
+        id,
         tenant_id: t.id.clone(),
         idempotency_key: key,
         body_hash,
         spec_json: serde_json::to_string(&raw).map_err(ApiError::internal)?,
         template: js.template.id(),
-        lane: lane.into(),
-        lane_rank: config::lane_rank(lane),
-        tier_bonus: config::tier_bonus(&t.tier),
+        lane,
+        frames_total: js.frames,
+        fps: js.fps,
+        price_micros: to_micros(q.price),
         est_cost_ms: (u64::from(js.width) * u64::from(js.height) * u64::from(js.frames) / 20_000) as i64,
         max_wait_ms: svc.config.lane(lane).max_wait.as_millis() as i64,
-        max_attempts: svc.config.max_attempts,
-        frames_total: js.frames,
-        price_micros: tessera_metering::price::to_micros(q.price),
+        max_failures: svc.config.max_attempts,
+        max_interruptions: svc.config.max_interruptions,
     };
-    // Admission first: a refused job is never queued. Re-admitting an existing id is a no-op.
-    let request = js.quote_request();
-    let reservation = tessera_metering::ledger::Reservation {
-        job_id: &id,
-        request: &request,
-        lane,
-        frames: js.frames,
-        price: q.price,
-    };
-    let warnings = svc.store.admit(&svc.book, &t, reservation).await.map_err(|e| match e {
-        tessera_metering::ledger::LedgerError::Admission(a) => {
+    // Admission (tier, caps) and the enqueue commit together: a refused job is
+    // never queued, a queued job always holds its reservation.
+    let submitted = svc.store.submit(&svc.book, &t, &new, &js.quote_request(), q.price).await.map_err(|e| match e {
+        StoreError::Admission(a) => {
             let mut err = ApiError::new(StatusCode::FORBIDDEN, "admission_refused", a.to_string());
             err.fields
                 .push(FieldError { field: "tier".into(), message: serde_json::to_string(&a).unwrap_or_default() });
             err
         }
-        other => ApiError::internal(other),
+        other => ApiError::store(other),
     })?;
-    match svc.jobs.insert(&new).await.map_err(ApiError::internal)? {
-        Inserted::New(j) => {
+    match submitted {
+        Submitted::New { job, warnings } => {
             svc.wake.notify_one();
-            let mut v = job_view(&svc, &j);
+            let mut v = job_view(&svc, &job);
             v["warnings"] = json!(warnings);
-            Ok((StatusCode::CREATED, Json(v)).into_response())
+            let location = format!("/v1/jobs/{}", job.id);
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(v)).into_response())
         }
-        Inserted::Existing(j) => Ok((StatusCode::OK, Json(job_view(&svc, &j))).into_response()),
-        Inserted::Conflict(j) => {
-            let _ = svc.store.release(&id).await;
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_conflict",
-                format!("Idempotency-Key was used for job {} with another body", j.id),
-            ))
-        }
+        Submitted::Existing(j) => Ok((StatusCode::OK, Json(job_view(&svc, &j))).into_response()),
+        Submitted::Conflict(j) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!("Idempotency-Key was used for job {} with another body", j.id),
+        )),
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    id.len() == 18 && id.starts_with("j_") && id[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Job> {
-    if !valid_id(id) {
-        return Err(ApiError::not_found("job"));
-    }
-    match svc.jobs.get(id).await.map_err(ApiError::internal)? {
+    let id = JobId::parse(id).ok_or_else(|| ApiError::not_found("job"))?;
+    match svc.store.job(&id).await.map_err(ApiError::store)? {
         Some(j) if j.tenant_id == t.id => Ok(j),
         _ => Err(ApiError::not_found("job")),
     }
@@ -339,7 +389,8 @@ async fn get_job(
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
     let mut v = job_view(&svc, &j);
-    let usage = svc.store.job_gpu_ns(&j.id).await.map_err(ApiError::internal)?;
+    let usage = svc.store.job_gpu_ns(&j.id).await.map_err(ApiError::store)?;
+    let usage: std::collections::BTreeMap<&str, i64> = usage.iter().map(|(p, ns)| (p.as_str(), *ns)).collect();
     v["usage_gpu_ns"] = json!(usage);
     Ok(Json(v))
 }
@@ -359,38 +410,22 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let t = tenant(&svc, &headers).await?;
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
-    let states = ["queued", "running", "succeeded", "dead", "cancelled"];
-    if q.state.as_deref().is_some_and(|s| !states.contains(&s)) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_query",
-            format!("state must be one of {}", states.join(", ")),
-        ));
-    }
-    if q.lane.as_deref().is_some_and(|l| !["urgent", "standard", "bulk"].contains(&l)) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "lane must be urgent, standard or bulk"));
-    }
+    let Query(q) = q.map_err(|e| ApiError::bad_query(e.body_text()))?;
+    let state = q.state.as_deref().map(str::parse::<JobState>).transpose().map_err(ApiError::bad_query)?;
+    let lane = q.lane.as_deref().map(str::parse::<Lane>).transpose().map_err(ApiError::bad_query)?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "limit must be 1 to 200"));
+        return Err(ApiError::bad_query("limit must be 1 to 200"));
     }
     let before = match q.cursor.as_deref() {
         None => None,
         Some(c) => {
-            let (ms, id) =
-                c.split_once(':').ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "bad cursor"))?;
-            Some((
-                ms.parse::<i64>().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", "bad cursor"))?,
-                id.to_string(),
-            ))
+            let bad = || ApiError::bad_query("bad cursor");
+            let (ms, id) = c.split_once(':').ok_or_else(bad)?;
+            Some((ms.parse::<i64>().map_err(|_| bad())?, JobId::parse(id).ok_or_else(bad)?))
         }
     };
-    let jobs = svc
-        .jobs
-        .list(&t.id, &ListFilter { state: q.state, lane: q.lane, before, limit })
-        .await
-        .map_err(ApiError::internal)?;
+    let jobs = svc.store.jobs(&t.id, &JobFilter { state, lane, before, limit }).await.map_err(ApiError::store)?;
     let next =
         (jobs.len() as u32 == limit).then(|| jobs.last().map(|j| format!("{}:{}", j.created_at_ms, j.id))).flatten();
     Ok(Json(json!({"jobs": jobs.iter().map(|j| job_view(&svc, j)).collect::<Vec<_>>(), "next_cursor": next})))
@@ -403,10 +438,10 @@ async fn cancel(
 ) -> ApiResult<Json<serde_json::Value>> {
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
-    let j = svc.jobs.cancel(&j.id).await.map_err(ApiError::internal)?.ok_or_else(|| ApiError::not_found("job"))?;
-    if j.state == "cancelled" {
-        let _ = svc.store.release(&j.id).await;
-    }
+    // A queued job is cancelled (and its reservation released) at once; a
+    // running one stops at its next frame.
+    let j =
+        svc.store.request_cancel(&j.id).await.map_err(ApiError::store)?.ok_or_else(|| ApiError::not_found("job"))?;
     Ok(Json(job_view(&svc, &j)))
 }
 
@@ -434,10 +469,10 @@ fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
 async fn output(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
-    let path = j
-        .output_path
-        .clone()
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state)))?;
+    let path =
+        j.output.as_ref().map(|o| o.path.clone()).ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state))
+        })?;
     let data = tokio::fs::read(&path)
         .await
         .map_err(|_| ApiError::new(StatusCode::GONE, "expired", "output is no longer retained"))?;
@@ -456,11 +491,15 @@ async fn output(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): P
             }
         },
     };
-    // Egress: metered in the ledger before the bytes go out.
-    let a = AttemptRef { tenant_id: t.id.clone(), tier: t.tier.clone(), job_id: j.id.clone(), attempt: j.attempts };
+    // Egress: metered in the ledger before the bytes go out, under an id that
+    // names this worker, so two workers' downloads never share one.
+    let a =
+        AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: j.id.to_string(), attempt: j.attempts };
     let served = slice.len() as i64;
-    svc.store.append(&[UsageEvent::egress(&a, svc.next_seq(), served)]).await.map_err(ApiError::internal)?;
-    svc.metrics.record_egress(&t.id, served as u64);
+    let event = UsageEvent::egress(&a, svc.worker.as_str(), svc.next_seq(), served);
+    if svc.store.append(&[event]).await.map_err(ApiError::store)?.first() == Some(&true) {
+        svc.metrics.record_egress(t.id.as_str(), served as u64);
+    }
     let mut resp = Response::new(Body::from(slice.to_vec()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -476,7 +515,8 @@ async fn metadata(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id):
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
     let path = j
-        .metadata_path
+        .output
+        .map(|o| o.metadata_path)
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no metadata", j.state)))?;
     let text = tokio::fs::read_to_string(&path)
         .await
@@ -499,9 +539,9 @@ async fn quote_handler(
     let req = js.quote_request();
     let q = quote(&svc.book, &req)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
-    let tier = &svc.book.tiers[&t.tier];
-    let usage = svc.store.month_usage(&t.id).await.map_err(ApiError::internal)?;
-    let verdict = match tier.check_features(&t.tier, &req, js.lane.as_str()) {
+    let tier = tier_of(&svc.book, &t.tier).map_err(ApiError::store)?;
+    let usage = svc.store.month_usage(&t.id).await.map_err(ApiError::store)?;
+    let verdict = match tier.check_features(&t.tier, &req, js.lane) {
         Ok(()) => tier
             .check_caps(&t.tier, &usage, req.output_seconds, q.price)
             .map(|w| json!({"admissible": true, "warnings": w})),
@@ -514,32 +554,29 @@ async fn quote_handler(
 
 async fn usage(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
     let t = tenant(&svc, &headers).await?;
-    let events = svc
-        .store
-        .events(&EventFilter { tenant: Some(t.id.clone()), ..Default::default() })
-        .await
-        .map_err(ApiError::internal)?;
+    let filter = EventFilter { tenant: Some(t.id.to_string()), ..Default::default() };
+    let events = svc.store.events(&filter).await.map_err(ApiError::store)?;
     let (mut gpu, mut frames_s, mut charges, mut egress, mut storage) =
         (HashMap::<String, i64>::new(), rust_decimal::Decimal::ZERO, 0i64, 0i64, 0i64);
     for e in &events {
         match e.kind {
-            tessera_metering::ledger::EventKind::Gpu => {
+            EventKind::Gpu => {
                 *gpu.entry(e.pass.map(|p| p.as_str().to_string()).unwrap_or_default()).or_default() += e.quantity
             }
-            tessera_metering::ledger::EventKind::Output => {
-                frames_s += tessera_metering::ledger::output_seconds(e.quantity, e.fps.unwrap_or(1));
+            EventKind::Output => {
+                frames_s += output_seconds(e.quantity, e.fps.unwrap_or(1));
                 charges += e.amount_micros;
             }
-            tessera_metering::ledger::EventKind::Egress => egress += e.quantity,
-            tessera_metering::ledger::EventKind::Storage => storage += e.quantity,
-            tessera_metering::ledger::EventKind::AttemptEnd => {}
+            EventKind::Egress => egress += e.quantity,
+            EventKind::Storage => storage += e.quantity,
+            EventKind::AttemptEnd => {}
         }
     }
-    let month = svc.store.month_usage(&t.id).await.map_err(ApiError::internal)?;
+    let month = svc.store.month_usage(&t.id).await.map_err(ApiError::store)?;
     Ok(Json(json!({
         "tenant": t.name, "tier": t.tier, "currency": svc.book.currency,
         "gpu_ns": gpu, "output_seconds": frames_s.normalize().to_string(),
-        "charges": tessera_metering::price::from_micros(charges).to_string(),
+        "charges": from_micros(charges).to_string(),
         "egress_bytes": egress, "storage_byte_seconds": storage,
         "this_month": {"output_seconds": month.used_seconds.normalize().to_string(), "reserved_seconds": month.reserved_seconds.normalize().to_string(),
                        "spent": month.spent.to_string(), "reserved_spend": month.reserved_spend.to_string()},

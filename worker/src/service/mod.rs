@@ -1,33 +1,39 @@
-//! `tessera serve`: the long-running worker.
+//! `tessera serve`: one worker of a fleet (or the only one).
 //!
-//! Data path: [`http`] validates, admits (tier, caps) and queues a job in
-//! [`jobs`]; the dispatcher claims the best queued job ([`jobs::JobStore::claim`]:
-//! aged-out first, then lane, then score) whenever fewer than the adaptive limit
-//! ([`metrics::ConcurrencyController`]) are in flight; [`runner`] holds its lease
-//! (renewed by heartbeat) and hands it to a render [`group`] of its template and
-//! lane, which renders the frames of all its jobs in shared GPU submissions,
-//! gates and archives each clip, and meters every frame of every job;
-//! failures go back with [`retry::backoff`] or to the dead letters. On start,
-//! jobs left `running` by a killed worker are recovered.
+//! Data path: [`http`] validates a job and asks the store to admit and queue it
+//! in one transaction; [`scheduler`] claims the best queued job from the
+//! store (aged first, then lane and rank) whenever fewer than the adaptive
+//! limit ([`metrics::ConcurrencyController`]) are in flight; [`attempt`] owns
+//! that attempt's life: its lease and heartbeat, its frames in a render
+//! [`group`] of its template and lane, and its settlement in the store. Every
+//! worker also reaps the expired leases of any other worker, registers itself
+//! and heartbeats; one worker at a time does the fleet's [`upkeep`] (storage
+//! metering, retention). Every worker serves the whole API: the store is the
+//! truth, clips live in a data directory every worker can read.
 
+pub mod attempt;
 pub mod config;
 pub mod group;
 pub mod http;
-pub mod jobs;
 pub mod metrics;
 pub mod retry;
-pub mod runner;
+mod scheduler;
+mod upkeep;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tessera_metering::ledger::{now_ms, LedgerError, Store};
-use tessera_metering::{AttemptRef, Metrics, Outcome, PriceBook, UsageEvent};
+use tessera_metering::event::now_ms;
+use tessera_metering::{Metrics, PriceBook};
+use tessera_store::{Store, StoreError, WorkerId, WorkerInfo};
 
 pub use config::ServeConfig;
 
 use crate::gpu::GpuContext;
+
+/// How long a drain waits for attempts in flight to settle.
+const DRAIN: Duration = Duration::from_secs(30);
 
 /// Everything the service's tasks share.
 #[derive(Debug)]
@@ -35,18 +41,21 @@ pub struct Service {
     pub config: ServeConfig,
     pub ctx: Arc<GpuContext>,
     pub store: Store,
-    pub jobs: jobs::JobStore,
     pub book: PriceBook,
     pub metrics: Metrics,
     pub svc_metrics: metrics::ServiceMetrics,
-    /// This process's lease owner id.
-    pub owner: String,
+    /// This process's id: it holds the leases of the attempts it runs.
+    pub worker: WorkerId,
     pub controller: Mutex<metrics::ConcurrencyController>,
     /// Render groups: jobs sharing a template render in one submission.
     pub groups: group::Groups,
-    pub wake: tokio::sync::Notify,
+    /// Wakes the dispatcher: a job was queued here, or (PostgreSQL) anywhere.
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Repeated store errors, logged once a while instead of every tick.
+    pub errors: ErrorLog,
     in_flight: AtomicUsize,
     shutting_down: AtomicBool,
+    drain_started: Mutex<Option<Instant>>,
     seq: AtomicU64,
     rate: http::RateLimiter,
 }
@@ -55,7 +64,7 @@ pub struct Service {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Store(#[from] LedgerError),
+    Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
     #[error("metrics: {0}")]
@@ -63,17 +72,14 @@ pub enum ServeError {
 }
 
 impl Service {
+    /// Opens the store (migrating it) and sets the service up; nothing runs yet.
     pub async fn new(config: ServeConfig, ctx: Arc<GpuContext>, book: PriceBook) -> Result<Arc<Self>, ServeError> {
-        let store = Store::open(&config.data).await?;
-        if ctx.enable_disk_pipeline_cache(&config.data.join("pipeline-cache")) {
-            tracing::info!("compiled pipelines persist in {}", config.data.join("pipeline-cache").display());
+        let store = Store::open(&config.db).await?;
+        if ctx.enable_disk_pipeline_cache(&config.pipeline_cache) {
+            tracing::info!("compiled pipelines persist in {}", config.pipeline_cache.display());
         }
-        let jobs = jobs::JobStore::new(store.pool().clone()).await?;
         let metrics = Metrics::new(&book.currency);
         let svc_metrics = metrics::ServiceMetrics::register(metrics.registry())?;
-        // Counters are a view of the ledger: rebuild them after a restart.
-        let events = store.events(&Default::default()).await?;
-        metrics.replay(&book, &events);
         let controller = metrics::ConcurrencyController::new(config.initial_concurrency, config.max_concurrency);
         svc_metrics.concurrency_limit.set(controller.limit as i64);
         // One submission can be split between jobs only by GPU timestamps.
@@ -81,22 +87,21 @@ impl Service {
         if group_max < config.group_max {
             tracing::info!("passes are timed on the host on this adapter: jobs render in submissions of their own");
         }
-        let mut raw = [0u8; 8];
-        let _ = getrandom::getrandom(&mut raw);
         Ok(Arc::new(Self {
-            owner: format!("w_{}", hex::encode(raw)),
+            worker: WorkerId::random(),
             config,
             ctx,
             store,
-            jobs,
             book,
             metrics,
             svc_metrics,
             controller: Mutex::new(controller),
             groups: group::Groups::new(group_max),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            errors: ErrorLog::default(),
             in_flight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            drain_started: Mutex::new(None),
             seq: AtomicU64::new(0),
             rate: http::RateLimiter::default(),
         }))
@@ -104,6 +109,19 @@ impl Service {
 
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Starts a drain: no new claims; attempts in flight stop at their next
+    /// frame and requeue at once, for another worker (or this one, restarted).
+    pub fn start_drain(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.drain_started.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+    }
+
+    /// A drain that ran out of time: settlements stop retrying.
+    pub fn drain_expired(&self) -> bool {
+        let started = *self.drain_started.lock().unwrap_or_else(|e| e.into_inner());
+        started.is_some_and(|t| t.elapsed() > DRAIN)
     }
 
     /// A process-unique sequence number (ids of egress events, job ids without a key).
@@ -119,9 +137,13 @@ impl Service {
         self.controller.lock().unwrap_or_else(|e| e.into_inner()).limit
     }
 
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Queued work relative to the concurrency limit, for backoff.
     pub fn overload(&self) -> f64 {
-        self.in_flight.load(Ordering::Relaxed) as f64 / self.limit().max(1) as f64
+        self.in_flight() as f64 / self.limit().max(1) as f64
     }
 
     fn finish_attempt(&self) {
@@ -130,74 +152,39 @@ impl Service {
         self.wake.notify_one();
     }
 
-    /// Requeues jobs whose worker died: their attempt ends as failed (its GPU
-    /// time stays the operator's cost) and they retry like any failed attempt.
-    pub async fn recover(&self, all_running: bool) -> Result<usize, LedgerError> {
-        let cutoff = if all_running { i64::MAX } else { now_ms() };
-        let orphans = self.jobs.expired(cutoff).await?;
-        for (id, attempt, tenant_id, cancelled) in &orphans {
-            if let Some(t) = self.store.tenant(tenant_id).await? {
-                let a = AttemptRef { tenant_id: t.id, tier: t.tier, job_id: id.clone(), attempt: *attempt };
-                self.store.append(&[UsageEvent::attempt_end(&a, Outcome::Failed)]).await?;
-            }
-            let job = self.jobs.get(id).await?;
-            let dead = job.as_ref().is_some_and(|j| j.attempts >= j.max_attempts);
-            if *cancelled {
-                self.jobs.cancelled(id, job.map(|j| j.frames_done).unwrap_or(0)).await?;
-                self.store.release(id).await?;
-            } else {
-                self.jobs.fail(id, "worker lost (crash or kill); lease expired", 0, dead).await?;
-                if dead {
-                    self.store.release(id).await?;
-                }
-            }
-        }
-        Ok(orphans.len())
-    }
-
-    /// Claims and starts jobs while there is room under the limit.
-    async fn dispatch(self: &Arc<Self>) {
-        while !self.shutting_down() && self.in_flight.load(Ordering::Relaxed) < self.limit() {
-            let job = match self.jobs.claim(&self.owner, self.config.lease.as_millis() as i64).await {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(error = %e, "claim failed");
-                    return;
-                }
-            };
-            let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-            self.svc_metrics.in_flight.set(n as i64);
-            tokio::spawn(runner::run(self.clone(), job));
-        }
-    }
-
-    async fn update_queue_metrics(&self) {
-        let Ok(depths) = self.jobs.depths().await else { return };
-        for lane in ["urgent", "standard", "bulk"] {
-            let d = depths.iter().find(|(l, _)| l == lane).map(|(_, d)| d.clone()).unwrap_or_default();
-            self.svc_metrics.queue_depth.with_label_values(&[lane]).set(d.queued);
-            let age = d.oldest_created_ms.map(|c| (now_ms() - c).max(0) as f64 / 1000.0).unwrap_or(0.0);
-            self.svc_metrics.oldest_age.with_label_values(&[lane]).set(age);
+    /// What this worker tells the registry about itself.
+    fn info(&self, api_addr: &str) -> WorkerInfo {
+        WorkerInfo {
+            id: self.worker.clone(),
+            host: config::hostname(),
+            api_addr: api_addr.to_string(),
+            adapter: self.ctx.adapter.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }
 
-/// Runs the worker until SIGTERM or Ctrl-C: API and metrics servers, dispatcher,
-/// lease sweeper, adaptive concurrency, storage metering and retention.
-pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
-    // Partial clips of attempts a killed worker left behind: never outputs.
-    if let Ok(dir) = std::fs::read_dir(svc.config.data.join("clips")) {
-        for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".partial") {
-                let _ = std::fs::remove_file(entry.path());
-            }
+/// Logs a recurring error once, then again only when it changes or every 30 s.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    last: Mutex<Option<(String, Instant)>>,
+}
+
+impl ErrorLog {
+    pub fn warn(&self, what: &str, e: &dyn std::fmt::Display) {
+        let text = format!("{what}: {e}");
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let repeat = last.as_ref().is_some_and(|(t, at)| *t == text && at.elapsed() < Duration::from_secs(30));
+        if !repeat {
+            tracing::warn!("{text}");
+            *last = Some((text, Instant::now()));
         }
     }
-    let recovered = svc.recover(true).await?;
-    if recovered > 0 {
-        tracing::warn!(recovered, "requeued jobs left running by a previous worker");
-    }
+}
+
+/// Runs the worker until SIGTERM or Ctrl-C: API and metrics servers, the
+/// scheduler and upkeep; then drains.
+pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     let listen = |addr: std::net::SocketAddr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -205,80 +192,71 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     };
     let api = listen(svc.config.listen).await?;
     let metrics = listen(svc.config.metrics_listen).await?;
+    let api_addr = api.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    svc.store.register_worker(&svc.info(&api_addr)).await?;
     println!(
-        "tessera serving on http://{} (metrics on http://{}/metrics), data in {}, GPU {}",
-        api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "tessera serving on http://{api_addr} (metrics on http://{}/metrics), worker {}, store {}, data in {}, GPU {}",
         metrics.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        svc.worker,
+        svc.store.url(),
         svc.config.data.display(),
         svc.ctx.adapter.name
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+        // The sender lives until the end of `serve`: an error here means it is gone, so stop too.
+        let _closed = rx.wait_for(|s| *s).await;
     };
     let (app, metrics_app) = (http::app(svc.clone()), http::metrics_app(svc.clone()));
     let (rx1, rx2) = (stop_rx.clone(), stop_rx.clone());
     let api_task = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped(rx1)).await });
     let metrics_task =
         tokio::spawn(async move { axum::serve(metrics, metrics_app).with_graceful_shutdown(stopped(rx2)).await });
-    let background = tokio::spawn(background(svc.clone()));
+    let background = tokio::spawn(run_background(svc.clone()));
+    let listener = tokio::spawn({
+        let svc = svc.clone();
+        async move {
+            if let Err(e) = svc.store.listen(svc.wake.clone()).await {
+                tracing::warn!(error = %e, "no wake-ups from the store; polling only");
+            }
+        }
+    });
     shutdown_signal().await;
-    tracing::warn!("shutting down: no new claims; waiting for attempts in flight");
-    svc.shutting_down.store(true, Ordering::Relaxed);
+    tracing::warn!("draining: no new claims; attempts in flight stop at their next frame and requeue");
+    svc.start_drain();
     background.abort();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while svc.in_flight.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    listener.abort();
+    while svc.in_flight() > 0 && !svc.drain_expired() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if let Err(e) = svc.ctx.save_pipeline_cache() {
         tracing::warn!(error = %e, "could not save the pipeline cache");
     }
-    let _ = stop_tx.send(true);
-    let _ = api_task.await;
-    let _ = metrics_task.await;
+    if let Err(e) = svc.store.worker_stopped(&svc.worker).await {
+        tracing::warn!(error = %e, "could not mark this worker stopped in the registry");
+    }
+    // Stops both servers; their tasks end with it.
+    stop_tx.send_replace(true);
+    for (name, task) in [("API", api_task), ("metrics", metrics_task)] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "{name} server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "{name} server task failed"),
+        }
+    }
     Ok(())
 }
 
-/// The dispatcher, lease sweeper, concurrency controller, storage metering and
-/// retention loop; `serve` runs it, and so can an embedding (benches).
+/// The scheduler and upkeep loop; `serve` runs it, and so can an embedding (benches).
 pub async fn run_background(svc: Arc<Service>) {
-    background(svc).await
-}
-
-async fn background(svc: Arc<Service>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let (mut n, storage_period) = (0u64, Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = svc.wake.notified() => {}
-        }
-        svc.dispatch().await;
-        n += 1;
-        if n % 5 == 0 {
-            let _ = svc.recover(false).await;
-            svc.update_queue_metrics().await;
-        }
-        if n % 50 == 0 {
-            if let Err(e) = svc.ctx.save_pipeline_cache() {
-                tracing::warn!(error = %e, "could not save the pipeline cache");
-            }
-        }
-        if n % 10 == 0 {
-            let in_flight = svc.in_flight.load(Ordering::Relaxed);
-            let limit = svc.controller.lock().unwrap_or_else(|e| e.into_inner()).adjust(in_flight);
-            svc.svc_metrics.concurrency_limit.set(limit as i64);
-        }
-        if n % (storage_period.as_millis() as u64 / 200) == 0 {
-            let period = (now_ms() as u64) / storage_period.as_millis() as u64;
-            runner::storage_and_retention(&svc, period, storage_period).await;
-        }
-    }
+    scheduler::run(svc).await
 }
 
 async fn shutdown_signal() {
     let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let term = async {

@@ -1,0 +1,412 @@
+//! tessera-store: all of tessera's persistence behind one boundary.
+//!
+//! [`Store`] owns tenants and their keys, jobs and their leases, cap
+//! reservations, the usage ledger, retention and the worker registry. Its API
+//! speaks domain types ([`JobState`], [`Lane`](tessera_metering::Lane),
+//! [`Lease`], [`UsageEvent`](tessera_metering::UsageEvent), ...); no backend
+//! type crosses it, and nothing outside this crate writes SQL.
+//!
+//! - [`types`]: typed ids, states, leases, jobs, tenants, workers.
+//! - [`score`]: the queue's order, computed in Rust and stored as a column.
+//! - [`transition`]: the state machine's decisions (retry, interruption,
+//!   dead letter, cancel), pure and shared by every backend.
+//! - [`backend`]: the driver interface; [`sqlite`] (the embedded default, one
+//!   file in the data directory) and [`postgres`] (a fleet of workers on one
+//!   database) implement it, each with its own versioned migrations
+//!   (`migrations/<backend>/`), applied when the store opens.
+//! - [`testing`]: throwaway PostgreSQL databases for tests and benches.
+//!
+//! The conformance suite in `tests/conformance.rs` runs against every backend.
+
+pub mod backend;
+mod binds;
+pub mod error;
+pub mod faults;
+pub mod postgres;
+mod rows;
+pub mod score;
+pub mod sqlite;
+pub mod testing;
+pub mod transition;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use tessera_metering::event::{month_of, now_ms};
+use tessera_metering::tiers::{MonthUsage, Tier};
+use tessera_metering::{EventKind, Pass, PriceBook, QuoteRequest, UsageEvent};
+
+pub use backend::{Backend, BackendKind, GpuTotals, Reaped, Retained, Settled, Submitted};
+pub use error::StoreError;
+pub use transition::AttemptEnd;
+pub use types::{
+    ArchivedOutput, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId,
+    Worker, WorkerId, WorkerInfo,
+};
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Why the reaper requeues an attempt.
+pub(crate) const LOST_LEASE_REASON: &str = "worker lost (crashed, killed or paused past its lease); lease expired";
+/// Workers without a heartbeat for this long leave the registry.
+pub(crate) const WORKER_FORGOTTEN_AFTER_MS: i64 = 7 * 86_400_000;
+
+/// The pool's check before handing out a connection: one still in a
+/// transaction (a commit that failed, say on a full disk, and a rollback that
+/// could not run) is closed rather than reused, so it can never hold a lock.
+pub(crate) async fn fit_for_reuse<C: sqlx::Connection>(conn: &mut C) -> std::result::Result<bool, sqlx::Error> {
+    if conn.is_in_transaction() {
+        // A rollback queued when the transaction was dropped runs before the ping.
+        conn.ping().await?;
+    }
+    Ok(!conn.is_in_transaction())
+}
+
+/// Where a store lives: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.into() };
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err(bad("no file: write sqlite://PATH, like sqlite://tessera-data/tessera.db"));
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(url.to_string()));
+        }
+        Err(bad("use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"))
+    }
+
+    /// The embedded default: `tessera.db` in the data directory.
+    pub fn in_data_dir(dir: &Path) -> Self {
+        StoreUrl::Sqlite(dir.join("tessera.db"))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreUrl::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+/// A URL with its password replaced, for messages and logs.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A render admitted outside the queue: what it reserves against the caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Reservation<'a> {
+    pub job: &'a JobId,
+    pub request: &'a QuoteRequest,
+    pub lane: tessera_metering::Lane,
+    pub frames: u32,
+    pub price: Decimal,
+}
+
+/// The store: one backend behind the domain API.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    url: String,
+}
+
+impl Store {
+    /// Opens the store at `url` and applies its migrations.
+    pub async fn open(url: &StoreUrl) -> Result<Self> {
+        let shown = url.to_string();
+        let backend: Arc<dyn Backend> = match url {
+            StoreUrl::Sqlite(path) => Arc::new(sqlite::SqliteBackend::open(&shown, path).await?),
+            StoreUrl::Postgres(u) => Arc::new(postgres::PgBackend::open(&shown, u).await?),
+        };
+        Ok(Self { backend, url: shown })
+    }
+
+    /// The store's URL, password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.backend.kind()
+    }
+
+    /// Test-only: makes the next transaction passing `point` fail before commit.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_fault(&self, point: &'static str) {
+        self.backend.faults().arm(point);
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.backend.ping().await
+    }
+
+    // Tenants.
+
+    /// Creates a tenant of a tier of `book`, with the hash of its API key if any.
+    pub async fn create_tenant(
+        &self,
+        book: &PriceBook,
+        name: &str,
+        tier: &str,
+        api_key_hash: Option<&str>,
+    ) -> Result<Tenant> {
+        tier_of(book, tier)?;
+        let tenant = Tenant { id: TenantId::random(), name: name.into(), tier: tier.into() };
+        self.backend.create_tenant(&tenant, api_key_hash, now_ms()).await?;
+        Ok(tenant)
+    }
+
+    pub async fn set_api_key(&self, tenant: &TenantId, api_key_hash: &str) -> Result<()> {
+        self.backend.set_api_key(tenant, api_key_hash).await
+    }
+
+    /// A tenant by name or id.
+    pub async fn tenant(&self, name_or_id: &str) -> Result<Option<Tenant>> {
+        self.backend.tenant(name_or_id).await
+    }
+
+    pub async fn tenant_by_key_hash(&self, api_key_hash: &str) -> Result<Option<Tenant>> {
+        self.backend.tenant_by_key_hash(api_key_hash).await
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>> {
+        self.backend.tenants().await
+    }
+
+    // Admission and the queue.
+
+    /// This month's usage of a tenant: billed outputs and open reservations.
+    pub async fn month_usage(&self, tenant: &TenantId) -> Result<MonthUsage> {
+        self.backend.month_usage(tenant, &month_of(now_ms())).await
+    }
+
+    /// Admits `job` against its tenant's tier (feature map, then the monthly caps
+    /// under the store's lock, so concurrent submissions cannot overshoot) and
+    /// queues it, in one transaction. An idempotency key seen before returns the
+    /// existing job (or a conflict when the body differs) and reserves nothing.
+    pub async fn submit(
+        &self,
+        book: &PriceBook,
+        tenant: &Tenant,
+        job: &NewJob,
+        req: &QuoteRequest,
+        price: Decimal,
+    ) -> Result<Submitted> {
+        let tier = tier_of(book, &tenant.tier)?;
+        tier.check_features(&tenant.tier, req, job.lane)?;
+        let s = backend::Submit {
+            job,
+            tenant,
+            tier,
+            output_seconds: req.output_seconds,
+            price,
+            tier_weight_ms: i64::from(tier.queue_weight_s) * 1000,
+            now_ms: now_ms(),
+        };
+        self.backend.submit(&s).await
+    }
+
+    /// Inserts queued jobs without admission or reservation (benchmarks, imports).
+    pub async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64) -> Result<()> {
+        self.backend.enqueue_unchecked(jobs, tier_weight_ms, now_ms()).await
+    }
+
+    /// Admits a render that is not queued (`tessera render --tenant`): checks
+    /// the tier and reserves its output against the caps. Idempotent per job id.
+    pub async fn reserve(&self, book: &PriceBook, tenant: &Tenant, r: &Reservation<'_>) -> Result<Vec<String>> {
+        let tier = tier_of(book, &tenant.tier)?;
+        tier.check_features(&tenant.tier, r.request, r.lane)?;
+        let reserve = backend::Reserve {
+            job: r.job,
+            tenant,
+            tier,
+            frames: r.frames,
+            fps: r.request.fps,
+            output_seconds: r.request.output_seconds,
+            price: r.price,
+            now_ms: now_ms(),
+        };
+        self.backend.reserve(&reserve).await
+    }
+
+    /// Ends a render admitted with [`Store::reserve`]: its events (the billable
+    /// output among them, once per job) and the reservation's release commit together.
+    pub async fn finish_reserved(&self, job: &JobId, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        self.backend.finish_reserved(job, events).await
+    }
+
+    pub async fn job(&self, id: &JobId) -> Result<Option<Job>> {
+        self.backend.job(id).await
+    }
+
+    /// A tenant's jobs, newest first.
+    pub async fn jobs(&self, tenant: &TenantId, filter: &JobFilter) -> Result<Vec<Job>> {
+        self.backend.jobs(tenant, filter).await
+    }
+
+    pub async fn request_cancel(&self, id: &JobId) -> Result<Option<Job>> {
+        self.backend.request_cancel(id, now_ms()).await
+    }
+
+    /// Claims the next job for `owner` under a lease of `lease_ms`.
+    pub async fn claim(&self, owner: &WorkerId, lease_ms: i64) -> Result<Option<Claimed>> {
+        self.backend.claim(owner, now_ms(), lease_ms).await
+    }
+
+    /// Renews `lease` for `lease_ms` and records progress; returns whether a
+    /// cancel was requested. [`StoreError::LeaseLost`] once the lease is gone.
+    pub async fn heartbeat(&self, lease: &Lease, lease_ms: i64, frames_done: u32) -> Result<bool> {
+        self.backend.heartbeat(lease, now_ms() + lease_ms, frames_done).await
+    }
+
+    /// Ends the attempt of `lease`: its next state, its ledger events and the
+    /// reservation's release when final, in one fenced transaction. Only a
+    /// succeeded or cancelled attempt may carry the job's billable output, and
+    /// every other event must be the attempt's own.
+    pub async fn settle(&self, lease: &Lease, end: &AttemptEnd, events: &[UsageEvent]) -> Result<Settled> {
+        let delivers = matches!(end, AttemptEnd::Succeeded(_) | AttemptEnd::Cancelled { .. });
+        for e in events {
+            let own = e.job_id == lease.job.as_str() && (e.kind == EventKind::Output || e.attempt == lease.attempt);
+            if !own || (e.kind == EventKind::Output && !delivers) {
+                return Err(StoreError::Query(format!("event {} does not belong to the settlement of {lease}", e.id)));
+            }
+        }
+        self.backend.settle(lease, end, events, now_ms()).await
+    }
+
+    /// Requeues the expired leases of any worker but `except`, at most `limit`.
+    pub async fn reap(&self, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
+        self.backend.reap(now_ms(), except, limit).await
+    }
+
+    pub async fn depths(&self) -> Result<Vec<(tessera_metering::Lane, LaneDepth)>> {
+        self.backend.depths().await
+    }
+
+    /// The query plan of the claim statement (EXPLAIN), for operators and benches.
+    pub async fn explain_claim(&self) -> Result<String> {
+        self.backend.explain_claim().await
+    }
+
+    // The ledger.
+
+    /// Appends events, skipping ids already recorded; for each, whether it was
+    /// new. When this returns, every event is durable.
+    pub async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.append(events).await
+    }
+
+    /// Events matching `filter`, oldest first, GPU events with their attempt's outcome.
+    pub async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>> {
+        self.backend.events(filter).await
+    }
+
+    /// GPU nanoseconds of one job per pass, over all its attempts.
+    pub async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
+        self.backend.job_gpu_ns(job).await
+    }
+
+    pub async fn gpu_ns_totals(&self) -> Result<GpuTotals> {
+        self.backend.gpu_ns_totals().await
+    }
+
+    /// Whether the job already has its billable output.
+    pub async fn has_output(&self, job: &JobId) -> Result<bool> {
+        self.backend.has_output(job).await
+    }
+
+    /// Tries to update and delete recorded usage; both must fail (the ledger is
+    /// append-only). Returns their errors, `None` where one was allowed.
+    pub async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
+        self.backend.tamper_with_ledger().await
+    }
+
+    // Retention.
+
+    /// Retained clips, all or those finished before a time.
+    pub async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>> {
+        self.backend.retained(finished_before_ms).await
+    }
+
+    pub async fn forget_output(&self, job: &JobId) -> Result<()> {
+        self.backend.forget_output(job).await
+    }
+
+    // Workers.
+
+    pub async fn register_worker(&self, w: &WorkerInfo) -> Result<()> {
+        self.backend.register_worker(w, now_ms()).await
+    }
+
+    pub async fn worker_heartbeat(&self, id: &WorkerId, jobs_in_flight: u32) -> Result<()> {
+        self.backend.worker_heartbeat(id, jobs_in_flight, now_ms()).await
+    }
+
+    pub async fn worker_stopped(&self, id: &WorkerId) -> Result<()> {
+        self.backend.worker_stopped(id, now_ms()).await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<Worker>> {
+        self.backend.workers().await
+    }
+
+    /// Whether `worker` leads the periodic fleet task `task` for the next `ttl_ms`.
+    pub async fn try_lead(&self, task: &str, worker: &WorkerId, ttl_ms: i64) -> Result<bool> {
+        self.backend.try_lead(task, worker, now_ms(), ttl_ms).await
+    }
+
+    /// Wakes `wake` whenever another process queues work; returns at once on
+    /// backends without such a signal, else runs until the store closes.
+    pub async fn listen(&self, wake: Arc<tokio::sync::Notify>) -> Result<()> {
+        self.backend.listen(wake).await
+    }
+}
+
+/// The tier `name` of `book`, or a clear error (never a panic) when an operator
+/// removed it from the price book.
+pub fn tier_of<'b>(book: &'b PriceBook, name: &str) -> Result<&'b Tier> {
+    book.tiers.get(name).ok_or_else(|| StoreError::UnknownTier {
+        tier: name.into(),
+        known: book.tiers.keys().cloned().collect::<Vec<_>>().join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_a_backend_and_hide_passwords() {
+        assert_eq!(StoreUrl::parse("sqlite://data/t.db").unwrap(), StoreUrl::Sqlite("data/t.db".into()));
+        assert_eq!(StoreUrl::parse("sqlite:///abs/t.db").unwrap(), StoreUrl::Sqlite("/abs/t.db".into()));
+        let pg = StoreUrl::parse("postgres://u:secret@db:5432/tessera").unwrap();
+        assert_eq!(pg.to_string(), "postgres://u:***@db:5432/tessera");
+        let err = StoreUrl::parse("mysql://u:secret@h/db").unwrap_err().to_string();
+        assert!(err.contains("postgres://") && !err.contains("secret"), "{err}");
+        assert!(StoreUrl::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,813 @@
+//! The fleet backend: many workers on one PostgreSQL.
+//!
+//! - The claim is one statement: `FOR UPDATE SKIP LOCKED` over the partial
+//!   indexes `jobs_aged (deadline_ms, id)` and `jobs_claim (lane_rank, rank_ms,
+//!   id)`, so concurrent workers never wait on each other's rows.
+//! - Transitions lock the fenced row (`FOR UPDATE`), admissions lock the
+//!   tenant's row, so two admissions of one tenant cannot both take the last of
+//!   a cap while other tenants admit in parallel.
+//! - Ledger appends are one `INSERT ... SELECT FROM UNNEST(...)` per batch with
+//!   `ON CONFLICT (id) DO NOTHING RETURNING id`: duplicates from any worker are
+//!   skipped, and the caller learns which rows were new.
+//! - Queueing work sends `NOTIFY tessera_jobs`; workers `LISTEN` for it as a
+//!   wake-up hint and poll anyway.
+
+use std::collections::{BTreeMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use tessera_metering::event::{month_of, AttemptRef};
+use tessera_metering::tiers::MonthUsage;
+use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
+
+use crate::backend::{Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, Submit, Submitted};
+use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
+use crate::error::{classify, Fault, StoreError};
+use crate::faults::Faults;
+use crate::rows::{self, Columns, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
+use crate::transition::{self, AttemptEnd};
+use crate::types::{
+    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, Worker,
+    WorkerId, WorkerInfo,
+};
+use crate::LOST_LEASE_REASON;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel workers listen on for queued work.
+const CHANNEL: &str = "tessera_jobs";
+/// Rows per ledger statement.
+const APPEND_BATCH: usize = 4096;
+
+/// What PostgreSQL's SQLSTATEs mean for the caller.
+fn fault(code: &str, _message: &str) -> Option<Fault> {
+    match code {
+        "53100" => Some(Fault::NoSpace),                            // disk_full
+        "40001" | "40P01" | "55P03" | "57014" => Some(Fault::Busy), // serialization, deadlock, lock/statement timeout
+        c if c.starts_with("53") => Some(Fault::Busy),              // insufficient resources, too many connections
+        c if c.starts_with("08") || c.starts_with("57P") => Some(Fault::Unavailable), // connection, shutdown
+        _ => None,
+    }
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    classify(e, fault)
+}
+
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(err)
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+/// The PostgreSQL backend.
+#[derive(Debug)]
+pub struct PgBackend {
+    pool: PgPool,
+    faults: Faults,
+}
+
+impl PgBackend {
+    /// Connects to `url` and migrates the database (under PostgreSQL's advisory
+    /// lock, so workers starting together migrate once).
+    pub async fn open(shown: &str, url: &str) -> Result<Self> {
+        let open_err = |reason: String| StoreError::Open { url: shown.to_string(), reason };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::BadUrl { url: shown.to_string(), reason: e.to_string() })?
+            .application_name("tessera")
+            // A statement stuck behind a lock or a slow disk fails instead of hanging a worker.
+            .options([("statement_timeout", "30s"), ("lock_timeout", "10s")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .before_acquire(|conn, _| Box::pin(crate::fit_for_reuse(conn)))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Migrate { backend: "postgres", reason: e.to_string() })?;
+        Ok(Self { pool, faults: Faults::default() })
+    }
+
+    async fn begin(&self) -> Result<Tx> {
+        self.pool.begin().await.db()
+    }
+
+    async fn notify(tx: &mut PgConnection) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await.db()?;
+        Ok(())
+    }
+
+    async fn job_in(tx: &mut PgConnection, id: &str) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await.db()?;
+        row.as_ref().map(rows::job).transpose()
+    }
+
+    async fn month_usage_in(tx: &mut PgConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
+        let billed: Vec<PgRow> = sqlx::query(
+            "SELECT fps, SUM(quantity)::BIGINT AS frames, SUM(amount_micros)::BIGINT AS micros FROM usage_events
+             WHERE tenant_id = $1 AND month = $2 AND kind = 'output' GROUP BY fps",
+        )
+        .bind(tenant)
+        .bind(month)
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        // Jobs still in flight: reserved, neither released nor billed yet.
+        let reserved: Vec<PgRow> = sqlx::query(
+            "SELECT r.fps AS fps, SUM(r.frames)::BIGINT AS frames, SUM(r.amount_micros)::BIGINT AS micros
+             FROM reservations r
+             WHERE r.tenant_id = $1 AND r.month = $2 AND r.released = 0
+               AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
+             GROUP BY r.fps",
+        )
+        .bind(tenant)
+        .bind(month)
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        rows::month_usage(&billed, &reserved)
+    }
+
+    /// Appends events inside `tx`, a batch per statement; for each, whether it was new.
+    async fn append_in(tx: &mut PgConnection, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut inserted = Vec::with_capacity(events.len());
+        for batch in events.chunks(APPEND_BATCH) {
+            let new: HashSet<String> = unnest_events(batch)
+                .fetch_all(&mut *tx)
+                .await
+                .db()?
+                .iter()
+                .map(|r| r.text("id"))
+                .collect::<Result<_>>()?;
+            // An id twice in one batch is inserted once: only its first copy is new.
+            let mut seen = HashSet::new();
+            inserted.extend(batch.iter().map(|e| new.contains(&e.id) && seen.insert(e.id.as_str())));
+        }
+        Ok(inserted)
+    }
+
+    async fn release_in(tx: &mut PgConnection, job: &str) -> Result<()> {
+        sqlx::query("UPDATE reservations SET released = 1 WHERE job_id = $1").bind(job).execute(&mut *tx).await.db()?;
+        Ok(())
+    }
+
+    /// Applies a transition to the fenced row of `lease` inside `tx`.
+    async fn transition_in(
+        tx: &mut PgConnection,
+        lease: &Lease,
+        end: &AttemptEnd,
+        now_ms: i64,
+    ) -> Result<transition::JobUpdate> {
+        let row = sqlx::query(&format!(
+            "SELECT {CURRENT_COLUMNS} FROM jobs
+             WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'running' FOR UPDATE"
+        ))
+        .bind(lease.job.as_str())
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .db()?
+        .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let update = transition::settle(now_ms, &rows::current(&row)?, end);
+        let sql = format!(
+            "UPDATE jobs SET {}, lease_owner = NULL, lease_until_ms = NULL
+             WHERE id = $13 AND attempts = $14 AND lease_owner = $15 AND state = 'running'",
+            binds::assignments("$", 1)
+        );
+        let res = binds::update(sqlx::query(&sql), &update)
+            .bind(lease.job.as_str())
+            .bind(i64::from(lease.attempt))
+            .bind(lease.owner.as_str())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::LeaseLost(lease.clone()));
+        }
+        if update.release_reservation {
+            Self::release_in(tx, lease.job.as_str()).await?;
+        }
+        if update.state == JobState::Queued {
+            Self::notify(tx).await?;
+        }
+        Ok(update)
+    }
+
+    async fn gpu_ns_in(tx: &mut PgConnection, job: &str, attempt: Option<u32>) -> Result<BTreeMap<Pass, i64>> {
+        let rows: Vec<PgRow> = sqlx::query(
+            "SELECT pass, SUM(quantity)::BIGINT AS ns FROM usage_events
+             WHERE job_id = $1 AND kind = 'gpu' AND ($2::BIGINT IS NULL OR attempt = $2) GROUP BY pass",
+        )
+        .bind(job)
+        .bind(attempt.map(i64::from))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        rows.iter().map(|r| Ok((rows::pass(&r.text("pass")?)?, r.int("ns")?))).collect()
+    }
+
+    async fn reserve_in(
+        tx: &mut PgConnection,
+        job: &str,
+        tenant: &str,
+        month: &str,
+        frames: u32,
+        fps: u32,
+        micros: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO reservations (job_id, tenant_id, month, frames, fps, amount_micros) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(job)
+        .bind(tenant)
+        .bind(month)
+        .bind(i64::from(frames))
+        .bind(i64::from(fps))
+        .bind(micros)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        Ok(())
+    }
+
+    /// Locks the tenant's row: admissions of one tenant take turns.
+    async fn lock_tenant(tx: &mut PgConnection, tenant: &TenantId) -> Result<()> {
+        let row = sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR UPDATE").bind(tenant.as_str());
+        row.fetch_optional(&mut *tx).await.db()?.ok_or_else(|| StoreError::UnknownTenant(tenant.to_string()))?;
+        Ok(())
+    }
+}
+
+/// The bulk insert of a batch of events, one array per column.
+fn unnest_events(batch: &[UsageEvent]) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    fn col<T>(batch: &[UsageEvent], f: impl Fn(&UsageEvent) -> T) -> Vec<T> {
+        batch.iter().map(f).collect()
+    }
+    sqlx::query(unnest_sql())
+        .bind(col(batch, |e| e.id.clone()))
+        .bind(col(batch, |e| e.tenant_id.clone()))
+        .bind(col(batch, |e| e.tier.clone()))
+        .bind(col(batch, |e| e.job_id.clone()))
+        .bind(col(batch, |e| i64::from(e.attempt)))
+        .bind(col(batch, |e| e.kind.as_str().to_string()))
+        .bind(col(batch, |e| e.pass.map(|p| p.as_str().to_string())))
+        .bind(col(batch, |e| i64::try_from(e.seq).unwrap_or(i64::MAX)))
+        .bind(col(batch, |e| i64::from(e.frames)))
+        .bind(col(batch, |e| e.quantity))
+        .bind(col(batch, |e| e.fps.map(i64::from)))
+        .bind(col(batch, |e| e.resolution.clone()))
+        .bind(col(batch, |e| e.variant.clone()))
+        .bind(col(batch, |e| e.amount_micros))
+        .bind(col(batch, |e| e.timing.map(|t| t.as_str().to_string())))
+        .bind(col(batch, |e| e.outcome.map(|o| o.as_str().to_string())))
+        .bind(col(batch, |e| e.occurred_at_ms))
+        .bind(col(batch, |e| month_of(e.occurred_at_ms)))
+}
+
+/// The claim: the most overdue aged job, else the first in lane and rank
+/// order; rows another worker is claiming right now are skipped, not waited for.
+fn claim_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH aged AS (
+                 SELECT id AS pick FROM jobs WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
+                 ORDER BY deadline_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+             ranked AS (
+                 SELECT id AS pick FROM jobs WHERE state = 'queued' AND not_before_ms <= $1
+                   AND NOT EXISTS (SELECT 1 FROM aged)
+                 ORDER BY lane_rank, rank_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+             picked AS (SELECT pick FROM aged UNION ALL SELECT pick FROM ranked LIMIT 1)
+             UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2, worker = $2,
+                 lease_until_ms = $1 + $3, started_at_ms = COALESCE(started_at_ms, $1)
+             FROM picked WHERE jobs.id = picked.pick
+             RETURNING {JOB_COLUMNS}"
+        )
+    })
+}
+
+/// EXPLAIN plans the claim as of now (without running it).
+fn now_ms_for_explain() -> i64 {
+    tessera_metering::event::now_ms()
+}
+
+fn unnest_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO usage_events ({EVENT_INSERT_COLUMNS})
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
+                 $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[],
+                 $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[])
+             ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+    })
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.db()?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &Tenant, api_key_hash: Option<&str>, now_ms: i64) -> Result<()> {
+        let res = sqlx::query(
+            "INSERT INTO tenants (id, name, tier, api_key_hash, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.name)
+        .bind(&t.tier)
+        .bind(api_key_hash)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::TenantExists(t.name.clone())),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn set_api_key(&self, tenant: &TenantId, api_key_hash: &str) -> Result<()> {
+        let res = sqlx::query("UPDATE tenants SET api_key_hash = $1 WHERE id = $2")
+            .bind(api_key_hash)
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        match res.rows_affected() {
+            1 => Ok(()),
+            _ => Err(StoreError::UnknownTenant(tenant.to_string())),
+        }
+    }
+
+    async fn tenant(&self, name_or_id: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, tier FROM tenants WHERE name = $1 OR id = $1")
+            .bind(name_or_id)
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn tenant_by_key_hash(&self, api_key_hash: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, tier FROM tenants WHERE api_key_hash = $1")
+            .bind(api_key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT id, name, tier FROM tenants ORDER BY name").fetch_all(&self.pool).await.db()?;
+        rows.iter().map(rows::tenant).collect()
+    }
+
+    async fn month_usage(&self, tenant: &TenantId, month: &str) -> Result<MonthUsage> {
+        let mut conn = self.pool.acquire().await.db()?;
+        Self::month_usage_in(&mut conn, tenant.as_str(), month).await
+    }
+
+    async fn submit(&self, s: &Submit<'_>) -> Result<Submitted> {
+        let mut tx = self.begin().await?;
+        Self::lock_tenant(&mut tx, &s.tenant.id).await?;
+        if let Some(key) = &s.job.idempotency_key {
+            // Under the tenant's lock: a racing submission with this key has committed or not started.
+            let existing =
+                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2"))
+                    .bind(s.tenant.id.as_str())
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .db()?;
+            if let Some(row) = existing {
+                let job = rows::job(&row)?;
+                return Ok(if job.body_hash == s.job.body_hash {
+                    Submitted::Existing(job)
+                } else {
+                    Submitted::Conflict(job)
+                });
+            }
+        }
+        let month = month_of(s.now_ms);
+        let usage = Self::month_usage_in(&mut tx, s.tenant.id.as_str(), &month).await?;
+        let warnings = s.tier.check_caps(&s.tenant.tier, &usage, s.output_seconds, s.price)?;
+        let j = s.job;
+        Self::reserve_in(&mut tx, j.id.as_str(), s.tenant.id.as_str(), &month, j.frames_total, j.fps, j.price_micros)
+            .await?;
+        let sql = format!(
+            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_COLUMNS}",
+            binds::placeholders("$", 1, 18)
+        );
+        let row = binds::new_job(sqlx::query(&sql), j, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
+        let job = rows::job(&row)?;
+        Self::notify(&mut tx).await?;
+        self.faults.check("submit")?;
+        tx.commit().await.db()?;
+        Ok(Submitted::New { job, warnings })
+    }
+
+    async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let sql =
+            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("$", 1, 18));
+        for job in jobs {
+            binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
+        }
+        Self::notify(&mut tx).await?;
+        tx.commit().await.db()
+    }
+
+    async fn reserve(&self, r: &Reserve<'_>) -> Result<Vec<String>> {
+        let mut tx = self.begin().await?;
+        Self::lock_tenant(&mut tx, &r.tenant.id).await?;
+        let exists = sqlx::query("SELECT 1 FROM reservations WHERE job_id = $1").bind(r.job.as_str());
+        if exists.fetch_optional(&mut *tx).await.db()?.is_some() {
+            return Ok(Vec::new());
+        }
+        let month = month_of(r.now_ms);
+        let usage = Self::month_usage_in(&mut tx, r.tenant.id.as_str(), &month).await?;
+        let warnings = r.tier.check_caps(&r.tenant.tier, &usage, r.output_seconds, r.price)?;
+        let micros = tessera_metering::price::to_micros(r.price);
+        Self::reserve_in(&mut tx, r.job.as_str(), r.tenant.id.as_str(), &month, r.frames, r.fps, micros).await?;
+        tx.commit().await.db()?;
+        Ok(warnings)
+    }
+
+    async fn finish_reserved(&self, job: &JobId, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut tx = self.begin().await?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        Self::release_in(&mut tx, job.as_str()).await?;
+        tx.commit().await.db()?;
+        Ok(inserted)
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::job).transpose()
+    }
+
+    async fn jobs(&self, tenant: &TenantId, f: &JobFilter) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND ($2::TEXT IS NULL OR state = $2)
+             AND ($3::TEXT IS NULL OR lane = $3)
+             AND ($4::BIGINT IS NULL OR created_at_ms < $4 OR (created_at_ms = $4 AND id < $5))
+             ORDER BY created_at_ms DESC, id DESC LIMIT $6"
+        ))
+        .bind(tenant.as_str())
+        .bind(f.state.map(JobState::as_str))
+        .bind(f.lane.map(Lane::as_str))
+        .bind(f.before.as_ref().map(|b| b.0))
+        .bind(f.before.as_ref().map(|b| b.1.as_str()))
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>> {
+        let mut tx = self.begin().await?;
+        let queued =
+            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = $1 WHERE id = $2 AND state = 'queued'")
+                .bind(now_ms)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        if queued.rows_affected() == 1 {
+            Self::release_in(&mut tx, id.as_str()).await?;
+        }
+        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        let job = Self::job_in(&mut tx, id.as_str()).await?;
+        tx.commit().await.db()?;
+        Ok(job)
+    }
+
+    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+        let row = sqlx::query(claim_sql())
+            .bind(now_ms)
+            .bind(owner.as_str())
+            .bind(lease_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        let Some(row) = row else { return Ok(None) };
+        let job = rows::job(&row)?;
+        let lease = job.lease.clone().ok_or_else(|| StoreError::corrupt("claim", "claimed job has no lease"))?;
+        Ok(Some(Claimed { job, lease }))
+    }
+
+    async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool> {
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_until_ms = $1, frames_done = $2
+             WHERE id = $3 AND attempts = $4 AND lease_owner = $5 AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(until_ms)
+        .bind(i64::from(frames_done))
+        .bind(lease.job.as_str())
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?.flag("cancel_requested")
+    }
+
+    async fn settle(&self, lease: &Lease, end: &AttemptEnd, events: &[UsageEvent], now_ms: i64) -> Result<Settled> {
+        let mut tx = self.begin().await?;
+        Self::transition_in(&mut tx, lease, end, now_ms).await?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        let job =
+            Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        self.faults.check("settle")?;
+        tx.commit().await.db()?;
+        Ok(Settled { job, inserted })
+    }
+
+    async fn reap(&self, now_ms: i64, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
+        let mut tx = self.begin().await?;
+        // Rows another worker's reaper holds are skipped, not waited for.
+        let expired = sqlx::query(
+            "SELECT j.id AS id, j.attempts AS attempts, j.lease_owner AS lease_owner, j.tenant_id AS tenant_id,
+                    COALESCE(t.tier, '') AS tier
+             FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
+             WHERE j.state = 'running' AND j.lease_until_ms < $1 AND j.lease_owner <> $2
+             ORDER BY j.lease_until_ms LIMIT $3 FOR UPDATE OF j SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(except.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        let lost = AttemptEnd::Interrupted { reason: LOST_LEASE_REASON.into(), retry_in_ms: 0 };
+        let mut reaped = Vec::with_capacity(expired.len());
+        for row in &expired {
+            let lease = Lease {
+                job: JobId::new(row.text("id")?),
+                attempt: u32::try_from(row.int("attempts")?).unwrap_or(0),
+                owner: WorkerId::new(row.text("lease_owner")?),
+            };
+            let tier = row.text("tier")?;
+            Self::transition_in(&mut tx, &lease, &lost, now_ms).await?;
+            let attempt = AttemptRef {
+                tenant_id: row.text("tenant_id")?,
+                tier: tier.clone(),
+                job_id: lease.job.to_string(),
+                attempt: lease.attempt,
+            };
+            Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
+            let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;
+            let job =
+                Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+            reaped.push(Reaped { lease, tier, job, gpu_ns });
+        }
+        self.faults.check("reap")?;
+        tx.commit().await.db()?;
+        Ok(reaped)
+    }
+
+    async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>> {
+        let rows = sqlx::query(
+            "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
+             WHERE state = 'queued' GROUP BY lane_rank",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows::depths(&rows)
+    }
+
+    async fn explain_claim(&self) -> Result<String> {
+        let sql = claim_sql().replacen("WITH", "EXPLAIN WITH", 1);
+        let rows = sqlx::query(&sql)
+            .bind(now_ms_for_explain())
+            .bind("w_explain")
+            .bind(1i64)
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+        let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0).map_err(err)).collect::<Result<_>>()?;
+        Ok(lines.join("\n"))
+    }
+
+    async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
+        let update = sqlx::query("UPDATE usage_events SET quantity = 0").execute(&self.pool).await;
+        let delete = sqlx::query("DELETE FROM usage_events").execute(&self.pool).await;
+        Ok((update.err().map(|e| e.to_string()), delete.err().map(|e| e.to_string())))
+    }
+
+    async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut tx = self.begin().await?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        self.faults.check("append")?;
+        tx.commit().await.db()?;
+        Ok(inserted)
+    }
+
+    async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS_WITH_OUTCOME} FROM usage_events u
+             LEFT JOIN tenants t ON t.id = u.tenant_id
+             LEFT JOIN usage_events e ON e.kind = 'attempt_end' AND e.job_id = u.job_id AND e.attempt = u.attempt
+               AND u.kind = 'gpu'
+             WHERE u.occurred_at_ms >= $1 AND u.occurred_at_ms < $2
+               AND ($3::TEXT IS NULL OR u.tenant_id = $3 OR t.name = $3)
+             ORDER BY u.occurred_at_ms, u.id"
+        ))
+        .bind(f.from_ms.unwrap_or(i64::MIN))
+        .bind(f.to_ms.unwrap_or(i64::MAX))
+        .bind(&f.tenant)
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
+        let mut conn = self.pool.acquire().await.db()?;
+        Self::gpu_ns_in(&mut conn, job.as_str(), None).await
+    }
+
+    async fn gpu_ns_totals(&self) -> Result<GpuTotals> {
+        let rows = sqlx::query(
+            "SELECT g.tenant_id AS tenant_id, g.pass AS pass, COALESCE(e.outcome, 'running') AS outcome,
+                    SUM(g.quantity)::BIGINT AS ns
+             FROM usage_events g LEFT JOIN usage_events e
+               ON e.kind = 'attempt_end' AND e.job_id = g.job_id AND e.attempt = g.attempt
+             WHERE g.kind = 'gpu' GROUP BY 1, 2, 3",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(|r| Ok(((r.text("tenant_id")?, r.text("pass")?, r.text("outcome")?), r.int("ns")?))).collect()
+    }
+
+    async fn has_output(&self, job: &JobId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM usage_events WHERE id = $1")
+            .bind(format!("{job}/output"))
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        Ok(row.is_some())
+    }
+
+    async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>> {
+        let rows = sqlx::query(
+            "SELECT j.id AS id, j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier, j.attempts AS attempts,
+                    COALESCE(j.output_bytes, 0) AS bytes, COALESCE(j.finished_at_ms, 0) AS finished_at_ms,
+                    j.output_path AS output_path, j.metadata_path AS metadata_path
+             FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
+             WHERE j.output_path IS NOT NULL AND ($1::BIGINT IS NULL OR j.finished_at_ms < $1)",
+        )
+        .bind(finished_before_ms)
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::retained).collect()
+    }
+
+    async fn forget_output(&self, job: &JobId) -> Result<()> {
+        sqlx::query("UPDATE jobs SET output_path = NULL, metadata_path = NULL WHERE id = $1")
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn register_worker(&self, w: &WorkerInfo, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        // Workers gone for a week leave the registry.
+        sqlx::query("DELETE FROM workers WHERE last_heartbeat_ms < $1")
+            .bind(now_ms - crate::WORKER_FORGOTTEN_AFTER_MS)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        sqlx::query(
+            "INSERT INTO workers (id, host, api_addr, adapter, version, started_at_ms, last_heartbeat_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (id) DO UPDATE SET host = $2, api_addr = $3, adapter = $4, version = $5,
+                 last_heartbeat_ms = $6, stopped_at_ms = NULL",
+        )
+        .bind(w.id.as_str())
+        .bind(&w.host)
+        .bind(&w.api_addr)
+        .bind(&w.adapter)
+        .bind(&w.version)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn worker_heartbeat(&self, id: &WorkerId, jobs_in_flight: u32, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE workers SET last_heartbeat_ms = $1, jobs_in_flight = $2 WHERE id = $3")
+            .bind(now_ms)
+            .bind(i64::from(jobs_in_flight))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn worker_stopped(&self, id: &WorkerId, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE workers SET stopped_at_ms = $1, jobs_in_flight = 0 WHERE id = $2")
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>> {
+        let rows = sqlx::query(
+            "SELECT id, host, api_addr, adapter, version, started_at_ms, last_heartbeat_ms, jobs_in_flight,
+                    stopped_at_ms FROM workers ORDER BY started_at_ms DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::worker).collect()
+    }
+
+    async fn try_lead(&self, task: &str, worker: &WorkerId, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO leaders (task, holder, until_ms) VALUES ($1, $2, $3)
+             ON CONFLICT (task) DO UPDATE SET holder = $2, until_ms = $3
+             WHERE leaders.holder = $2 OR leaders.until_ms < $4",
+        )
+        .bind(task)
+        .bind(worker.as_str())
+        .bind(now_ms + ttl_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn listen(&self, wake: Arc<tokio::sync::Notify>) -> Result<()> {
+        loop {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %err(e), "LISTEN unavailable; polling only, retrying in 5 s");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(CHANNEL).await {
+                tracing::warn!(error = %err(e), "LISTEN failed; polling only, retrying in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            // `recv` reconnects by itself after a lost connection; a wake-up is a hint only.
+            loop {
+                match listener.recv().await {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %err(e), "LISTEN connection lost; polling only, retrying in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Decoding rows into domain types, once for every sqlx backend.
+
+use std::str::FromStr;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use tessera_metering::event::output_seconds;
+use tessera_metering::price::from_micros;
+use tessera_metering::tiers::MonthUsage;
+use tessera_metering::{EventKind, Lane, Outcome, Pass, TimingSource, UsageEvent};
+
+use crate::backend::Retained;
+use crate::error::StoreError;
+use crate::transition::Current;
+use crate::types::{
+    ArchivedOutput, Job, JobId, JobState, LaneDepth, Lease, Tenant, TenantId, Worker, WorkerId, WorkerInfo,
+};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The columns of a job, in the order [`job`] reads them.
+pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, idempotency_key, body_hash, spec_json, template, lane, state,
+    attempts, failures, interruptions, max_failures, max_interruptions, frames_total, frames_done, fps, price_micros,
+    created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json, lease_owner,
+    lease_until_ms, worker, output_path, output_bytes, output_sha256, metadata_path";
+
+/// What the transition rules read from a locked row.
+pub(crate) const CURRENT_COLUMNS: &str = "attempts, failures, interruptions, max_failures, max_interruptions,
+    cancel_requested, rank_base_ms, rank_ms, frames_total, frames_done, errors_json";
+
+/// The columns of a usage event of `usage_events u`, as [`event`] reads them, the outcome of a GPU event taken from
+/// its attempt's end (`usage_events e`) when the event itself has none.
+pub(crate) const EVENT_COLUMNS_WITH_OUTCOME: &str = "u.id AS id, u.tenant_id AS tenant_id, u.tier AS tier,
+    u.job_id AS job_id, u.attempt AS attempt, u.kind AS kind, u.pass AS pass, u.seq AS seq, u.frames AS frames,
+    u.quantity AS quantity, u.fps AS fps, u.resolution AS resolution, u.variant AS variant,
+    u.amount_micros AS amount_micros, u.timing AS timing, COALESCE(u.outcome, e.outcome) AS outcome,
+    u.occurred_at_ms AS occurred_at_ms";
+
+/// Typed column access for any sqlx row whose backend stores these types.
+pub(crate) trait Columns {
+    fn int(&self, col: &str) -> Result<i64>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>>;
+    fn text(&self, col: &str) -> Result<String>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>>;
+    fn flag(&self, col: &str) -> Result<bool>;
+}
+
+impl<R> Columns for R
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn int(&self, col: &str) -> Result<i64> {
+        self.try_get(col).map_err(|e| StoreError::corrupt("row", format!("{col}: {e}")))
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>> {
+        self.try_get(col).map_err(|e| StoreError::corrupt("row", format!("{col}: {e}")))
+    }
+    fn text(&self, col: &str) -> Result<String> {
+        self.try_get(col).map_err(|e| StoreError::corrupt("row", format!("{col}: {e}")))
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        self.try_get(col).map_err(|e| StoreError::corrupt("row", format!("{col}: {e}")))
+    }
+    fn flag(&self, col: &str) -> Result<bool> {
+        self.try_get(col).map_err(|e| StoreError::corrupt("row", format!("{col}: {e}")))
+    }
+}
+
+fn count(r: &impl Columns, col: &str) -> Result<u32> {
+    u32::try_from(r.int(col)?).map_err(|_| StoreError::corrupt("row", format!("{col} out of range")))
+}
+
+fn parsed<T: FromStr<Err = String>>(what: &'static str, s: &str) -> Result<T> {
+    s.parse().map_err(|e: String| StoreError::corrupt(what, e))
+}
+
+fn errors(json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt("errors_json", e))
+}
+
+pub(crate) fn job(r: &impl Columns) -> Result<Job> {
+    let state: JobState = parsed("job state", &r.text("state")?)?;
+    let id = JobId::new(r.text("id")?);
+    let owner = r.opt_text("lease_owner")?.map(WorkerId::new);
+    let attempts = count(r, "attempts")?;
+    let lease = match (state, owner) {
+        (JobState::Running, Some(owner)) => Some(Lease { job: id.clone(), attempt: attempts, owner }),
+        _ => None,
+    };
+    let output = match (r.opt_text("output_path")?, r.opt_text("output_sha256")?) {
+        (Some(path), Some(sha256)) => Some(ArchivedOutput {
+            path,
+            bytes: r.opt_int("output_bytes")?.unwrap_or(0),
+            sha256,
+            metadata_path: r.opt_text("metadata_path")?.unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(Job {
+        tenant_id: TenantId::new(r.text("tenant_id")?),
+        idempotency_key: r.opt_text("idempotency_key")?,
+        body_hash: r.text("body_hash")?,
+        spec_json: r.text("spec_json")?,
+        template: r.text("template")?,
+        lane: parsed::<Lane>("lane", &r.text("lane")?)?,
+        state,
+        attempts,
+        failures: count(r, "failures")?,
+        interruptions: count(r, "interruptions")?,
+        max_failures: count(r, "max_failures")?,
+        max_interruptions: count(r, "max_interruptions")?,
+        frames_total: count(r, "frames_total")?,
+        frames_done: count(r, "frames_done")?,
+        fps: count(r, "fps")?,
+        price_micros: r.int("price_micros")?,
+        created_at_ms: r.int("created_at_ms")?,
+        not_before_ms: r.int("not_before_ms")?,
+        started_at_ms: r.opt_int("started_at_ms")?,
+        finished_at_ms: r.opt_int("finished_at_ms")?,
+        cancel_requested: r.flag("cancel_requested")?,
+        errors: errors(&r.text("errors_json")?)?,
+        lease,
+        lease_until_ms: r.opt_int("lease_until_ms")?,
+        worker: r.opt_text("worker")?.map(WorkerId::new),
+        output,
+        id,
+    })
+}
+
+pub(crate) fn current(r: &impl Columns) -> Result<Current> {
+    Ok(Current {
+        attempts: count(r, "attempts")?,
+        failures: count(r, "failures")?,
+        interruptions: count(r, "interruptions")?,
+        max_failures: count(r, "max_failures")?,
+        max_interruptions: count(r, "max_interruptions")?,
+        cancel_requested: r.flag("cancel_requested")?,
+        rank_base_ms: r.int("rank_base_ms")?,
+        rank_ms: r.int("rank_ms")?,
+        frames_total: count(r, "frames_total")?,
+        frames_done: count(r, "frames_done")?,
+        errors: errors(&r.text("errors_json")?)?,
+    })
+}
+
+pub(crate) fn tenant(r: &impl Columns) -> Result<Tenant> {
+    Ok(Tenant { id: TenantId::new(r.text("id")?), name: r.text("name")?, tier: r.text("tier")? })
+}
+
+pub(crate) fn pass(s: &str) -> Result<Pass> {
+    Pass::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| StoreError::corrupt("pass", s))
+}
+
+fn timing(s: &str) -> Result<TimingSource> {
+    match s {
+        "gpu" => Ok(TimingSource::Gpu),
+        "host" => Ok(TimingSource::Host),
+        other => Err(StoreError::corrupt("timing", other)),
+    }
+}
+
+/// An event; `outcome` may come from a join with the attempt's end.
+pub(crate) fn event(r: &impl Columns) -> Result<UsageEvent> {
+    let opt_u32 = |col: &str| -> Result<Option<u32>> { Ok(r.opt_int(col)?.and_then(|v| u32::try_from(v).ok())) };
+    Ok(UsageEvent {
+        id: r.text("id")?,
+        tenant_id: r.text("tenant_id")?,
+        tier: r.text("tier")?,
+        job_id: r.text("job_id")?,
+        attempt: count(r, "attempt")?,
+        kind: parsed::<EventKind>("event kind", &r.text("kind")?)?,
+        pass: r.opt_text("pass")?.as_deref().map(pass).transpose()?,
+        seq: u64::try_from(r.int("seq")?).unwrap_or(0),
+        frames: count(r, "frames")?,
+        quantity: r.int("quantity")?,
+        fps: opt_u32("fps")?,
+        resolution: r.opt_text("resolution")?,
+        variant: r.opt_text("variant")?,
+        amount_micros: r.int("amount_micros")?,
+        timing: r.opt_text("timing")?.as_deref().map(timing).transpose()?,
+        outcome: r.opt_text("outcome")?.as_deref().map(|s| parsed::<Outcome>("outcome", s)).transpose()?,
+        occurred_at_ms: r.int("occurred_at_ms")?,
+    })
+}
+
+pub(crate) fn worker(r: &impl Columns) -> Result<Worker> {
+    Ok(Worker {
+        info: WorkerInfo {
+            id: WorkerId::new(r.text("id")?),
+            host: r.text("host")?,
+            api_addr: r.text("api_addr")?,
+            adapter: r.text("adapter")?,
+            version: r.text("version")?,
+        },
+        started_at_ms: r.int("started_at_ms")?,
+        last_heartbeat_ms: r.int("last_heartbeat_ms")?,
+        jobs_in_flight: count(r, "jobs_in_flight")?,
+        stopped_at_ms: r.opt_int("stopped_at_ms")?,
+    })
+}
+
+/// A month's usage from the billed outputs and the open reservations, each a
+/// row of (fps, frames, micro-units) summed per frame rate.
+pub(crate) fn month_usage<R: Columns>(billed: &[R], reserved: &[R]) -> Result<MonthUsage> {
+    let mut usage = MonthUsage::default();
+    let fps = |r: &R| -> Result<u32> { Ok(r.opt_int("fps")?.and_then(|f| u32::try_from(f).ok()).unwrap_or(1)) };
+    for r in billed {
+        usage.used_seconds += output_seconds(r.int("frames")?, fps(r)?);
+        usage.spent += from_micros(r.int("micros")?);
+    }
+    for r in reserved {
+        usage.reserved_seconds += output_seconds(r.int("frames")?, fps(r)?);
+        usage.reserved_spend += from_micros(r.int("micros")?);
+    }
+    Ok(usage)
+}
+
+/// Queue depth per lane from rows of (lane_rank, queued, oldest).
+pub(crate) fn depths<R: Columns>(rows: &[R]) -> Result<Vec<(Lane, LaneDepth)>> {
+    rows.iter()
+        .map(|r| {
+            let rank = r.int("lane_rank")?;
+            let lane = Lane::ALL
+                .into_iter()
+                .find(|l| l.rank() == rank)
+                .ok_or_else(|| StoreError::corrupt("lane_rank", rank))?;
+            Ok((lane, LaneDepth { queued: r.int("queued")?, oldest_created_ms: r.opt_int("oldest")? }))
+        })
+        .collect()
+}
+
+pub(crate) fn retained(r: &impl Columns) -> Result<Retained> {
+    Ok(Retained {
+        job: JobId::new(r.text("id")?),
+        tenant: TenantId::new(r.text("tenant_id")?),
+        tier: r.text("tier")?,
+        attempt: count(r, "attempts")?,
+        bytes: r.int("bytes")?,
+        finished_at_ms: r.int("finished_at_ms")?,
+        output_path: r.text("output_path")?,
+        metadata_path: r.opt_text("metadata_path")?,
+    })
+}

@@ -1,0 +1,700 @@
+//! The embedded backend: one SQLite file in the data directory (WAL,
+//! `synchronous=FULL`: a commit is on disk before it is acknowledged, even
+//! across power loss). One node: SQLite's write lock serialises every
+//! transaction, so the claim needs no row locks.
+//!
+//! Every write transaction starts with `BEGIN IMMEDIATE` (it takes the write
+//! lock up front instead of failing to upgrade a read lock half-way), rolls back
+//! on any error, and a connection left in a transaction by a failed commit (a
+//! full disk) is closed instead of going back to the pool, where it would hold
+//! the lock and wedge every later writer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use tessera_metering::event::{month_of, AttemptRef};
+use tessera_metering::tiers::MonthUsage;
+use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
+
+use crate::backend::{Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, Submit, Submitted};
+use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
+use crate::error::{classify, Fault, StoreError};
+use crate::faults::Faults;
+use crate::rows::{self, Columns, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
+use crate::transition::{self, AttemptEnd};
+use crate::types::{
+    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, Worker,
+    WorkerId, WorkerInfo,
+};
+use crate::LOST_LEASE_REASON;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// What SQLite's (extended) result codes mean for the caller.
+fn fault(code: &str, _message: &str) -> Option<Fault> {
+    match code.parse::<i64>().ok()? & 0xff {
+        13 => Some(Fault::NoSpace),          // SQLITE_FULL
+        5 | 6 => Some(Fault::Busy),          // SQLITE_BUSY, SQLITE_LOCKED
+        10 | 14 => Some(Fault::Unavailable), // SQLITE_IOERR, SQLITE_CANTOPEN
+        _ => None,
+    }
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    classify(e, fault)
+}
+
+trait Db<T> {
+    fn db(self) -> Result<T>;
+}
+
+impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
+    fn db(self) -> Result<T> {
+        self.map_err(err)
+    }
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+/// The SQLite backend.
+#[derive(Debug)]
+pub struct SqliteBackend {
+    pool: SqlitePool,
+    faults: Faults,
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(url: &str, path: &Path) -> Result<Self> {
+        let open_err = |reason: String| StoreError::Open { url: url.to_string(), reason };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("creating {}: {e}", dir.display())))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .before_acquire(|conn, _| Box::pin(crate::fit_for_reuse(conn)))
+            .connect_with(options)
+            .await
+            .map_err(|e| open_err(e.to_string()))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Migrate { backend: "sqlite", reason: e.to_string() })?;
+        Ok(Self { pool, faults: Faults::default() })
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn write(&self) -> Result<Tx> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.db()
+    }
+
+    async fn job_in(tx: &mut Tx, id: &str) -> Result<Option<Job>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await.db()?;
+        row.as_ref().map(rows::job).transpose()
+    }
+
+    async fn month_usage_in(tx: &mut sqlx::SqliteConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
+        let billed: Vec<SqliteRow> = sqlx::query(
+            "SELECT fps, SUM(quantity) AS frames, SUM(amount_micros) AS micros FROM usage_events
+             WHERE tenant_id = ? AND month = ? AND kind = 'output' GROUP BY fps",
+        )
+        .bind(tenant)
+        .bind(month)
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        // Jobs still in flight: reserved, neither released nor billed yet.
+        let reserved: Vec<SqliteRow> = sqlx::query(
+            "SELECT r.fps AS fps, SUM(r.frames) AS frames, SUM(r.amount_micros) AS micros FROM reservations r
+             WHERE r.tenant_id = ? AND r.month = ? AND r.released = 0
+               AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
+             GROUP BY r.fps",
+        )
+        .bind(tenant)
+        .bind(month)
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        rows::month_usage(&billed, &reserved)
+    }
+
+    /// Appends events inside `tx`; for each, whether it was new.
+    async fn append_in(tx: &mut sqlx::SqliteConnection, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let sql = format!(
+            "INSERT INTO usage_events ({EVENT_INSERT_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+            binds::placeholders("?", 1, 18)
+        );
+        let mut inserted = Vec::with_capacity(events.len());
+        for e in events {
+            let res = binds::event(sqlx::query(&sql), e).execute(&mut *tx).await.db()?;
+            inserted.push(res.rows_affected() == 1);
+        }
+        Ok(inserted)
+    }
+
+    async fn release_in(tx: &mut sqlx::SqliteConnection, job: &str) -> Result<()> {
+        sqlx::query("UPDATE reservations SET released = 1 WHERE job_id = ?").bind(job).execute(&mut *tx).await.db()?;
+        Ok(())
+    }
+
+    /// Applies a transition to the fenced row of `lease` inside `tx`.
+    async fn transition_in(tx: &mut Tx, lease: &Lease, end: &AttemptEnd, now_ms: i64) -> Result<transition::JobUpdate> {
+        let row = sqlx::query(&format!(
+            "SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = ? AND attempts = ? AND lease_owner = ? AND state = 'running'"
+        ))
+        .bind(lease.job.as_str())
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .db()?
+        .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let update = transition::settle(now_ms, &rows::current(&row)?, end);
+        let sql = format!(
+            "UPDATE jobs SET {}, lease_owner = NULL, lease_until_ms = NULL
+             WHERE id = ?13 AND attempts = ?14 AND lease_owner = ?15 AND state = 'running'",
+            binds::assignments("?", 1)
+        );
+        let res = binds::update(sqlx::query(&sql), &update)
+            .bind(lease.job.as_str())
+            .bind(i64::from(lease.attempt))
+            .bind(lease.owner.as_str())
+            .execute(&mut **tx)
+            .await
+            .db()?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::LeaseLost(lease.clone()));
+        }
+        if update.release_reservation {
+            Self::release_in(tx, lease.job.as_str()).await?;
+        }
+        Ok(update)
+    }
+
+    async fn gpu_ns_in(
+        tx: &mut sqlx::SqliteConnection,
+        job: &str,
+        attempt: Option<u32>,
+    ) -> Result<BTreeMap<Pass, i64>> {
+        let rows: Vec<SqliteRow> = sqlx::query(
+            "SELECT pass, SUM(quantity) AS ns FROM usage_events
+             WHERE job_id = ?1 AND kind = 'gpu' AND (?2 IS NULL OR attempt = ?2) GROUP BY pass",
+        )
+        .bind(job)
+        .bind(attempt.map(i64::from))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        rows.iter().map(|r| Ok((rows::pass(&r.text("pass")?)?, r.int("ns")?))).collect()
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Sqlite
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.db()?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &Tenant, api_key_hash: Option<&str>, now_ms: i64) -> Result<()> {
+        let res =
+            sqlx::query("INSERT INTO tenants (id, name, tier, api_key_hash, created_at_ms) VALUES (?, ?, ?, ?, ?)")
+                .bind(t.id.as_str())
+                .bind(&t.name)
+                .bind(&t.tier)
+                .bind(api_key_hash)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::TenantExists(t.name.clone())),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    async fn set_api_key(&self, tenant: &TenantId, api_key_hash: &str) -> Result<()> {
+        let res = sqlx::query("UPDATE tenants SET api_key_hash = ? WHERE id = ?")
+            .bind(api_key_hash)
+            .bind(tenant.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        match res.rows_affected() {
+            1 => Ok(()),
+            _ => Err(StoreError::UnknownTenant(tenant.to_string())),
+        }
+    }
+
+    async fn tenant(&self, name_or_id: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, tier FROM tenants WHERE name = ?1 OR id = ?1")
+            .bind(name_or_id)
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn tenant_by_key_hash(&self, api_key_hash: &str) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, tier FROM tenants WHERE api_key_hash = ?")
+            .bind(api_key_hash)
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::tenant).transpose()
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT id, name, tier FROM tenants ORDER BY name").fetch_all(&self.pool).await.db()?;
+        rows.iter().map(rows::tenant).collect()
+    }
+
+    async fn month_usage(&self, tenant: &TenantId, month: &str) -> Result<MonthUsage> {
+        let mut conn = self.pool.acquire().await.db()?;
+        Self::month_usage_in(&mut conn, tenant.as_str(), month).await
+    }
+
+    async fn submit(&self, s: &Submit<'_>) -> Result<Submitted> {
+        let mut tx = self.write().await?;
+        if let Some(key) = &s.job.idempotency_key {
+            let existing =
+                sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ? AND idempotency_key = ?"))
+                    .bind(s.tenant.id.as_str())
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .db()?;
+            if let Some(row) = existing {
+                let job = rows::job(&row)?;
+                return Ok(if job.body_hash == s.job.body_hash {
+                    Submitted::Existing(job)
+                } else {
+                    Submitted::Conflict(job)
+                });
+            }
+        }
+        let month = month_of(s.now_ms);
+        let usage = Self::month_usage_in(&mut tx, s.tenant.id.as_str(), &month).await?;
+        let warnings = s.tier.check_caps(&s.tenant.tier, &usage, s.output_seconds, s.price)?;
+        sqlx::query(
+            "INSERT INTO reservations (job_id, tenant_id, month, frames, fps, amount_micros) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.job.id.as_str())
+        .bind(s.tenant.id.as_str())
+        .bind(&month)
+        .bind(i64::from(s.job.frames_total))
+        .bind(i64::from(s.job.fps))
+        .bind(s.job.price_micros)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        let sql = format!(
+            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_COLUMNS}",
+            binds::placeholders("?", 1, 18)
+        );
+        let row =
+            binds::new_job(sqlx::query(&sql), s.job, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
+        let job = rows::job(&row)?;
+        self.faults.check("submit")?;
+        tx.commit().await.db()?;
+        Ok(Submitted::New { job, warnings })
+    }
+
+    async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64, now_ms: i64) -> Result<()> {
+        let mut tx = self.write().await?;
+        let sql =
+            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("?", 1, 18));
+        for job in jobs {
+            binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
+        }
+        tx.commit().await.db()
+    }
+
+    async fn reserve(&self, r: &Reserve<'_>) -> Result<Vec<String>> {
+        let mut tx = self.write().await?;
+        let exists = sqlx::query("SELECT 1 FROM reservations WHERE job_id = ?").bind(r.job.as_str());
+        if exists.fetch_optional(&mut *tx).await.db()?.is_some() {
+            return Ok(Vec::new());
+        }
+        let month = month_of(r.now_ms);
+        let usage = Self::month_usage_in(&mut tx, r.tenant.id.as_str(), &month).await?;
+        let warnings = r.tier.check_caps(&r.tenant.tier, &usage, r.output_seconds, r.price)?;
+        sqlx::query(
+            "INSERT INTO reservations (job_id, tenant_id, month, frames, fps, amount_micros) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.job.as_str())
+        .bind(r.tenant.id.as_str())
+        .bind(&month)
+        .bind(i64::from(r.frames))
+        .bind(i64::from(r.fps))
+        .bind(tessera_metering::price::to_micros(r.price))
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()?;
+        Ok(warnings)
+    }
+
+    async fn finish_reserved(&self, job: &JobId, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut tx = self.write().await?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        Self::release_in(&mut tx, job.as_str()).await?;
+        tx.commit().await.db()?;
+        Ok(inserted)
+    }
+
+    async fn job(&self, id: &JobId) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        row.as_ref().map(rows::job).transpose()
+    }
+
+    async fn jobs(&self, tenant: &TenantId, f: &JobFilter) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ?1 AND (?2 IS NULL OR state = ?2)
+             AND (?3 IS NULL OR lane = ?3)
+             AND (?4 IS NULL OR created_at_ms < ?4 OR (created_at_ms = ?4 AND id < ?5))
+             ORDER BY created_at_ms DESC, id DESC LIMIT ?6"
+        ))
+        .bind(tenant.as_str())
+        .bind(f.state.map(JobState::as_str))
+        .bind(f.lane.map(Lane::as_str))
+        .bind(f.before.as_ref().map(|b| b.0))
+        .bind(f.before.as_ref().map(|b| b.1.as_str()))
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>> {
+        let mut tx = self.write().await?;
+        let queued =
+            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = ? WHERE id = ? AND state = 'queued'")
+                .bind(now_ms)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        if queued.rows_affected() == 1 {
+            Self::release_in(&mut tx, id.as_str()).await?;
+        }
+        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = ? AND state = 'running'")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        let job = Self::job_in(&mut tx, id.as_str()).await?;
+        tx.commit().await.db()?;
+        Ok(job)
+    }
+
+    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+        // One statement, atomic under SQLite's write lock: the most overdue aged
+        // job, else the first of lane and rank order (both index-ordered scans).
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?2, worker = ?2,
+                 lease_until_ms = ?1 + ?3, started_at_ms = COALESCE(started_at_ms, ?1)
+             WHERE id = COALESCE(
+                 (SELECT id FROM jobs WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1
+                  ORDER BY deadline_ms, id LIMIT 1),
+                 (SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1
+                  ORDER BY lane_rank, rank_ms, id LIMIT 1))
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now_ms)
+        .bind(owner.as_str())
+        .bind(lease_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        let Some(row) = row else { return Ok(None) };
+        let job = rows::job(&row)?;
+        let lease = job.lease.clone().ok_or_else(|| StoreError::corrupt("claim", "claimed job has no lease"))?;
+        Ok(Some(Claimed { job, lease }))
+    }
+
+    async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool> {
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_until_ms = ?, frames_done = ?
+             WHERE id = ? AND attempts = ? AND lease_owner = ? AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(until_ms)
+        .bind(i64::from(frames_done))
+        .bind(lease.job.as_str())
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .db()?;
+        row.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?.flag("cancel_requested")
+    }
+
+    async fn settle(&self, lease: &Lease, end: &AttemptEnd, events: &[UsageEvent], now_ms: i64) -> Result<Settled> {
+        let mut tx = self.write().await?;
+        Self::transition_in(&mut tx, lease, end, now_ms).await?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        let job =
+            Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        self.faults.check("settle")?;
+        tx.commit().await.db()?;
+        Ok(Settled { job, inserted })
+    }
+
+    async fn reap(&self, now_ms: i64, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
+        let mut tx = self.write().await?;
+        let expired = sqlx::query(
+            "SELECT j.id AS id, j.attempts AS attempts, j.lease_owner AS lease_owner, j.tenant_id AS tenant_id,
+                    COALESCE(t.tier, '') AS tier
+             FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
+             WHERE j.state = 'running' AND j.lease_until_ms < ? AND j.lease_owner <> ?
+             ORDER BY j.lease_until_ms LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(except.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .db()?;
+        let lost = AttemptEnd::Interrupted { reason: LOST_LEASE_REASON.into(), retry_in_ms: 0 };
+        let mut reaped = Vec::with_capacity(expired.len());
+        for row in &expired {
+            let lease = Lease {
+                job: JobId::new(row.text("id")?),
+                attempt: u32::try_from(row.int("attempts")?).unwrap_or(0),
+                owner: WorkerId::new(row.text("lease_owner")?),
+            };
+            let tier = row.text("tier")?;
+            Self::transition_in(&mut tx, &lease, &lost, now_ms).await?;
+            let attempt = AttemptRef {
+                tenant_id: row.text("tenant_id")?,
+                tier: tier.clone(),
+                job_id: lease.job.to_string(),
+                attempt: lease.attempt,
+            };
+            Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
+            let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;
+            let job =
+                Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+            reaped.push(Reaped { lease, tier, job, gpu_ns });
+        }
+        self.faults.check("reap")?;
+        tx.commit().await.db()?;
+        Ok(reaped)
+    }
+
+    async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>> {
+        let rows = sqlx::query(
+            "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
+             WHERE state = 'queued' GROUP BY lane_rank",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows::depths(&rows)
+    }
+
+    async fn explain_claim(&self) -> Result<String> {
+        let mut plan = Vec::new();
+        for (what, sql) in [
+            ("aged", "SELECT id FROM jobs WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1 ORDER BY deadline_ms, id LIMIT 1"),
+            ("ranked", "SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1 ORDER BY lane_rank, rank_ms, id LIMIT 1"),
+        ] {
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}")).bind(0i64).fetch_all(&self.pool).await.db()?;
+            for r in &rows {
+                plan.push(format!("{what}: {}", r.text("detail")?));
+            }
+        }
+        Ok(plan.join("\n"))
+    }
+
+    async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
+        let update = sqlx::query("UPDATE usage_events SET quantity = 0").execute(&self.pool).await;
+        let delete = sqlx::query("DELETE FROM usage_events").execute(&self.pool).await;
+        Ok((update.err().map(|e| e.to_string()), delete.err().map(|e| e.to_string())))
+    }
+
+    async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await.db()?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        self.faults.check("append")?;
+        tx.commit().await.db()?;
+        Ok(inserted)
+    }
+
+    async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS_WITH_OUTCOME} FROM usage_events u
+             LEFT JOIN tenants t ON t.id = u.tenant_id
+             LEFT JOIN usage_events e ON e.kind = 'attempt_end' AND e.job_id = u.job_id AND e.attempt = u.attempt
+               AND u.kind = 'gpu'
+             WHERE u.occurred_at_ms >= ?1 AND u.occurred_at_ms < ?2
+               AND (?3 IS NULL OR u.tenant_id = ?3 OR t.name = ?3)
+             ORDER BY u.occurred_at_ms, u.id"
+        ))
+        .bind(f.from_ms.unwrap_or(i64::MIN))
+        .bind(f.to_ms.unwrap_or(i64::MAX))
+        .bind(&f.tenant)
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
+        let mut conn = self.pool.acquire().await.db()?;
+        Self::gpu_ns_in(&mut conn, job.as_str(), None).await
+    }
+
+    async fn gpu_ns_totals(&self) -> Result<GpuTotals> {
+        let rows = sqlx::query(
+            "SELECT g.tenant_id AS tenant_id, g.pass AS pass, COALESCE(e.outcome, 'running') AS outcome,
+                    SUM(g.quantity) AS ns
+             FROM usage_events g LEFT JOIN usage_events e
+               ON e.kind = 'attempt_end' AND e.job_id = g.job_id AND e.attempt = g.attempt
+             WHERE g.kind = 'gpu' GROUP BY 1, 2, 3",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(|r| Ok(((r.text("tenant_id")?, r.text("pass")?, r.text("outcome")?), r.int("ns")?))).collect()
+    }
+
+    async fn has_output(&self, job: &JobId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM usage_events WHERE id = ?")
+            .bind(format!("{job}/output"))
+            .fetch_optional(&self.pool)
+            .await
+            .db()?;
+        Ok(row.is_some())
+    }
+
+    async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>> {
+        let rows = sqlx::query(
+            "SELECT j.id AS id, j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier, j.attempts AS attempts,
+                    COALESCE(j.output_bytes, 0) AS bytes, COALESCE(j.finished_at_ms, 0) AS finished_at_ms,
+                    j.output_path AS output_path, j.metadata_path AS metadata_path
+             FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
+             WHERE j.output_path IS NOT NULL AND (?1 IS NULL OR j.finished_at_ms < ?1)",
+        )
+        .bind(finished_before_ms)
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::retained).collect()
+    }
+
+    async fn forget_output(&self, job: &JobId) -> Result<()> {
+        sqlx::query("UPDATE jobs SET output_path = NULL, metadata_path = NULL WHERE id = ?")
+            .bind(job.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn register_worker(&self, w: &WorkerInfo, now_ms: i64) -> Result<()> {
+        let mut tx = self.write().await?;
+        // Workers gone for a week leave the registry.
+        sqlx::query("DELETE FROM workers WHERE last_heartbeat_ms < ?")
+            .bind(now_ms - crate::WORKER_FORGOTTEN_AFTER_MS)
+            .execute(&mut *tx)
+            .await
+            .db()?;
+        sqlx::query(
+            "INSERT INTO workers (id, host, api_addr, adapter, version, started_at_ms, last_heartbeat_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+             ON CONFLICT (id) DO UPDATE SET host = ?2, api_addr = ?3, adapter = ?4, version = ?5,
+                 last_heartbeat_ms = ?6, stopped_at_ms = NULL",
+        )
+        .bind(w.id.as_str())
+        .bind(&w.host)
+        .bind(&w.api_addr)
+        .bind(&w.adapter)
+        .bind(&w.version)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .db()?;
+        tx.commit().await.db()
+    }
+
+    async fn worker_heartbeat(&self, id: &WorkerId, jobs_in_flight: u32, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE workers SET last_heartbeat_ms = ?, jobs_in_flight = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(i64::from(jobs_in_flight))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn worker_stopped(&self, id: &WorkerId, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE workers SET stopped_at_ms = ?, jobs_in_flight = 0 WHERE id = ?")
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .db()?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<Worker>> {
+        let rows = sqlx::query(
+            "SELECT id, host, api_addr, adapter, version, started_at_ms, last_heartbeat_ms, jobs_in_flight,
+                    stopped_at_ms FROM workers ORDER BY started_at_ms DESC, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .db()?;
+        rows.iter().map(rows::worker).collect()
+    }
+
+    async fn try_lead(&self, task: &str, worker: &WorkerId, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT INTO leaders (task, holder, until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (task) DO UPDATE SET holder = ?2, until_ms = ?3
+             WHERE leaders.holder = ?2 OR leaders.until_ms < ?4",
+        )
+        .bind(task)
+        .bind(worker.as_str())
+        .bind(now_ms + ttl_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .db()?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    async fn listen(&self, _wake: Arc<tokio::sync::Notify>) -> Result<()> {
+        // One node: the process that queues work wakes its own dispatcher.
+        Ok(())
+    }
+}

@@ -1,0 +1,744 @@
+//! The store's conformance suite: every test below runs once against SQLite
+//! (`sqlite::`) and once against PostgreSQL (`postgres::`, on a database of its
+//! own on the server `TESSERA_TEST_POSTGRES` names; skipped loudly without it,
+//! a failure in CI). A new backend passes this suite before it is used.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use tessera_metering::tiers::AdmissionError;
+use tessera_metering::{AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
+use tessera_store::{
+    ArchivedOutput, AttemptEnd, JobFilter, JobId, JobState, Lease, NewJob, Reservation, Store, StoreError, Submitted,
+    Tenant, WorkerId, WorkerInfo,
+};
+
+mod legacy;
+
+/// Declares each test once per backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = Store::open(&StoreUrl::in_data_dir(dir.path())).await.unwrap();
+                    super::$name(store).await;
+                }
+            )*
+            use tessera_store::{Store, StoreUrl};
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(server) = tessera_store::testing::postgres_server() else { return };
+                    let db = tessera_store::testing::TestDatabase::create(&server).await.unwrap();
+                    let store = Store::open(&StoreUrl::parse(db.url()).unwrap()).await.unwrap();
+                    super::$name(store).await;
+                    drop(db);
+                }
+            )*
+            use tessera_store::{Store, StoreUrl};
+        }
+    };
+}
+
+conformance!(
+    tenants_and_keys,
+    a_job_runs_from_submission_to_one_bill,
+    idempotency_keys_give_one_job_and_409_on_another_body,
+    concurrent_admissions_never_exceed_a_cap,
+    concurrent_claims_take_each_job_once,
+    a_stale_attempt_is_fenced_out,
+    failures_back_off_then_dead_letter,
+    interruptions_spend_their_own_budget,
+    queue_order_is_lane_then_rank_and_aging_wins,
+    cancel_a_queued_and_a_running_job,
+    the_ledger_records_each_event_exactly_once,
+    the_reaper_requeues_expired_leases_of_other_workers,
+    transactions_roll_back_after_an_injected_error,
+    renders_outside_the_queue_reserve_and_bill_once,
+    workers_register_and_one_leads_each_task,
+    listings_pages_and_depths,
+);
+
+fn book() -> PriceBook {
+    PriceBook::default_book()
+}
+
+async fn tenant(store: &Store, name: &str, tier: &str) -> Tenant {
+    store.create_tenant(&book(), name, tier, None).await.unwrap()
+}
+
+fn new_job(t: &Tenant, lane: Lane, key: Option<&str>, frames: u32) -> NewJob {
+    NewJob {
+        id: JobId::random(),
+        tenant_id: t.id.clone(),
+        idempotency_key: key.map(Into::into),
+        body_hash: "body-1".into(),
+        spec_json: "{}".into(),
+        template: "orbit@2".into(),
+        lane,
+        frames_total: frames,
+        fps: 24,
+        price_micros: 10_000,
+        est_cost_ms: 0,
+        max_wait_ms: 3_600_000,
+        max_failures: 3,
+        max_interruptions: 3,
+    }
+}
+
+fn request(frames: u32) -> QuoteRequest {
+    QuoteRequest {
+        width: 1280,
+        height: 720,
+        fps: 24,
+        output_seconds: Decimal::from(frames) / Decimal::from(24),
+        advanced: false,
+        addons: vec![],
+    }
+}
+
+async fn submit(store: &Store, t: &Tenant, job: &NewJob) -> Submitted {
+    store.submit(&book(), t, job, &request(job.frames_total), Decimal::new(job.price_micros, 6)).await.unwrap()
+}
+
+async fn queued(store: &Store, t: &Tenant, lane: Lane) -> JobId {
+    let job = new_job(t, lane, None, 24);
+    match submit(store, t, &job).await {
+        Submitted::New { job, .. } => job.id,
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
+fn attempt(t: &Tenant, lease: &Lease) -> AttemptRef {
+    AttemptRef {
+        tenant_id: t.id.to_string(),
+        tier: t.tier.clone(),
+        job_id: lease.job.to_string(),
+        attempt: lease.attempt,
+    }
+}
+
+fn archived(job: &JobId) -> ArchivedOutput {
+    ArchivedOutput {
+        path: format!("clips/{job}.avi"),
+        bytes: 100,
+        sha256: "ab".into(),
+        metadata_path: format!("clips/{job}.json"),
+    }
+}
+
+/// The events of a successful attempt: GPU time, its end, the billable output.
+fn success_events(t: &Tenant, lease: &Lease, frames: u32) -> Vec<UsageEvent> {
+    let a = attempt(t, lease);
+    vec![
+        UsageEvent::gpu(&a, Pass::Render, 0, frames, 5_000, TimingSource::Gpu),
+        UsageEvent::attempt_end(&a, Outcome::Succeeded),
+        UsageEvent::output(&a, frames, 24, "720p", "general", Decimal::new(1, 2)),
+    ]
+}
+
+fn worker() -> WorkerId {
+    WorkerId::random()
+}
+
+async fn outputs_of(store: &Store, job: &JobId) -> Vec<UsageEvent> {
+    let all = store.events(&Default::default()).await.unwrap();
+    all.into_iter().filter(|e| e.job_id == job.as_str() && e.kind == EventKind::Output).collect()
+}
+
+async fn tenants_and_keys(store: Store) {
+    let a = store.create_tenant(&book(), "acme", "mid", Some("hash-a")).await.unwrap();
+    assert!(a.id.as_str().starts_with("t_"));
+    let dup = store.create_tenant(&book(), "acme", "short", None).await.unwrap_err();
+    assert!(matches!(dup, StoreError::TenantExists(ref n) if n == "acme"), "{dup}");
+    let bad = store.create_tenant(&book(), "b", "platinum", None).await.unwrap_err();
+    assert!(matches!(bad, StoreError::UnknownTier { .. }) && bad.to_string().contains("enterprise"), "{bad}");
+    let b = tenant(&store, "globex", "enterprise").await;
+    store.set_api_key(&b.id, "hash-b").await.unwrap();
+    assert_eq!(store.tenant_by_key_hash("hash-a").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.tenant_by_key_hash("hash-b").await.unwrap(), Some(b.clone()));
+    assert_eq!(store.tenant_by_key_hash("nope").await.unwrap(), None);
+    assert_eq!(store.tenant("acme").await.unwrap(), Some(a.clone()));
+    assert_eq!(store.tenant(a.id.as_str()).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.tenants().await.unwrap(), vec![a, b]);
+    let missing = store.set_api_key(&tessera_store::TenantId::random(), "h").await.unwrap_err();
+    assert!(matches!(missing, StoreError::UnknownTenant(_)), "{missing}");
+    store.ping().await.unwrap();
+}
+
+async fn a_job_runs_from_submission_to_one_bill(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let job = new_job(&t, Lane::Standard, Some("order-1"), 48);
+    let Submitted::New { job: fresh, warnings } = submit(&store, &t, &job).await else { panic!("not new") };
+    assert!(warnings.is_empty());
+    assert_eq!((fresh.state, fresh.attempts, fresh.lane), (JobState::Queued, 0, Lane::Standard));
+    assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::from(2));
+
+    let w = worker();
+    let claimed = store.claim(&w, 10_000).await.unwrap().expect("a job to claim");
+    assert_eq!(claimed.job.id, job.id);
+    assert_eq!(claimed.lease, Lease { job: job.id.clone(), attempt: 1, owner: w.clone() });
+    assert_eq!((claimed.job.state, claimed.job.worker.as_ref()), (JobState::Running, Some(&w)));
+    assert!(store.claim(&w, 10_000).await.unwrap().is_none(), "one job, claimed twice");
+
+    assert!(!store.heartbeat(&claimed.lease, 10_000, 20).await.unwrap());
+    assert_eq!(store.job(&job.id).await.unwrap().unwrap().frames_done, 20);
+
+    let events = success_events(&t, &claimed.lease, 48);
+    let settled = store.settle(&claimed.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
+    assert_eq!(settled.inserted, vec![true, true, true]);
+    let done = settled.job;
+    assert_eq!((done.state, done.frames_done, done.lease.as_ref()), (JobState::Succeeded, 48, None));
+    assert_eq!(done.output, Some(archived(&job.id)));
+    assert_eq!(done.worker, Some(w.clone()), "the job names the worker that ran it");
+    assert!(done.finished_at_ms.is_some());
+    // Billed once: the output counts as used, the reservation is gone.
+    let usage = store.month_usage(&t.id).await.unwrap();
+    assert_eq!((usage.used_seconds, usage.reserved_seconds), (Decimal::from(2), Decimal::ZERO));
+    assert_eq!(outputs_of(&store, &job.id).await.len(), 1);
+    assert!(store.has_output(&job.id).await.unwrap());
+    assert_eq!(store.job_gpu_ns(&job.id).await.unwrap().get(&Pass::Render), Some(&5_000));
+    // A settled lease is spent.
+    let again = store.heartbeat(&claimed.lease, 10_000, 1).await.unwrap_err();
+    assert!(matches!(again, StoreError::LeaseLost(_)), "{again}");
+    // Settling may not bill for an attempt that delivered nothing, nor record
+    // another attempt's events.
+    let w2 = worker();
+    let other = queued(&store, &t, Lane::Bulk).await;
+    let c = store.claim(&w2, 10_000).await.unwrap().unwrap();
+    assert_eq!(c.job.id, other);
+    let fail = AttemptEnd::Failed { error: "x".into(), retry_in_ms: 0, retryable: true };
+    let refused = store.settle(&c.lease, &fail, &success_events(&t, &c.lease, 24)).await.unwrap_err();
+    assert!(refused.to_string().contains("does not belong"), "{refused}");
+    let foreign = success_events(&t, &claimed.lease, 48);
+    assert!(store.settle(&c.lease, &fail, &foreign[..1]).await.is_err());
+}
+
+async fn idempotency_keys_give_one_job_and_409_on_another_body(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let first = new_job(&t, Lane::Standard, Some("k"), 24);
+    let Submitted::New { job, .. } = submit(&store, &t, &first).await else { panic!() };
+    // The same key and body (even under another id) is the same job.
+    let again = NewJob { id: JobId::random(), ..first.clone() };
+    assert_eq!(submit(&store, &t, &again).await, Submitted::Existing(job.clone()));
+    let other_body = NewJob { id: JobId::random(), body_hash: "body-2".into(), ..first.clone() };
+    assert_eq!(submit(&store, &t, &other_body).await, Submitted::Conflict(job.clone()));
+    // Another tenant's key space is its own.
+    let u = tenant(&store, "globex", "mid").await;
+    assert!(matches!(submit(&store, &u, &new_job(&u, Lane::Standard, Some("k"), 24)).await, Submitted::New { .. }));
+    // Sixteen racing submissions with one new key: one job, one reservation.
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move {
+                let job = NewJob { id: JobId::random(), ..new_job(&t, Lane::Bulk, Some("race"), 24) };
+                submit(&store, &t, &job).await
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for r in racers {
+        if matches!(r.await.unwrap(), Submitted::New { .. }) {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1, "one key, {new} jobs");
+    let mine = store.jobs(&t.id, &JobFilter { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::from(2), "reservations leaked");
+}
+
+async fn concurrent_admissions_never_exceed_a_cap(store: Store) {
+    // The short tier caps output at 600 s a month: 40 jobs of 30 s at once admit exactly 20.
+    let t = tenant(&store, "racer", "short").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move {
+                let job = new_job(&t, Lane::Standard, None, 720);
+                store.submit(&book(), &t, &job, &request(720), Decimal::new(36, 2)).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Submitted::New { .. }) => admitted += 1,
+            Err(StoreError::Admission(refusal)) => match *refusal {
+                AdmissionError::OutputCap { ref tier, cap, .. } => {
+                    assert_eq!((tier.as_str(), cap), ("short", Decimal::from(600)));
+                }
+                other => panic!("unexpected refusal: {other}"),
+            },
+            other => panic!("unexpected result: {other:?}"),
+        }
+    }
+    assert_eq!(admitted, 20);
+    let usage = store.month_usage(&t.id).await.unwrap();
+    assert_eq!(usage.reserved_seconds, Decimal::from(600), "refused admissions left reservations behind");
+    // The feature map is checked first: the urgent lane is not in the short tier.
+    let urgent = new_job(&t, Lane::Urgent, None, 24);
+    let e = store.submit(&book(), &t, &urgent, &request(24), Decimal::ONE).await.unwrap_err();
+    assert!(matches!(e, StoreError::Admission(ref a) if matches!(**a, AdmissionError::Lane { .. })), "{e}");
+    // A tier removed from the price book is a clear error, not a panic.
+    let mut smaller = book();
+    smaller.tiers.remove("short");
+    let e = store.submit(&smaller, &t, &new_job(&t, Lane::Bulk, None, 24), &request(24), Decimal::ONE).await;
+    assert!(matches!(e, Err(StoreError::UnknownTier { .. })), "{e:?}");
+}
+
+async fn concurrent_claims_take_each_job_once(store: Store) {
+    let t = tenant(&store, "acme", "enterprise").await;
+    let jobs: Vec<NewJob> = (0..60).map(|i| new_job(&t, Lane::ALL[i % 3], None, 24)).collect();
+    store.enqueue_unchecked(&jobs, 0).await.unwrap();
+    let claimers: Vec<_> = (0..6)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let w = worker();
+                let mut mine = Vec::new();
+                while let Some(c) = store.claim(&w, 60_000).await.unwrap() {
+                    mine.push(c.job.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!((all.len(), unique.len()), (60, 60), "a job was claimed twice or not at all");
+}
+
+async fn a_stale_attempt_is_fenced_out(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let id = queued(&store, &t, Lane::Standard).await;
+    let (paused, healthy) = (worker(), worker());
+    let old = store.claim(&paused, 1).await.unwrap().unwrap().lease;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The paused worker's lease expired; another worker's reaper takes it over.
+    let reaped = store.reap(&healthy, 100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].lease, old);
+    let new = store.claim(&healthy, 60_000).await.unwrap().unwrap().lease;
+    assert_eq!((new.job.clone(), new.attempt), (id.clone(), 2));
+    // The paused worker wakes up: it can change nothing of attempt 2.
+    for e in [
+        store.heartbeat(&old, 60_000, 99).await.unwrap_err(),
+        store.settle(&old, &AttemptEnd::Succeeded(archived(&id)), &success_events(&t, &old, 24)).await.unwrap_err(),
+        store.settle(&old, &AttemptEnd::Cancelled { frames: 3 }, &[]).await.unwrap_err(),
+        store
+            .settle(&old, &AttemptEnd::Failed { error: "late".into(), retry_in_ms: 0, retryable: true }, &[])
+            .await
+            .unwrap_err(),
+        store.settle(&old, &AttemptEnd::Interrupted { reason: "late".into(), retry_in_ms: 0 }, &[]).await.unwrap_err(),
+    ] {
+        assert!(matches!(e, StoreError::LeaseLost(ref l) if *l == old), "{e}");
+    }
+    let job = store.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts, job.frames_done, job.lease.as_ref()), (JobState::Running, 2, 0, Some(&new)));
+    assert!(outputs_of(&store, &id).await.is_empty(), "the stale attempt billed the customer");
+    // What it metered stays the operator's cost: its GPU events are recorded.
+    let stale_gpu = UsageEvent::gpu(&attempt(&t, &old), Pass::Render, 0, 24, 7_000, TimingSource::Gpu);
+    assert_eq!(store.append(std::slice::from_ref(&stale_gpu)).await.unwrap(), vec![true]);
+    // Attempt 2 completes and bills once, from attempt 2.
+    store.settle(&new, &AttemptEnd::Succeeded(archived(&id)), &success_events(&t, &new, 24)).await.unwrap();
+    let outputs = outputs_of(&store, &id).await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].attempt, 2);
+    let job = store.job(&id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.interruptions, job.failures), (JobState::Succeeded, 1, 0));
+    assert!(job.errors[0].contains("lease expired"), "{:?}", job.errors);
+}
+
+async fn failures_back_off_then_dead_letter(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let id = queued(&store, &t, Lane::Standard).await;
+    let w = worker();
+    let fail = |ms| AttemptEnd::Failed { error: "GPU: device lost".into(), retry_in_ms: ms, retryable: true };
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    assert_eq!(lease.job, id);
+    let end = UsageEvent::attempt_end(&attempt(&t, &lease), Outcome::Failed);
+    let s = store.settle(&lease, &fail(300), &[end]).await.unwrap();
+    assert_eq!((s.job.state, s.job.failures, s.job.attempts), (JobState::Queued, 1, 1));
+    assert!(s.job.not_before_ms > tessera_metering::event::now_ms() + 100);
+    assert!(store.claim(&w, 60_000).await.unwrap().is_none(), "claimed during its backoff");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let lease = store.claim(&w, 60_000).await.unwrap().expect("claimable after its backoff").lease;
+    store.settle(&lease, &fail(0), &[]).await.unwrap();
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    let s = store.settle(&lease, &fail(0), &[]).await.unwrap();
+    assert_eq!((s.job.state, s.job.failures, s.job.attempts), (JobState::Dead, 3, 3));
+    assert_eq!(s.job.errors.len(), 3);
+    assert!(s.job.errors[2].starts_with("attempt 3: GPU: device lost"), "{:?}", s.job.errors);
+    assert_eq!(
+        store.month_usage(&t.id).await.unwrap().reserved_seconds,
+        Decimal::ZERO,
+        "a dead job keeps its reservation"
+    );
+    assert!(store.claim(&w, 60_000).await.unwrap().is_none());
+    // An error no retry can fix dead-letters at once.
+    let id = queued(&store, &t, Lane::Standard).await;
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    let fatal = AttemptEnd::Failed { error: "stored spec is invalid".into(), retry_in_ms: 0, retryable: false };
+    let s = store.settle(&lease, &fatal, &[]).await.unwrap();
+    assert_eq!((s.job.id, s.job.state, s.job.attempts), (id, JobState::Dead, 1));
+}
+
+async fn interruptions_spend_their_own_budget(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let id = queued(&store, &t, Lane::Standard).await;
+    let w = worker();
+    // A failure, then interruptions: the failure budget (3) is untouched by them.
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    store
+        .settle(&lease, &AttemptEnd::Failed { error: "boom".into(), retry_in_ms: 0, retryable: true }, &[])
+        .await
+        .unwrap();
+    let drain = AttemptEnd::Interrupted { reason: "worker draining (SIGTERM)".into(), retry_in_ms: 0 };
+    for n in 1..=2 {
+        let lease = store.claim(&w, 60_000).await.unwrap().expect("a drained job is claimable at once").lease;
+        let s = store.settle(&lease, &drain, &[]).await.unwrap();
+        assert_eq!((s.job.state, s.job.failures, s.job.interruptions), (JobState::Queued, 1, n));
+    }
+    // The third interruption reaches the cap (3): dead-lettered, with its reason.
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    let s = store.settle(&lease, &drain, &[]).await.unwrap();
+    assert_eq!(
+        (s.job.id, s.job.state, s.job.failures, s.job.interruptions, s.job.attempts),
+        (id, JobState::Dead, 1, 3, 4)
+    );
+    assert!(s.job.errors.last().unwrap().contains("3 interruptions"), "{:?}", s.job.errors);
+}
+
+async fn queue_order_is_lane_then_rank_and_aging_wins(store: Store) {
+    let ent = tenant(&store, "big", "enterprise").await;
+    let mid = tenant(&store, "small", "mid").await;
+    // Bulk first, then standard from a low tier, then standard from a high tier, then urgent.
+    let bulk = queued(&store, &ent, Lane::Bulk).await;
+    let std_mid = queued(&store, &mid, Lane::Standard).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let std_ent = queued(&store, &ent, Lane::Standard).await;
+    let urgent = queued(&store, &ent, Lane::Urgent).await;
+    let w = worker();
+    let mut order = Vec::new();
+    while let Some(c) = store.claim(&w, 60_000).await.unwrap() {
+        order.push(c.job.id);
+    }
+    // Within a lane the enterprise tier's 30 s weight beats mid's 10 s and a few ms of age.
+    assert_eq!(order, vec![urgent, std_ent, std_mid, bulk]);
+    // Aging: a bulk job past its lane's wait goes ahead of a stream of urgent work.
+    let aged = NewJob { max_wait_ms: 150, ..new_job(&ent, Lane::Bulk, None, 24) };
+    submit(&store, &ent, &aged).await;
+    let start = std::time::Instant::now();
+    loop {
+        queued(&store, &ent, Lane::Urgent).await;
+        let c = store.claim(&w, 60_000).await.unwrap().unwrap();
+        let waited = start.elapsed();
+        if c.job.id == aged.id {
+            assert!(waited >= Duration::from_millis(140), "the bulk job jumped the urgent lane after {waited:?}");
+            break;
+        }
+        assert!(waited < Duration::from_secs(5), "the aged job starved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn cancel_a_queued_and_a_running_job(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let first = queued(&store, &t, Lane::Standard).await;
+    let w = worker();
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    assert_eq!(lease.job, first);
+    let second = queued(&store, &t, Lane::Standard).await;
+    let c = store.request_cancel(&second).await.unwrap().unwrap();
+    assert_eq!((c.state, c.attempts), (JobState::Cancelled, 0));
+    assert!(store.claim(&w, 60_000).await.unwrap().is_none(), "a cancelled job was claimed");
+    let r = store.request_cancel(&first).await.unwrap().unwrap();
+    assert_eq!((r.state, r.cancel_requested), (JobState::Running, true));
+    assert!(store.heartbeat(&lease, 60_000, 3).await.unwrap(), "the heartbeat did not see the cancel");
+    // Stopped after 3 frames: billed for those.
+    let a = attempt(&t, &lease);
+    let events = [
+        UsageEvent::attempt_end(&a, Outcome::Cancelled),
+        UsageEvent::output(&a, 3, 24, "720p", "general", Decimal::ZERO),
+    ];
+    let s = store.settle(&lease, &AttemptEnd::Cancelled { frames: 3 }, &events).await.unwrap();
+    assert_eq!((s.job.state, s.job.frames_done), (JobState::Cancelled, 3));
+    assert_eq!(outputs_of(&store, &first).await[0].quantity, 3);
+    let usage = store.month_usage(&t.id).await.unwrap();
+    assert_eq!((usage.used_seconds, usage.reserved_seconds), (Decimal::new(125, 3), Decimal::ZERO));
+    // Cancelling a finished job changes nothing.
+    assert_eq!(store.request_cancel(&second).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert_eq!(store.request_cancel(&JobId::random()).await.unwrap(), None);
+}
+
+async fn the_ledger_records_each_event_exactly_once(store: Store) {
+    let a = AttemptRef { tenant_id: "t_1".into(), tier: "mid".into(), job_id: "j_1".into(), attempt: 1 };
+    let events: Vec<UsageEvent> = (0..10)
+        .map(|i| UsageEvent::gpu(&a, Pass::ALL[i % 3], i as u64 * 24, 24, 1_000 + i as u64, TimingSource::Gpu))
+        .collect();
+    assert_eq!(store.append(&events).await.unwrap(), vec![true; 10]);
+    assert_eq!(store.append(&events).await.unwrap(), vec![false; 10], "a retry recorded events twice");
+    let mut mixed = events[3..5].to_vec();
+    mixed.push(UsageEvent::gpu(&a, Pass::Render, 999, 1, 1, TimingSource::Host));
+    mixed.push(mixed[2].clone());
+    assert_eq!(store.append(&mixed).await.unwrap(), vec![false, false, true, false]);
+    // Concurrent writers re-sending overlapping batches: every id once.
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (store, a) = (store.clone(), a.clone());
+            tokio::spawn(async move {
+                let batch: Vec<UsageEvent> = (0..200u64)
+                    .map(|i| UsageEvent::gpu(&a, Pass::Encode, 10_000 + ((i + w * 50) % 400), 1, 1, TimingSource::Gpu))
+                    .collect();
+                store.append(&batch).await.unwrap().iter().filter(|n| **n).count()
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for w in writers {
+        new += w.await.unwrap();
+    }
+    assert_eq!(new, 400, "concurrent writers recorded {new} of 400 distinct events");
+    let all = store.events(&Default::default()).await.unwrap();
+    let ids: BTreeSet<_> = all.iter().map(|e| e.id.clone()).collect();
+    assert_eq!((all.len(), ids.len()), (411, 411));
+    let e = all.iter().find(|e| e.id == events[4].id).unwrap();
+    assert_eq!(e, &events[4], "an event did not come back as written");
+    // Append-only: recorded usage cannot be changed or deleted.
+    let (update, delete) = store.tamper_with_ledger().await.unwrap();
+    assert!(update.is_some_and(|e| e.contains("append-only")), "the ledger allowed an update");
+    assert!(delete.is_some_and(|e| e.contains("append-only")), "the ledger allowed a delete");
+    assert_eq!(store.events(&Default::default()).await.unwrap().len(), 411);
+    // The billable output is one event per job, whatever attempt delivers it.
+    let out1 = UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::ONE);
+    let out2 = UsageEvent::output(&AttemptRef { attempt: 2, ..a.clone() }, 24, 24, "720p", "general", Decimal::TWO);
+    assert_eq!(store.append(&[out1, out2]).await.unwrap(), vec![true, false]);
+}
+
+async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let (me, lost, alive) = (worker(), worker(), worker());
+    let a = queued(&store, &t, Lane::Standard).await;
+    let b = queued(&store, &t, Lane::Standard).await;
+    let c = queued(&store, &t, Lane::Standard).await;
+    let la = store.claim(&lost, 1).await.unwrap().unwrap().lease;
+    let lb = store.claim(&alive, 60_000).await.unwrap().unwrap().lease;
+    let lc = store.claim(&me, 1).await.unwrap().unwrap().lease;
+    assert_eq!((la.job.clone(), lb.job.clone(), lc.job.clone()), (a.clone(), b.clone(), c.clone()));
+    // The lost attempt had metered some GPU time, and its job a cancel request.
+    store.append(&[UsageEvent::gpu(&attempt(&t, &la), Pass::Render, 0, 5, 42, TimingSource::Gpu)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // My own expired lease is alive (I am running): only the lost worker's is reaped.
+    let reaped = store.reap(&me, 100).await.unwrap();
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_eq!((reaped[0].lease.clone(), reaped[0].tier.as_str()), (la.clone(), "mid"));
+    assert_eq!(reaped[0].gpu_ns.get(&Pass::Render), Some(&42));
+    assert_eq!((reaped[0].job.state, reaped[0].job.interruptions, reaped[0].job.failures), (JobState::Queued, 1, 0));
+    let ends: Vec<_> = store
+        .events(&Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::AttemptEnd)
+        .collect();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(
+        (ends[0].job_id.as_str(), ends[0].attempt, ends[0].outcome),
+        (a.as_str(), 1, Some(Outcome::Interrupted))
+    );
+    // The interrupted attempt's GPU time is the operator's, marked interrupted.
+    let totals = store.gpu_ns_totals().await.unwrap();
+    assert_eq!(totals.get(&(t.id.to_string(), "render".into(), "interrupted".into())), Some(&42));
+    // Another worker reaps mine; a cancelled job whose worker vanished ends cancelled.
+    store.request_cancel(&c).await.unwrap();
+    let reaped = store.reap(&lost, 100).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!((reaped[0].job.id.clone(), reaped[0].job.state), (c, JobState::Cancelled));
+    assert!(store.reap(&lost, 100).await.unwrap().is_empty());
+    assert_eq!(store.job(&b).await.unwrap().unwrap().state, JobState::Running);
+}
+
+async fn transactions_roll_back_after_an_injected_error(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    // Admission and enqueue commit together or not at all.
+    let job = new_job(&t, Lane::Standard, Some("k"), 24);
+    store.inject_fault("submit");
+    let e = store.submit(&book(), &t, &job, &request(24), Decimal::ONE).await.unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    assert_eq!(store.job(&job.id).await.unwrap(), None);
+    assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::ZERO, "the reservation leaked");
+    assert!(matches!(submit(&store, &t, &job).await, Submitted::New { .. }), "the store did not recover");
+    // A settlement that fails leaves the attempt running, its events unwritten.
+    let w = worker();
+    let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
+    let events = success_events(&t, &lease, 24);
+    store.inject_fault("settle");
+    assert!(store.settle(&lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.is_err());
+    let j = store.job(&job.id).await.unwrap().unwrap();
+    assert_eq!((j.state, j.lease.as_ref()), (JobState::Running, Some(&lease)));
+    assert!(store.events(&Default::default()).await.unwrap().is_empty(), "events of a rolled-back settlement");
+    let s = store.settle(&lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
+    assert_eq!((s.job.state, s.inserted), (JobState::Succeeded, vec![true; 3]));
+    // A failed reap leaves the lease for the next reaper.
+    let id = queued(&store, &t, Lane::Bulk).await;
+    let lease = store.claim(&w, 1).await.unwrap().unwrap().lease;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    store.inject_fault("reap");
+    assert!(store.reap(&worker(), 10).await.is_err());
+    assert_eq!(store.job(&id).await.unwrap().unwrap().lease, Some(lease));
+    assert_eq!(store.reap(&worker(), 10).await.unwrap().len(), 1);
+    // A failed append records nothing; its retry records everything once.
+    let a = AttemptRef { tenant_id: t.id.to_string(), tier: "mid".into(), job_id: id.to_string(), attempt: 1 };
+    let batch: Vec<_> = (0..5).map(|i| UsageEvent::gpu(&a, Pass::Stitch, i, 1, 9, TimingSource::Host)).collect();
+    store.inject_fault("append");
+    assert!(store.append(&batch).await.is_err());
+    assert_eq!(store.append(&batch).await.unwrap(), vec![true; 5]);
+}
+
+async fn renders_outside_the_queue_reserve_and_bill_once(store: Store) {
+    let t = tenant(&store, "acme", "short").await;
+    let id = JobId::random();
+    let price = Decimal::new(30, 2);
+    let warnings = store
+        .reserve(
+            &book(),
+            &t,
+            &Reservation { job: &id, request: &request(480), lane: Lane::Standard, frames: 480, price },
+        )
+        .await
+        .unwrap();
+    assert!(warnings.is_empty());
+    // Reserving the same render again changes nothing.
+    store
+        .reserve(
+            &book(),
+            &t,
+            &Reservation { job: &id, request: &request(480), lane: Lane::Standard, frames: 480, price },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::from(20));
+    let a = AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: id.to_string(), attempt: 1 };
+    let events = vec![
+        UsageEvent::gpu(&a, Pass::Render, 0, 480, 99, TimingSource::Host),
+        UsageEvent::attempt_end(&a, Outcome::Succeeded),
+        UsageEvent::output(&a, 480, 24, "720p", "general", price),
+    ];
+    assert_eq!(store.finish_reserved(&id, &events).await.unwrap(), vec![true; 3]);
+    assert_eq!(store.finish_reserved(&id, &events).await.unwrap(), vec![false; 3]);
+    let usage = store.month_usage(&t.id).await.unwrap();
+    assert_eq!((usage.used_seconds, usage.reserved_seconds, usage.spent), (Decimal::from(20), Decimal::ZERO, price));
+    // 580 s of the 600 s cap are left: nineteen 30 s renders fit, the twentieth is refused.
+    let mut admitted = 0;
+    loop {
+        match store
+            .reserve(
+                &book(),
+                &t,
+                &Reservation { job: &JobId::random(), request: &request(720), lane: Lane::Bulk, frames: 720, price },
+            )
+            .await
+        {
+            Ok(_) => admitted += 1,
+            Err(StoreError::Admission(a)) => {
+                assert!(matches!(*a, AdmissionError::OutputCap { .. }), "{a}");
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(admitted < 100, "the cap never held");
+    }
+    assert_eq!(admitted, 19);
+}
+
+async fn workers_register_and_one_leads_each_task(store: Store) {
+    let info = |host: &str| WorkerInfo {
+        id: WorkerId::random(),
+        host: host.into(),
+        api_addr: format!("{host}:8080"),
+        adapter: "llvmpipe".into(),
+        version: "0.1.0".into(),
+    };
+    let (a, b) = (info("gpu-a"), info("gpu-b"));
+    store.register_worker(&a).await.unwrap();
+    store.register_worker(&b).await.unwrap();
+    store.worker_heartbeat(&a.id, 3).await.unwrap();
+    store.worker_stopped(&b.id).await.unwrap();
+    let all = store.workers().await.unwrap();
+    assert_eq!(all.len(), 2);
+    let wa = all.iter().find(|w| w.info == a).unwrap();
+    let wb = all.iter().find(|w| w.info == b).unwrap();
+    assert_eq!((wa.jobs_in_flight, wa.stopped_at_ms.is_some()), (3, false));
+    assert!(wb.stopped_at_ms.is_some());
+    // One leader per task at a time; it renews; another takes over once it lapses.
+    assert!(store.try_lead("storage", &a.id, 100).await.unwrap());
+    assert!(!store.try_lead("storage", &b.id, 100).await.unwrap());
+    assert!(store.try_lead("storage", &a.id, 100).await.unwrap());
+    assert!(store.try_lead("retention", &b.id, 100).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(store.try_lead("storage", &b.id, 100).await.unwrap());
+    assert!(!store.try_lead("storage", &a.id, 100).await.unwrap());
+    // No server, no signal: listen returns (SQLite) or keeps running (PostgreSQL).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listening = tokio::spawn({
+        let store = store.clone();
+        let wake = wake.clone();
+        async move { store.listen(wake).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if store.kind() == tessera_store::BackendKind::Postgres {
+        // A job queued anywhere wakes the listener.
+        let t = tenant(&store, "acme", "mid").await;
+        queued(&store, &t, Lane::Standard).await;
+        tokio::time::timeout(Duration::from_secs(5), wake.notified()).await.expect("no NOTIFY reached the listener");
+        listening.abort();
+    } else {
+        listening.await.unwrap().unwrap();
+    }
+}
+
+async fn listings_pages_and_depths(store: Store) {
+    let t = tenant(&store, "acme", "enterprise").await;
+    let u = tenant(&store, "other", "enterprise").await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(queued(&store, &t, Lane::ALL[i % 3]).await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    queued(&store, &u, Lane::Bulk).await;
+    let w = worker();
+    store.claim(&w, 60_000).await.unwrap();
+    let depths = store.depths().await.unwrap();
+    let depth = |lane| depths.iter().find(|(l, _)| *l == lane).map(|(_, d)| d.queued).unwrap_or(0);
+    assert_eq!((depth(Lane::Urgent), depth(Lane::Standard), depth(Lane::Bulk)), (2, 2, 3));
+    // Pages of 3, newest first, with a cursor; filters by state and lane.
+    let mut seen = Vec::new();
+    let mut filter = JobFilter { limit: 3, ..Default::default() };
+    loop {
+        let page = store.jobs(&t.id, &filter).await.unwrap();
+        seen.extend(page.iter().map(|j| j.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == 3 => filter.before = Some((last.created_at_ms, last.id.clone())),
+            _ => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+    let bulk = store.jobs(&t.id, &JobFilter { lane: Some(Lane::Bulk), limit: 50, ..Default::default() }).await.unwrap();
+    assert_eq!(bulk.len(), 2);
+    let running = JobFilter { state: Some(JobState::Running), limit: 50, ..Default::default() };
+    assert_eq!(store.jobs(&t.id, &running).await.unwrap().len(), 1);
+    let plan = store.explain_claim().await.unwrap();
+    assert!(plan.contains("jobs_claim"), "the claim does not use its index:\n{plan}");
+}

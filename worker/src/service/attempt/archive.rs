@@ -1,0 +1,97 @@
+//! Archiving a finished clip: the partial file becomes `clips/JOB.aN.avi`
+//! beside its JSON sidecar `clips/JOB.aN.json`, each moved into place
+//! atomically. The names carry the attempt, so on a shared data directory a
+//! stale worker's late clip never replaces the clip of the attempt that won;
+//! the settlement records which one the job's output is, and the loser's
+//! files are removed.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tessera_metering::event::now_ms;
+use tessera_metering::PassTimes;
+use tessera_store::ArchivedOutput;
+
+use super::{AttemptError, Member};
+use crate::service::Service;
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The final paths of an attempt's clip and sidecar.
+pub(super) fn final_paths(svc: &Service, member: &Member) -> (PathBuf, PathBuf) {
+    let lease = &member.claimed.lease;
+    let clips = svc.config.data.join("clips");
+    (
+        clips.join(format!("{}.a{}.avi", lease.job, lease.attempt)),
+        clips.join(format!("{}.a{}.json", lease.job, lease.attempt)),
+    )
+}
+
+/// Moves the finished clip into place and writes its sidecar, both atomically.
+pub(super) fn archive(
+    svc: &Service,
+    member: &Member,
+    partial: &Path,
+    gpu: &PassTimes,
+) -> Result<ArchivedOutput, AttemptError> {
+    let io = |what: &str, e: std::io::Error| AttemptError::io(&format!("archive: {what}"), &e);
+    let (job, spec, q) = (&member.claimed.job, &member.spec, &member.quote);
+    let (path, meta) = final_paths(svc, member);
+    std::fs::rename(partial, &path).map_err(|e| io("moving the clip into place", e))?;
+    let bytes = std::fs::metadata(&path).map_err(|e| io("reading the clip", e))?.len() as i64;
+    let sha256 = sha256_file(&path).map_err(|e| io("hashing the clip", e))?;
+    let tier = &member.attempt.tier;
+    let sidecar = serde_json::json!({
+        "job_id": job.id,
+        "tenant_id": job.tenant_id,
+        "tier": tier,
+        "licence": format!("tessera {tier} tier"),
+        "template": spec.template.id(),
+        "parameters": spec.params,
+        "spec": serde_json::from_str::<serde_json::Value>(&job.spec_json).unwrap_or_default(),
+        "spec_sha256": job.body_hash,
+        "output": {"file": path.file_name().map(|n| n.to_string_lossy().into_owned()), "bytes": bytes,
+                   "sha256": sha256, "codec": "mjpeg", "container": "avi"},
+        "width": spec.width, "height": spec.height, "fps": spec.fps, "frames": spec.frames,
+        "duration_s": f64::from(spec.frames) / f64::from(spec.fps),
+        "usage_ns": {"render": gpu.render_ns, "stitch": gpu.stitch_ns, "encode": gpu.encode_ns},
+        "price": q.price.to_string(), "currency": q.currency,
+        "attempt": member.claimed.lease.attempt,
+        "failed_attempts": job.failures,
+        "interrupted_attempts": job.interruptions,
+        "worker": svc.worker,
+        "adapter": svc.ctx.adapter.name,
+        "archived_at_ms": now_ms(),
+    });
+    let tmp = meta.with_extension("json.partial");
+    let text = serde_json::to_vec_pretty(&sidecar).map_err(|e| AttemptError::failed(format!("sidecar: {e}")))?;
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &meta));
+    if let Err(e) = written {
+        for p in [&tmp, &path] {
+            let _ = std::fs::remove_file(p); // best effort: the attempt is failing anyway
+        }
+        return Err(io("writing the sidecar", e));
+    }
+    Ok(ArchivedOutput {
+        path: path.to_string_lossy().into_owned(),
+        bytes,
+        sha256,
+        metadata_path: meta.to_string_lossy().into_owned(),
+    })
+}
+
+/// Removes an attempt's archived files that the store did not take.
+pub(super) fn discard(output: &ArchivedOutput) {
+    for p in [&output.path, &output.metadata_path] {
+        if let Err(e) = std::fs::remove_file(p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p, error = %e, "could not remove a clip the store did not take");
+            }
+        }
+    }
+}

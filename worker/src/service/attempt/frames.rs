@@ -1,0 +1,222 @@
+//! The frames of an attempt, on a render group's thread: the renderer, the
+//! partial clip, the usage recorder, the per-frame quality gates; at the end,
+//! the clip-level gates and the archive. What happens in the store afterwards
+//! is [`super::settle`]'s business, on the async side.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use tessera_metering::{quote, TimingSource};
+
+use super::{archive, AttemptError, Finished, Member, Rendered};
+use crate::encode::mux::{AviMuxer, Muxer, StreamInfo};
+use crate::render::{FrameRenderer, Readback, SampledFrame};
+use crate::service::Service;
+use crate::usage::{Bill, UsageRecorder};
+
+/// What [`ActiveJob::before_frame`] decided.
+#[derive(Debug)]
+pub(in crate::service) enum Step<'s> {
+    Continue(ActiveJob<'s>),
+    Ended(ActiveJob<'s>, Result<Rendered, AttemptError>),
+}
+
+/// An attempt being rendered by a group.
+#[derive(Debug)]
+pub(in crate::service) struct ActiveJob<'s> {
+    member: Member,
+    recorder: UsageRecorder<'s>,
+    renderer: FrameRenderer<'s>,
+    mux: AviMuxer,
+    partial: PathBuf,
+    next: u32,
+}
+
+fn gpu(e: crate::render::RenderError) -> AttemptError {
+    AttemptError::failed(format!("GPU: {e}"))
+}
+
+/// `clips/JOB.aN.avi.partial`: every attempt writes a file of its own, so a
+/// stale worker on a shared volume never touches another attempt's clip.
+pub(super) fn partial_path(svc: &Service, member: &Member) -> PathBuf {
+    let lease = &member.claimed.lease;
+    svc.config.data.join("clips").join(format!("{}.a{}.avi.partial", lease.job, lease.attempt))
+}
+
+impl<'s> ActiveJob<'s> {
+    /// Opens the attempt's renderer and partial clip; on failure the attempt
+    /// ends (and is answered) here.
+    pub fn start(svc: &'s Service, member: Member, rt: &tokio::runtime::Handle) -> Option<Self> {
+        let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+        let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing);
+        let partial = partial_path(svc, &member);
+        let clips = svc.config.data.join("clips");
+        let opened = std::fs::create_dir_all(&clips)
+            .map_err(|e| AttemptError::io(&format!("creating {}", clips.display()), &e))
+            .and_then(|()| FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu))
+            .and_then(|renderer| {
+                let mut mux = AviMuxer::new(&partial);
+                let s = &member.spec;
+                let info = StreamInfo { width: s.width, height: s.height, fps: s.fps, frames: s.frames };
+                mux.write_header(&info).map_err(|e| AttemptError::mux(&e))?;
+                Ok((renderer, mux))
+            });
+        match opened {
+            Ok((renderer, mux)) => Some(Self { member, recorder, renderer, mux, partial, next: 0 }),
+            Err(e) => {
+                remove(&partial);
+                let closing = rt.block_on(recorder.close());
+                let _ = member.reply.send(Finished { rendered: Err(e), closing });
+                None
+            }
+        }
+    }
+
+    /// Ends the attempt before its next frame when the clip is complete, the
+    /// job was cancelled, the lease was lost, the worker is draining, or (tests)
+    /// a fault is injected.
+    pub fn before_frame(mut self, svc: &Service) -> Step<'s> {
+        let m = &self.member;
+        if m.lost.load(Ordering::Relaxed) {
+            return Step::Ended(self, Err(AttemptError::LeaseLost));
+        }
+        let cancelled = m.cancel.load(Ordering::Relaxed);
+        if self.next >= m.spec.frames || cancelled {
+            let result = self.end_clip(svc, cancelled);
+            return Step::Ended(self, result);
+        }
+        if svc.shutting_down() {
+            return Step::Ended(self, Err(AttemptError::drain()));
+        }
+        match injected_fault(m, self.next) {
+            Ok(()) => Step::Continue(self),
+            Err(e) => Step::Ended(self, Err(e)),
+        }
+    }
+
+    fn end_clip(&mut self, svc: &Service, cancelled: bool) -> Result<Rendered, AttemptError> {
+        self.mux.finish().map_err(|e| AttemptError::mux(&e))?;
+        let (frames, spec) = (self.next, &self.member.spec);
+        if cancelled {
+            // Billed for what it delivered: the frames rendered before the cancel.
+            let mut delivered = spec.clone();
+            delivered.frames = frames;
+            let q = quote(&svc.book, &delivered.quote_request()).map_err(|e| AttemptError::failed(e.to_string()))?;
+            return Ok(Rendered::Cancelled { frames, bill: Bill::new(&svc.book, &delivered, &q) });
+        }
+        let duration = f64::from(frames) / f64::from(spec.fps);
+        if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
+            return Err(AttemptError::failed(format!(
+                "quality gate: clip lasts {duration} s, spec asked {} s",
+                spec.duration_s
+            )));
+        }
+        let output = archive::archive(svc, &self.member, &self.partial, &self.recorder.totals())?;
+        Ok(Rendered::Complete { frames, output })
+    }
+
+    /// Frame 0 is also the PSNR gate's sample: its RGBA frame comes back too.
+    fn sample(&self) -> bool {
+        self.next == 0
+    }
+
+    /// Renders the next frame in a submission of its own.
+    pub fn render_alone(&mut self) -> Result<SampledFrame, AttemptError> {
+        self.renderer.render_sampled(self.next, Readback::Jpeg, self.sample()).map_err(gpu)
+    }
+
+    /// Records the next frame into a submission shared with other jobs.
+    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<(), AttemptError> {
+        let sample = self.sample();
+        self.renderer.record_frame(encoder, self.next, Readback::Jpeg, sample).map_err(gpu)
+    }
+
+    /// Reads back the recorded frame once the shared submission is done.
+    pub fn collect(&mut self, submission: &wgpu::SubmissionIndex) -> Result<SampledFrame, AttemptError> {
+        self.renderer.collect_frame(submission).map_err(gpu)
+    }
+
+    /// Meters the frame, checks the quality gates and appends it to the clip.
+    pub fn accept(
+        &mut self,
+        svc: &Service,
+        rt: &tokio::runtime::Handle,
+        sampled: SampledFrame,
+    ) -> Result<(), AttemptError> {
+        let i = self.next;
+        let frame = sampled.frame;
+        // Metered first: a frame that fails a gate still used the GPU.
+        rt.block_on(self.recorder.frame(i, &frame.times)).map_err(AttemptError::store)?;
+        if let Some(rgba) = &sampled.rgba {
+            psnr_gate(rgba, &frame.data, svc.config.psnr_floor_db)?;
+        }
+        if frame.nonzero_ac == Some(0) {
+            return Err(AttemptError::failed(format!("quality gate: frame {i} is blank (no detail at all)")));
+        }
+        self.mux.write_frame(&frame.data).map_err(|e| AttemptError::mux(&e))?;
+        self.next += 1;
+        self.member.frames_done.store(self.next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Closes the recording and answers the attempt; whatever did not make it
+    /// into an archived clip is removed.
+    pub fn end(self, rt: &tokio::runtime::Handle, rendered: Result<Rendered, AttemptError>) {
+        let Self { member, recorder, partial, .. } = self;
+        remove(&partial);
+        let closing = rt.block_on(recorder.close());
+        let _ = member.reply.send(Finished { rendered, closing });
+    }
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a partial clip");
+        }
+    }
+}
+
+fn psnr_gate(rgba: &[u8], jpeg: &[u8], floor: f64) -> Result<(), AttemptError> {
+    let decoded = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
+        .map_err(|e| AttemptError::failed(format!("quality gate: encoded frame does not decode: {e}")))?
+        .to_rgba8();
+    let (mut sum, mut n) = (0f64, 0f64);
+    for (a, b) in rgba.chunks_exact(4).zip(decoded.as_raw().chunks_exact(4)) {
+        for c in 0..3 {
+            let d = f64::from(a[c]) - f64::from(b[c]);
+            sum += d * d;
+            n += 1.0;
+        }
+    }
+    let mse = sum / n.max(1.0);
+    if !rgba.chunks_exact(4).any(|p| p[..3] != rgba[..3]) {
+        return Err(AttemptError::failed("quality gate: frame 0 is blank (one colour)"));
+    }
+    let psnr = if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() };
+    if psnr < floor {
+        return Err(AttemptError::failed(format!(
+            "quality gate: encode PSNR {psnr:.1} dB is below the {floor} dB floor"
+        )));
+    }
+    Ok(())
+}
+
+/// Test-only GPU fault hook: `TESSERA_FAULTS=fail_attempts=K` makes attempts 1..=K
+/// fail at frame 1 as if the device were lost. Compiled only with the
+/// `fault-injection` feature, which only the test build enables.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(member: &Member, frame: u32) -> Result<(), AttemptError> {
+    let Ok(spec) = std::env::var("TESSERA_FAULTS") else { return Ok(()) };
+    let limit = spec.strip_prefix("fail_attempts=").and_then(|k| k.parse::<u32>().ok()).unwrap_or(0);
+    let attempt = member.claimed.lease.attempt;
+    if frame == 1 && attempt <= limit {
+        return Err(AttemptError::failed(format!("injected GPU fault: device lost (attempt {attempt})")));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injected_fault(_member: &Member, _frame: u32) -> Result<(), AttemptError> {
+    Ok(())
+}

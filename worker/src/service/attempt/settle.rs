@@ -1,0 +1,172 @@
+//! Settling an attempt: how it ended becomes one fenced store transaction (the
+//! job's next state, the last usage events, the billable output, the
+//! reservation's release), then the counters move for what the ledger took.
+//!
+//! A settlement that meets a transient store fault (a full disk, a busy or
+//! unreachable database) is retried with backoff until it commits or the lease
+//! turns out to be lost: the worker recovers by itself once the cause is gone.
+//! A lost lease means another worker has the job: this attempt's clip is
+//! discarded and only its GPU time is recorded, as the operator's cost.
+
+use std::time::Duration;
+
+use tessera_metering::{AttemptRef, EventKind, Outcome, UsageEvent};
+use tessera_store::{ArchivedOutput, AttemptEnd, Claimed, Job, JobState, Lease, StoreError};
+
+use super::{archive, AttemptError, Finished, Rendered};
+use crate::service::retry::{backoff, random_unit};
+use crate::service::Service;
+use crate::usage::{Bill, Closing};
+
+/// Settles an attempt whose frames are done; returns the outcome label of
+/// `tessera_jobs_total`.
+pub(super) async fn settle(svc: &Service, claimed: &Claimed, bill: &Bill, finished: Finished) -> &'static str {
+    let Finished { rendered, closing } = finished;
+    let (end, bill, archived) = match rendered {
+        Ok(Rendered::Complete { frames, output }) => {
+            let mut c = svc.controller.lock().unwrap_or_else(|e| e.into_inner());
+            c.observe_gpu(closing.totals.total_ns(), u64::from(frames));
+            drop(c);
+            (AttemptEnd::Succeeded(output.clone()), Some(bill.clone()), Some(output))
+        }
+        Ok(Rendered::Cancelled { frames, bill }) => (AttemptEnd::Cancelled { frames }, Some(bill), None),
+        Err(AttemptError::LeaseLost) => return abandon(svc, &claimed.lease, &closing).await,
+        Err(e) => (end_of_error(svc, &claimed.job, &claimed.lease, &e), None, None),
+    };
+    write(svc, claimed, &end, &closing, bill.as_ref(), archived.as_ref()).await
+}
+
+/// Settles an attempt that never rendered a frame (its stored spec or tenant
+/// is unusable, or the store could not be read).
+pub(super) async fn unrendered(svc: &Service, claimed: &Claimed, e: AttemptError) -> &'static str {
+    let lease = &claimed.lease;
+    if e == AttemptError::LeaseLost {
+        return "abandoned";
+    }
+    let tenant = svc.store.tenant(claimed.job.tenant_id.as_str()).await.ok().flatten();
+    let attempt = AttemptRef {
+        tenant_id: claimed.job.tenant_id.to_string(),
+        tier: tenant.map(|t| t.tier).unwrap_or_default(),
+        job_id: lease.job.to_string(),
+        attempt: lease.attempt,
+    };
+    let timing =
+        if svc.ctx.timestamps { tessera_metering::TimingSource::Gpu } else { tessera_metering::TimingSource::Host };
+    let closing = Closing { attempt, timing, totals: Default::default(), pending: Vec::new() };
+    let end = end_of_error(svc, &claimed.job, lease, &e);
+    write(svc, claimed, &end, &closing, None, None).await
+}
+
+/// The store's view of an attempt error, with its retry delay.
+fn end_of_error(svc: &Service, job: &Job, lease: &Lease, e: &AttemptError) -> AttemptEnd {
+    let delay = |n: u32| {
+        let c = &svc.config;
+        backoff(n, c.backoff_base, c.backoff_cap, svc.overload(), random_unit()).as_millis() as i64
+    };
+    let end = match e {
+        AttemptError::Failed { message, retryable } => {
+            AttemptEnd::Failed { error: message.clone(), retry_in_ms: delay(job.failures + 1), retryable: *retryable }
+        }
+        AttemptError::Interrupted { reason, backoff } => {
+            let retry_in_ms = if *backoff { delay(job.interruptions + 1) } else { 0 };
+            AttemptEnd::Interrupted { reason: reason.clone(), retry_in_ms }
+        }
+        AttemptError::LeaseLost => AttemptEnd::Interrupted { reason: e.to_string(), retry_in_ms: 0 },
+    };
+    tracing::warn!(%lease, error = %e, "attempt did not succeed");
+    end
+}
+
+/// The label of `tessera_jobs_total` for a settled job.
+fn label(job: &Job, outcome: Outcome) -> &'static str {
+    match (job.state, outcome) {
+        (JobState::Succeeded, _) => "succeeded",
+        (JobState::Cancelled, _) => "cancelled",
+        (JobState::Dead, _) => "dead",
+        (_, Outcome::Interrupted) => "interrupted",
+        _ => "retried",
+    }
+}
+
+/// Writes the settlement, retrying transient store faults.
+async fn write(
+    svc: &Service,
+    claimed: &Claimed,
+    end: &AttemptEnd,
+    closing: &Closing,
+    bill: Option<&Bill>,
+    archived: Option<&ArchivedOutput>,
+) -> &'static str {
+    let (lease, outcome) = (&claimed.lease, end.outcome());
+    let events = closing.events(outcome, bill);
+    let mut pause = Duration::from_millis(250);
+    let mut retried = false;
+    loop {
+        match svc.store.settle(lease, end, &events).await {
+            Ok(settled) => {
+                closing.record(&svc.metrics, &svc.book, outcome, &events, &settled.inserted);
+                return label(&settled.job, outcome);
+            }
+            Err(StoreError::LeaseLost(_)) => {
+                // A try that failed in transit may have committed after all.
+                if let Some(output) = archived.filter(|_| retried) {
+                    if output_committed(svc, lease, output).await {
+                        closing.record(&svc.metrics, &svc.book, outcome, &events, &vec![true; events.len()]);
+                        return "succeeded";
+                    }
+                }
+                if let Some(output) = archived {
+                    archive::discard(output);
+                }
+                return abandon(svc, lease, closing).await;
+            }
+            Err(e) if e.is_transient() && !svc.drain_expired() => {
+                svc.errors.warn("settling an attempt (retrying)", &e);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                retried = true;
+            }
+            Err(e) => {
+                tracing::error!(%lease, error = %e, "could not settle the attempt; its lease will expire and the job requeue");
+                if let Some(output) = archived {
+                    archive::discard(output);
+                }
+                return "unsettled";
+            }
+        }
+    }
+}
+
+/// Whether the job's recorded output is `output`, settled by this attempt.
+async fn output_committed(svc: &Service, lease: &Lease, output: &ArchivedOutput) -> bool {
+    match svc.store.job(&lease.job).await {
+        Ok(Some(job)) => job.attempts == lease.attempt && job.output.as_ref().is_some_and(|o| o.path == output.path),
+        _ => false,
+    }
+}
+
+/// The lease was taken over: the attempt's last GPU window is still recorded
+/// (operator cost, never the customer's), nothing else.
+async fn abandon(svc: &Service, lease: &Lease, closing: &Closing) -> &'static str {
+    let gpu: Vec<UsageEvent> = closing.pending.iter().filter(|e| e.kind == EventKind::Gpu).cloned().collect();
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..8 {
+        match svc.store.append(&gpu).await {
+            Ok(inserted) => {
+                closing.record(&svc.metrics, &svc.book, Outcome::Interrupted, &gpu, &inserted);
+                tracing::warn!(%lease, "attempt abandoned: its lease was taken over; its GPU time is the operator's cost");
+                return "abandoned";
+            }
+            Err(e) if e.is_transient() => {
+                svc.errors.warn("recording an abandoned attempt's GPU time (retrying)", &e);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(%lease, error = %e, "could not record an abandoned attempt's GPU time");
+                break;
+            }
+        }
+    }
+    "abandoned"
+}

@@ -1,0 +1,143 @@
+//! A worker's scheduler loop: claims work while there is room under the
+//! adaptive limit, reaps the expired leases of any other worker, heartbeats
+//! the registry, publishes queue metrics, adapts the concurrency limit, saves
+//! the pipeline cache, and takes its turn at the fleet's upkeep.
+//!
+//! It wakes every 200 ms and whenever work is queued (here, or anywhere in
+//! the fleet on PostgreSQL's NOTIFY): the wake-up is a hint, polling the
+//! fallback.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_metering::event::now_ms;
+use tessera_metering::{AttemptRef, Lane, Outcome, PassTimes, TimingSource};
+
+use super::{attempt, upkeep, Service};
+
+/// Runs until aborted.
+pub(super) async fn run(svc: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // The reaper looks a few times per lease, so a lost worker's jobs wait little.
+    let reap_every = (svc.config.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let sweep_every = (svc.config.lease * 2).max(Duration::from_secs(5));
+    let lead_ttl = sweep_every * 3;
+    let mut due = Due::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = svc.wake.notified() => {}
+        }
+        dispatch(&svc).await;
+        if due.check("reap", reap_every) {
+            reap(&svc).await;
+        }
+        if due.check("registry", Duration::from_secs(1)) {
+            heartbeat_worker(&svc).await;
+            queue_metrics(&svc).await;
+        }
+        if due.check("concurrency", Duration::from_secs(2)) {
+            let limit = svc.controller.lock().unwrap_or_else(|e| e.into_inner()).adjust(svc.in_flight());
+            svc.svc_metrics.concurrency_limit.set(limit as i64);
+        }
+        if due.check("pipeline cache", Duration::from_secs(10)) {
+            if let Err(e) = svc.ctx.save_pipeline_cache() {
+                svc.errors.warn("saving the pipeline cache", &e);
+            }
+        }
+        if due.check("upkeep", upkeep::PERIOD) {
+            upkeep::run(&svc, lead_ttl).await;
+        }
+        if due.check("sweep", sweep_every) {
+            upkeep::sweep(&svc, lead_ttl).await;
+        }
+    }
+}
+
+/// When each periodic task last ran.
+#[derive(Debug, Default)]
+struct Due(std::collections::HashMap<&'static str, Instant>);
+
+impl Due {
+    /// Whether `task` is due (and marks it run).
+    fn check(&mut self, task: &'static str, every: Duration) -> bool {
+        let now = Instant::now();
+        match self.0.get(task) {
+            Some(last) if now.duration_since(*last) < every => false,
+            _ => {
+                self.0.insert(task, now);
+                true
+            }
+        }
+    }
+}
+
+/// Claims and starts attempts while there is room under the limit.
+async fn dispatch(svc: &Arc<Service>) {
+    let lease_ms = svc.config.lease.as_millis() as i64;
+    while !svc.shutting_down() && svc.in_flight() < svc.limit() {
+        match svc.store.claim(&svc.worker, lease_ms).await {
+            Ok(Some(claimed)) => {
+                let n = svc.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+                svc.svc_metrics.in_flight.set(n as i64);
+                tokio::spawn(attempt::run(svc.clone(), claimed));
+            }
+            Ok(None) => return,
+            Err(e) => {
+                svc.errors.warn("claiming a job", &e);
+                return;
+            }
+        }
+    }
+}
+
+/// Requeues the attempts of workers that stopped heartbeating their leases
+/// (crashed, killed, paused, cut off), and counts their GPU time as interrupted.
+async fn reap(svc: &Service) {
+    let reaped = match svc.store.reap(&svc.worker, 64).await {
+        Ok(r) => r,
+        Err(e) => return svc.errors.warn("reaping expired leases", &e),
+    };
+    let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    for r in &reaped {
+        tracing::warn!(lease = %r.lease, state = %r.job.state, "requeued the attempt of a lost worker");
+        let a = AttemptRef {
+            tenant_id: r.job.tenant_id.to_string(),
+            tier: r.tier.clone(),
+            job_id: r.job.id.to_string(),
+            attempt: r.lease.attempt,
+        };
+        let mut totals = PassTimes::default();
+        for (pass, ns) in &r.gpu_ns {
+            totals.add(*pass, u64::try_from(*ns).unwrap_or(0));
+        }
+        svc.metrics.record_attempt(&a, Outcome::Interrupted, timing, &totals);
+        svc.metrics.record_gpu_cost(&svc.book, &a, &totals);
+        svc.svc_metrics.jobs.with_label_values(&[r.job.lane.as_str(), "interrupted"]).inc();
+    }
+    if !reaped.is_empty() {
+        svc.wake.notify_one();
+    }
+}
+
+async fn heartbeat_worker(svc: &Service) {
+    let n = u32::try_from(svc.in_flight()).unwrap_or(u32::MAX);
+    if let Err(e) = svc.store.worker_heartbeat(&svc.worker, n).await {
+        svc.errors.warn("heartbeating the worker registry", &e);
+    }
+}
+
+async fn queue_metrics(svc: &Service) {
+    let depths = match svc.store.depths().await {
+        Ok(d) => d,
+        Err(e) => return svc.errors.warn("reading queue depths", &e),
+    };
+    for lane in Lane::ALL {
+        let d = depths.iter().find(|(l, _)| *l == lane).map(|(_, d)| *d).unwrap_or_default();
+        svc.svc_metrics.queue_depth.with_label_values(&[lane.as_str()]).set(d.queued);
+        let age = d.oldest_created_ms.map(|c| (now_ms() - c).max(0) as f64 / 1000.0).unwrap_or(0.0);
+        svc.svc_metrics.oldest_age.with_label_values(&[lane.as_str()]).set(age);
+    }
+}

@@ -1,0 +1,145 @@
+//! The fleet's periodic upkeep, done by one worker at a time (the store's
+//! leadership lease decides which): storage metering of every retained clip,
+//! retention, and sweeping partial clips that no running attempt owns.
+//! Storage events have deterministic ids per clip and period, so a leadership
+//! change mid-period never meters a clip twice.
+
+use std::time::Duration;
+
+use tessera_metering::event::now_ms;
+use tessera_metering::{AttemptRef, UsageEvent};
+use tessera_store::{JobId, JobState};
+
+use super::Service;
+
+/// How often the upkeep meters storage and applies retention.
+pub(super) const PERIOD: Duration = Duration::from_secs(60);
+
+/// Whether this worker leads the fleet's upkeep, taking or renewing the lead
+/// for `ttl`: the leader renews it at every sweep, so a leader that died hands
+/// the upkeep over within one `ttl`.
+async fn leads(svc: &Service, ttl: Duration) -> bool {
+    match svc.store.try_lead("upkeep", &svc.worker, ttl.as_millis() as i64).await {
+        Ok(lead) => lead,
+        Err(e) => {
+            svc.errors.warn("taking the upkeep lead", &e);
+            false
+        }
+    }
+}
+
+/// Meters storage and applies retention for the current period, if this worker leads.
+pub(super) async fn run(svc: &Service, lead_ttl: Duration) {
+    if leads(svc, lead_ttl).await {
+        meter_storage(svc, (now_ms() as u64) / PERIOD.as_millis() as u64, PERIOD).await;
+        retention(svc).await;
+    }
+}
+
+/// Sweeps partial clips no attempt owns, if this worker leads.
+pub(super) async fn sweep(svc: &Service, lead_ttl: Duration) {
+    if leads(svc, lead_ttl).await {
+        sweep_partials(svc).await;
+    }
+}
+
+/// Meters the storage of every retained clip over one period.
+async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
+    let retained = match svc.store.retained(None).await {
+        Ok(r) => r,
+        Err(e) => return svc.errors.warn("listing retained clips", &e),
+    };
+    let events: Vec<UsageEvent> = retained
+        .iter()
+        .map(|r| {
+            let a = AttemptRef {
+                tenant_id: r.tenant.to_string(),
+                tier: r.tier.clone(),
+                job_id: r.job.to_string(),
+                attempt: r.attempt,
+            };
+            UsageEvent::storage(&a, period_index, r.bytes.saturating_mul(period.as_secs() as i64))
+        })
+        .collect();
+    match svc.store.append(&events).await {
+        Ok(inserted) => {
+            for (e, _) in events.iter().zip(inserted).filter(|(_, new)| *new) {
+                svc.metrics.record_storage(&e.tenant_id, u64::try_from(e.quantity).unwrap_or(0));
+            }
+        }
+        Err(e) => svc.errors.warn("metering storage", &e),
+    }
+}
+
+/// Deletes clips past the retention period, then forgets them in the store.
+async fn retention(svc: &Service) {
+    let cutoff = now_ms() - svc.config.retention.as_millis() as i64;
+    let expired = match svc.store.retained(Some(cutoff)).await {
+        Ok(r) => r,
+        Err(e) => return svc.errors.warn("listing expired clips", &e),
+    };
+    for r in expired {
+        let gone =
+            [Some(&r.output_path), r.metadata_path.as_ref()].into_iter().flatten().all(
+                |p| match std::fs::remove_file(p) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                    Err(e) => {
+                        tracing::warn!(path = %p, error = %e, "could not delete an expired clip");
+                        false
+                    }
+                },
+            );
+        if gone {
+            if let Err(e) = svc.store.forget_output(&r.job).await {
+                svc.errors.warn("forgetting an expired clip", &e);
+            }
+        }
+    }
+}
+
+/// Removes `JOB.aN.*.partial` files whose attempt is not running any more
+/// (its worker was killed mid-write) once they are older than two leases.
+async fn sweep_partials(svc: &Service) {
+    let Ok(dir) = std::fs::read_dir(svc.config.data.join("clips")) else { return };
+    let quiet = svc.config.lease * 2;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((job, attempt)) = partial_owner(&name) else { continue };
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if old.is_none_or(|age| age < quiet) {
+            continue;
+        }
+        let running = match svc.store.job(&job).await {
+            Ok(Some(j)) => j.state == JobState::Running && j.attempts == attempt,
+            Ok(None) => false,
+            Err(e) => return svc.errors.warn("sweeping partial clips", &e),
+        };
+        if !running {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(file = %name, error = %e, "could not remove a stale partial clip");
+            }
+        }
+    }
+}
+
+/// The job and attempt of a partial file's name, `JOB.aN.avi.partial` or `JOB.aN.json.partial`.
+fn partial_owner(name: &str) -> Option<(JobId, u32)> {
+    let stem = name.strip_suffix(".avi.partial").or_else(|| name.strip_suffix(".json.partial"))?;
+    let (job, attempt) = stem.split_once(".a")?;
+    Some((JobId::parse(job)?, attempt.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_names_name_their_attempt() {
+        let (job, n) = partial_owner("j_0123456789abcdef.a3.avi.partial").unwrap();
+        assert_eq!((job.as_str(), n), ("j_0123456789abcdef", 3));
+        assert!(partial_owner("j_0123456789abcdef.a3.json.partial").is_some());
+        assert!(partial_owner("j_0123456789abcdef.a3.avi").is_none());
+        assert!(partial_owner("notes.a1.avi.partial").is_none());
+    }
+}
