@@ -2,7 +2,8 @@
 # Installs what tessera needs on a fresh Debian/Ubuntu machine: a Vulkan driver
 # (Mesa lavapipe for software rendering; on GPU nodes the NVIDIA driver provides
 # its own ICD), ffmpeg for the tests' independent decoder, Prometheus's promtool
-# to lint the metrics exposition, and a Rust toolchain.
+# to lint the metrics exposition, PostgreSQL (the fleet's store, and the second
+# backend every store test runs on), and a Rust toolchain.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need_apt+=(libvulkan1)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v cargo >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 
 if ((${#need_apt[@]})); then

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The test command: set-up, formatting, lints, then every test (GPU tests run on
-# Mesa lavapipe where there is no GPU). `.ci/run` calls exactly this.
+# Mesa lavapipe where there is no GPU). Store tests run on SQLite and on a
+# throwaway PostgreSQL cluster this script starts (and stops), unless
+# TESSERA_TEST_POSTGRES already names a server; without PostgreSQL those tests
+# are skipped loudly (TESSERA_REQUIRE_POSTGRES=1 makes that a failure, as in CI).
+# `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -11,7 +15,26 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+pgdir=""
+cleanup() {
+  rm -f "$log"
+  if [[ -n "$pgdir" ]]; then
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$bin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
+    else "$bin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true; fi
+    rm -rf "$pgdir"
+  fi
+}
+trap cleanup EXIT
+if [[ -z "${TESSERA_TEST_POSTGRES:-}" ]]; then
+  pgdir=$(mktemp -d /tmp/tessera-pg.XXXXXX)
+  if url=$(bash scripts/postgres.sh "$pgdir"); then
+    export TESSERA_TEST_POSTGRES="$url"
+    echo "PostgreSQL for the tests: $url"
+  else
+    echo "WARNING: no PostgreSQL server: the PostgreSQL half of the store tests will be SKIPPED" >&2
+  fi
+fi
 cargo test --workspace --locked 2>&1 | tee "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"

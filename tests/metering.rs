@@ -16,7 +16,7 @@ use tessera_worker::usage::{Bill, UsageRecorder};
 
 use crate::util::{ctx, rt, spec, tessera, TestStore};
 
-crate::on_every_backend!(ledger_metrics_and_export_reconcile_to_the_nanosecond);
+crate::on_every_backend!(ledger_metrics_and_export_reconcile_to_the_nanosecond, cli_metered_render_bills_and_exports);
 
 struct Env<'a> {
     store: &'a Store,
@@ -245,11 +245,12 @@ fn cli_quotes_the_brief_and_refuses_bad_price_books_and_tiers() {
     assert_eq!(v["admission"]["refusal"]["limit"], "resolution");
 }
 
-#[test]
-fn cli_metered_render_bills_and_exports() {
+fn cli_metered_render_bills_and_exports(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let data = data.to_str().unwrap();
+    // Every command that opens the store takes --db.
+    let url = db.url(&data);
+    let url = url.as_str();
     let spec = dir.path().join("s.json");
     std::fs::write(
         &spec,
@@ -257,27 +258,42 @@ fn cli_metered_render_bills_and_exports() {
     )
     .unwrap();
     let out = dir.path().join("c.avi");
-    assert!(tessera().args(["tenants", "add", "acme", "--tier", "mid", "--data", data]).status().unwrap().success());
+    assert!(tessera().args(["tenants", "add", "acme", "--tier", "mid", "--db", url]).status().unwrap().success());
+    let o = tessera().args(["tenants", "list", "--json", "--db", url]).output().unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list[0]["name"], "acme");
     let o = tessera()
-        .args(["render", spec.to_str().unwrap(), "-o", out.to_str().unwrap(), "--tenant", "acme", "--data", data])
+        .args(["render", spec.to_str().unwrap(), "-o", out.to_str().unwrap(), "--tenant", "acme", "--db", url])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("billed 0.00 USD to tenant acme"));
+    let o =
+        tessera().args(["quote", spec.to_str().unwrap(), "--tenant", "acme", "--db", url, "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["admission"]["admissible"], true, "{v}");
     let o = tessera()
-        .args(["usage", "export", "--data", data, "--format", "cloudevents", "--tenant", "acme"])
+        .args(["usage", "export", "--db", url, "--format", "cloudevents", "--tenant", "acme"])
         .output()
         .unwrap();
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.len() >= 6 * 3 + 2, "{} events", lines.len());
     assert!(lines.iter().all(|e| e["specversion"] == "1.0" && e["id"].is_string() && e["time"].is_string()));
-    assert!(lines.iter().any(|e| e["type"] == "io.tessera.usage.output"));
+    assert_eq!(lines.iter().filter(|e| e["type"] == "io.tessera.usage.output").count(), 1);
+    // Six frames in one window: one GPU event per pass, each covering all six.
+    let gpu: Vec<_> = lines.iter().filter(|e| e["type"] == "io.tessera.usage.gpu").collect();
+    assert_eq!(gpu.len(), 3, "{gpu:?}");
+    assert!(gpu.iter().all(|e| e["data"]["frames"] == 6 && e["data"]["seq"] == 0), "{gpu:?}");
     let o =
-        tessera().args(["usage", "export", "--data", data, "--format", "csv", "--from", "yesterday"]).output().unwrap();
+        tessera().args(["usage", "export", "--db", url, "--format", "csv", "--from", "yesterday"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
-    let o = tessera().args(["usage", "metrics", "--data", data]).output().unwrap();
+    let o = tessera().args(["usage", "metrics", "--db", url]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("tessera_gpu_seconds_total{"));
+    // A store URL of another kind is a usage error that says what to write.
+    let o = tessera().args(["tenants", "list", "--db", "mysql://root:hunter2@db/tessera"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("postgres://") && !err.contains("hunter2"), "{err}");
 }
 
 #[test]

@@ -120,7 +120,16 @@ fn api_end_to_end_over_a_real_socket(db: &TestStore) {
     assert_eq!(http(&s.api, "GET", "/v1/jobs", &[("Authorization", "Bearer admin-secret")], b"").status, 403);
     // Health, readiness, the OpenAPI document.
     assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200);
-    assert_eq!(http(&s.api, "GET", "/readyz", &[], b"").json()["store"], true);
+    let ready = http(&s.api, "GET", "/readyz", &[], b"").json();
+    assert_eq!((&ready["store"], &ready["draining"]), (&json!(true), &json!(false)));
+    // The worker registry, for the admin only: this worker, alive, with its adapter.
+    let workers = http(&s.api, "GET", "/v1/workers", &[("Authorization", "Bearer admin-secret")], b"").json();
+    let me: Vec<_> = workers["workers"].as_array().unwrap().iter().filter(|w| w["this"] == true).collect();
+    assert_eq!(me.len(), 1, "{workers}");
+    assert_eq!((&me[0]["id"], &me[0]["alive"]), (&ready["worker"], &json!(true)));
+    assert!(me[0]["adapter"].as_str().is_some_and(|a| !a.is_empty()));
+    assert_eq!(done["worker"], ready["worker"], "the job names the worker that ran it");
+    assert_eq!(http(&s.api, "GET", "/v1/workers", &[("Authorization", &auth)], b"").status, 403);
     assert_eq!(http(&s.api, "GET", "/openapi.json", &[], b"").json()["openapi"], "3.0.3");
 }
 

@@ -230,6 +230,8 @@ pub struct Server {
     pub child: std::process::Child,
     pub api: String,
     pub metrics: String,
+    /// Its stderr (info level), for a failing test to show.
+    pub log: std::path::PathBuf,
 }
 
 impl Server {
@@ -250,8 +252,12 @@ impl Server {
         ])
         .args(extra)
         .env("TESSERA_ADMIN_KEY", "admin-secret")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        .env("TESSERA_LOG", "info,wgpu_hal=off,wgpu_core=warn")
+        .stdout(std::process::Stdio::piped());
+        static LOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::temp_dir().join(format!("tessera-test-{}-{n}.log", std::process::id()));
+        cmd.stderr(std::fs::File::create(&log).expect("a log file"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -262,7 +268,7 @@ impl Server {
         let addr = |after: &str| line.split(after).nth(1).unwrap().split([' ', ')', '/']).next().unwrap().to_string();
         let api = addr("http://");
         let metrics = line.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().to_string();
-        Server { child, api, metrics }
+        Server { child, api, metrics, log }
     }
 
     pub fn kill9(&mut self) {
@@ -306,8 +312,18 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_file(&self.log); // a temp file: nothing to keep once the test passed
     }
 }

@@ -23,8 +23,8 @@ use tessera_metering::{Lane, Pass, UsageEvent};
 use crate::error::StoreError;
 use crate::transition::AttemptEnd;
 use crate::types::{
-    Claimed, EventFilter, Job, JobFilter, JobId, LaneDepth, Lease, NewJob, Tenant, TenantId, Worker, WorkerId,
-    WorkerInfo,
+    Claimed, EventFilter, Job, JobFilter, JobId, LaneDepth, Lease, NewJob, Tenant, TenantId, UsageTotals, Worker,
+    WorkerId, WorkerInfo,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -167,6 +167,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>>;
     async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>>;
+    async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals>;
     async fn gpu_ns_totals(&self) -> Result<GpuTotals>;
     async fn has_output(&self, job: &JobId) -> Result<bool>;
     /// Tries to change and delete recorded usage, which must fail: returns the

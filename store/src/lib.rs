@@ -325,6 +325,11 @@ impl Store {
         self.backend.events(filter).await
     }
 
+    /// A tenant's usage, summed in the store (not event by event in memory).
+    pub async fn usage_totals(&self, tenant: &TenantId) -> Result<types::UsageTotals> {
+        self.backend.usage_totals(tenant).await
+    }
+
     /// GPU nanoseconds of one job per pass, over all its attempts.
     pub async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
         self.backend.job_gpu_ns(job).await

@@ -12,7 +12,7 @@ use crate::backend::Retained;
 use crate::error::StoreError;
 use crate::transition::Current;
 use crate::types::{
-    ArchivedOutput, Job, JobId, JobState, LaneDepth, Lease, Tenant, TenantId, Worker, WorkerId, WorkerInfo,
+    ArchivedOutput, Job, JobId, JobState, LaneDepth, Lease, Tenant, TenantId, UsageTotals, Worker, WorkerId, WorkerInfo,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -243,4 +243,34 @@ pub(crate) fn retained(r: &impl Columns) -> Result<Retained> {
         output_path: r.text("output_path")?,
         metadata_path: r.opt_text("metadata_path")?,
     })
+}
+
+/// The statement both backends run for [`usage_totals`].
+pub(crate) const USAGE_TOTALS_SQL: &str = "SELECT kind, pass, fps, CAST(SUM(quantity) AS BIGINT) AS quantity,
+        CAST(SUM(amount_micros) AS BIGINT) AS micros
+    FROM usage_events WHERE tenant_id = $1 AND kind <> 'attempt_end' GROUP BY kind, pass, fps";
+
+/// A tenant's usage from rows of (kind, pass, fps, quantity, micros).
+pub(crate) fn usage_totals<R: Columns>(rows: &[R]) -> Result<UsageTotals> {
+    let mut t = UsageTotals::default();
+    for r in rows {
+        let quantity = r.int("quantity")?;
+        match parsed::<EventKind>("event kind", &r.text("kind")?)? {
+            EventKind::Gpu => {
+                if let Some(p) = r.opt_text("pass")? {
+                    *t.gpu_ns.entry(pass(&p)?).or_default() += quantity;
+                }
+            }
+            EventKind::Output => {
+                let fps = r.opt_int("fps")?.and_then(|f| u32::try_from(f).ok()).unwrap_or(1);
+                let e = t.output.entry(fps).or_default();
+                e.0 += quantity;
+                e.1 += r.int("micros")?;
+            }
+            EventKind::Egress => t.egress_bytes += quantity,
+            EventKind::Storage => t.storage_byte_seconds += quantity,
+            EventKind::AttemptEnd => {}
+        }
+    }
+    Ok(t)
 }

@@ -1,11 +1,14 @@
 //! The store's domain types: typed ids, job states, leases, jobs, tenants,
 //! workers, and the filters of queries. No backend type appears here.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tessera_metering::Lane;
+use tessera_metering::event::output_seconds;
+use tessera_metering::{Lane, Pass};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -245,6 +248,29 @@ pub struct EventFilter {
     pub to_ms: Option<i64>,
     /// Tenant name or id.
     pub tenant: Option<String>,
+}
+
+/// A tenant's usage, summed by the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// GPU nanoseconds per pass, over every attempt (operator cost).
+    pub gpu_ns: BTreeMap<Pass, i64>,
+    /// Billed output per frame rate: (frames, micro-units charged).
+    pub output: BTreeMap<u32, (i64, i64)>,
+    pub egress_bytes: i64,
+    pub storage_byte_seconds: i64,
+}
+
+impl UsageTotals {
+    /// Seconds of billed output, exact.
+    pub fn output_seconds(&self) -> Decimal {
+        self.output.iter().map(|(fps, (frames, _))| output_seconds(*frames, *fps)).sum()
+    }
+
+    /// Money charged for output, in micro-units.
+    pub fn charged_micros(&self) -> i64 {
+        self.output.values().map(|(_, micros)| micros).sum()
+    }
 }
 
 /// Queue depth and oldest queued job of a lane.

@@ -205,6 +205,15 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     assert_eq!(outputs_of(&store, &job.id).await.len(), 1);
     assert!(store.has_output(&job.id).await.unwrap());
     assert_eq!(store.job_gpu_ns(&job.id).await.unwrap().get(&Pass::Render), Some(&5_000));
+    // The tenant's totals, summed by the store, agree with the events.
+    store.append(&[UsageEvent::egress(&attempt(&t, &claimed.lease), "w_a", 1, 700)]).await.unwrap();
+    let totals = store.usage_totals(&t.id).await.unwrap();
+    assert_eq!(totals.gpu_ns.get(&Pass::Render), Some(&5_000));
+    assert_eq!(
+        (totals.output_seconds(), totals.charged_micros(), totals.egress_bytes),
+        (Decimal::from(2), 10_000, 700)
+    );
+    assert_eq!(store.usage_totals(&tessera_store::TenantId::random()).await.unwrap(), Default::default());
     // A settled lease is spent.
     let again = store.heartbeat(&claimed.lease, 10_000, 1).await.unwrap_err();
     assert!(matches!(again, StoreError::LeaseLost(_)), "{again}");
@@ -493,15 +502,23 @@ async fn the_ledger_records_each_event_exactly_once(store: Store) {
     mixed.push(UsageEvent::gpu(&a, Pass::Render, 999, 1, 1, TimingSource::Host));
     mixed.push(mixed[2].clone());
     assert_eq!(store.append(&mixed).await.unwrap(), vec![false, false, true, false]);
-    // Concurrent writers re-sending overlapping batches: every id once.
-    let writers: Vec<_> = (0..8)
+    // Sixteen concurrent writers re-sending overlapping batches: each waits its
+    // turn (never "database is locked"), and every id is recorded once.
+    let writers: Vec<_> = (0..16)
         .map(|w| {
             let (store, a) = (store.clone(), a.clone());
             tokio::spawn(async move {
-                let batch: Vec<UsageEvent> = (0..200u64)
-                    .map(|i| UsageEvent::gpu(&a, Pass::Encode, 10_000 + ((i + w * 50) % 400), 1, 1, TimingSource::Gpu))
-                    .collect();
-                store.append(&batch).await.unwrap().iter().filter(|n| **n).count()
+                let mut new = 0;
+                for round in 0..4u64 {
+                    let batch: Vec<UsageEvent> = (0..500u64)
+                        .map(|i| {
+                            let frame = 10_000 + (i + w * 250 + round * 100) % 4_000;
+                            UsageEvent::gpu(&a, Pass::Encode, frame, 1, 1, TimingSource::Gpu)
+                        })
+                        .collect();
+                    new += store.append(&batch).await.unwrap().iter().filter(|n| **n).count();
+                }
+                new
             })
         })
         .collect();
@@ -509,17 +526,17 @@ async fn the_ledger_records_each_event_exactly_once(store: Store) {
     for w in writers {
         new += w.await.unwrap();
     }
-    assert_eq!(new, 400, "concurrent writers recorded {new} of 400 distinct events");
+    assert_eq!(new, 4_000, "concurrent writers recorded {new} of 4000 distinct events");
     let all = store.events(&Default::default()).await.unwrap();
     let ids: BTreeSet<_> = all.iter().map(|e| e.id.clone()).collect();
-    assert_eq!((all.len(), ids.len()), (411, 411));
+    assert_eq!((all.len(), ids.len()), (4_011, 4_011));
     let e = all.iter().find(|e| e.id == events[4].id).unwrap();
     assert_eq!(e, &events[4], "an event did not come back as written");
     // Append-only: recorded usage cannot be changed or deleted.
     let (update, delete) = store.tamper_with_ledger().await.unwrap();
     assert!(update.is_some_and(|e| e.contains("append-only")), "the ledger allowed an update");
     assert!(delete.is_some_and(|e| e.contains("append-only")), "the ledger allowed a delete");
-    assert_eq!(store.events(&Default::default()).await.unwrap().len(), 411);
+    assert_eq!(store.events(&Default::default()).await.unwrap().len(), 4_011);
     // The billable output is one event per job, whatever attempt delivers it.
     let out1 = UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::ONE);
     let out2 = UsageEvent::output(&AttemptRef { attempt: 2, ..a.clone() }, 24, 24, "720p", "general", Decimal::TWO);

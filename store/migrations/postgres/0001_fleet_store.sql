@@ -85,6 +85,8 @@ CREATE TABLE usage_events (
 CREATE INDEX usage_by_tenant_time ON usage_events (tenant_id, occurred_at_ms);
 CREATE INDEX usage_by_job ON usage_events (job_id, attempt);
 CREATE INDEX usage_by_tenant_month ON usage_events (tenant_id, month, kind);
+-- An event's attempt outcome: one index entry per attempt, not per event.
+CREATE INDEX usage_attempt_ends ON usage_events (job_id, attempt) WHERE kind = 'attempt_end';
 
 -- Append-only: recorded usage is never updated, deleted or truncated.
 CREATE FUNCTION usage_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -37,6 +37,8 @@ UPDATE usage_events SET frames = 1 WHERE kind = 'gpu';
 CREATE TRIGGER usage_no_update BEFORE UPDATE ON usage_events
     BEGIN SELECT RAISE(ABORT, 'usage_events is append-only'); END;
 CREATE INDEX usage_by_tenant_month ON usage_events (tenant_id, month, kind);
+-- An event's attempt outcome: one index entry per attempt, not per event.
+CREATE INDEX usage_attempt_ends ON usage_events (job_id, attempt) WHERE kind = 'attempt_end';
 
 CREATE INDEX reservations_open ON reservations (tenant_id, month) WHERE released = 0;
 

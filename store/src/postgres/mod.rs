@@ -32,8 +32,8 @@ use crate::faults::Faults;
 use crate::rows::{self, Columns, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
-    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, Worker,
-    WorkerId, WorkerInfo,
+    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, UsageTotals,
+    Worker, WorkerId, WorkerInfo,
 };
 use crate::LOST_LEASE_REASON;
 
@@ -86,8 +86,14 @@ impl PgBackend {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl { url: shown.to_string(), reason: e.to_string() })?
             .application_name("tessera")
-            // A statement stuck behind a lock or a slow disk fails instead of hanging a worker.
-            .options([("statement_timeout", "30s"), ("lock_timeout", "10s")]);
+            // A statement stuck behind a lock or a slow disk fails instead of
+            // hanging a worker, and a worker paused (or hung) inside a
+            // transaction loses its session instead of holding row locks.
+            .options([
+                ("statement_timeout", "30s"),
+                ("lock_timeout", "10s"),
+                ("idle_in_transaction_session_timeout", "30s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(10))
@@ -659,6 +665,11 @@ impl Backend for PgBackend {
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
         let mut conn = self.pool.acquire().await.db()?;
         Self::gpu_ns_in(&mut conn, job.as_str(), None).await
+    }
+
+    async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals> {
+        let rows = sqlx::query(rows::USAGE_TOTALS_SQL).bind(tenant.as_str()).fetch_all(&self.pool).await.db()?;
+        rows::usage_totals(&rows)
     }
 
     async fn gpu_ns_totals(&self) -> Result<GpuTotals> {

@@ -3,13 +3,19 @@
 //! across power loss). One node: SQLite's write lock serialises every
 //! transaction, so the claim needs no row locks.
 //!
-//! Every write transaction starts with `BEGIN IMMEDIATE` (it takes the write
-//! lock up front instead of failing to upgrade a read lock half-way), rolls back
-//! on any error, and a connection left in a transaction by a failed commit (a
-//! full disk) is closed instead of going back to the pool, where it would hold
-//! the lock and wedge every later writer.
+//! SQLite has one writer at a time. This process's writers take turns in a
+//! FIFO queue before they ask SQLite ([`SqliteBackend::turn`]): SQLite's own
+//! busy handler sleeps and retries, which is not fair, and under load one
+//! writer could miss the lock for its whole timeout and fail with "database is
+//! locked". The busy timeout then only covers other processes (a CLI command
+//! beside the server). Every write transaction starts with `BEGIN IMMEDIATE`
+//! (the write lock up front, not an upgrade half-way, which SQLite refuses
+//! without waiting), rolls back on any error, and a connection left in a
+//! transaction by a failed commit (a full disk) is closed instead of going
+//! back to the pool, where it would hold the lock and wedge every later writer.
 
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +23,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tessera_metering::event::{month_of, AttemptRef};
 use tessera_metering::tiers::MonthUsage;
 use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::backend::{Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, Submit, Submitted};
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
@@ -29,8 +36,8 @@ use crate::faults::Faults;
 use crate::rows::{self, Columns, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
-    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, Worker,
-    WorkerId, WorkerInfo,
+    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, UsageTotals,
+    Worker, WorkerId, WorkerInfo,
 };
 use crate::LOST_LEASE_REASON;
 
@@ -60,12 +67,37 @@ impl<T> Db<T> for std::result::Result<T, sqlx::Error> {
     }
 }
 
-type Tx = Transaction<'static, Sqlite>;
+/// A write transaction, and this process's turn at SQLite's one writer.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await.db()
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
 
 /// The SQLite backend.
 #[derive(Debug)]
 pub struct SqliteBackend {
     pool: SqlitePool,
+    /// This process's writers, in turn.
+    writer: Arc<Mutex<()>>,
     faults: Faults,
 }
 
@@ -81,7 +113,8 @@ impl SqliteBackend {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(5));
+            // Other processes (a CLI command beside the server); this one's writers queue.
+            .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -90,20 +123,28 @@ impl SqliteBackend {
             .await
             .map_err(|e| open_err(e.to_string()))?;
         MIGRATOR.run(&pool).await.map_err(|e| StoreError::Migrate { backend: "sqlite", reason: e.to_string() })?;
-        Ok(Self { pool, faults: Faults::default() })
+        Ok(Self { pool, writer: Arc::new(Mutex::new(())), faults: Faults::default() })
+    }
+
+    /// Waits for this process's turn to write (FIFO).
+    async fn turn(&self) -> OwnedMutexGuard<()> {
+        self.writer.clone().lock_owned().await
     }
 
     pub fn faults(&self) -> &Faults {
         &self.faults
     }
 
-    async fn write(&self) -> Result<Tx> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.db()
+    /// Starts a write transaction, in turn.
+    async fn write(&self) -> Result<WriteTx> {
+        let turn = self.turn().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.db()?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
-    async fn job_in(tx: &mut Tx, id: &str) -> Result<Option<Job>> {
+    async fn job_in(tx: &mut SqliteConnection, id: &str) -> Result<Option<Job>> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&mut **tx).await.db()?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await.db()?;
         row.as_ref().map(rows::job).transpose()
     }
 
@@ -152,14 +193,19 @@ impl SqliteBackend {
     }
 
     /// Applies a transition to the fenced row of `lease` inside `tx`.
-    async fn transition_in(tx: &mut Tx, lease: &Lease, end: &AttemptEnd, now_ms: i64) -> Result<transition::JobUpdate> {
+    async fn transition_in(
+        tx: &mut SqliteConnection,
+        lease: &Lease,
+        end: &AttemptEnd,
+        now_ms: i64,
+    ) -> Result<transition::JobUpdate> {
         let row = sqlx::query(&format!(
             "SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = ? AND attempts = ? AND lease_owner = ? AND state = 'running'"
         ))
         .bind(lease.job.as_str())
         .bind(i64::from(lease.attempt))
         .bind(lease.owner.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .db()?
         .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
@@ -173,7 +219,7 @@ impl SqliteBackend {
             .bind(lease.job.as_str())
             .bind(i64::from(lease.attempt))
             .bind(lease.owner.as_str())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .db()?;
         if res.rows_affected() != 1 {
@@ -219,6 +265,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn create_tenant(&self, t: &Tenant, api_key_hash: Option<&str>, now_ms: i64) -> Result<()> {
+        let _turn = self.turn().await;
         let res =
             sqlx::query("INSERT INTO tenants (id, name, tier, api_key_hash, created_at_ms) VALUES (?, ?, ?, ?, ?)")
                 .bind(t.id.as_str())
@@ -236,6 +283,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn set_api_key(&self, tenant: &TenantId, api_key_hash: &str) -> Result<()> {
+        let _turn = self.turn().await;
         let res = sqlx::query("UPDATE tenants SET api_key_hash = ? WHERE id = ?")
             .bind(api_key_hash)
             .bind(tenant.as_str())
@@ -318,7 +366,7 @@ impl Backend for SqliteBackend {
             binds::new_job(sqlx::query(&sql), s.job, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
         let job = rows::job(&row)?;
         self.faults.check("submit")?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(Submitted::New { job, warnings })
     }
 
@@ -329,7 +377,7 @@ impl Backend for SqliteBackend {
         for job in jobs {
             binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
         }
-        tx.commit().await.db()
+        tx.commit().await
     }
 
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Vec<String>> {
@@ -353,7 +401,7 @@ impl Backend for SqliteBackend {
         .execute(&mut *tx)
         .await
         .db()?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(warnings)
     }
 
@@ -361,7 +409,7 @@ impl Backend for SqliteBackend {
         let mut tx = self.write().await?;
         let inserted = Self::append_in(&mut tx, events).await?;
         Self::release_in(&mut tx, job.as_str()).await?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(inserted)
     }
 
@@ -411,11 +459,12 @@ impl Backend for SqliteBackend {
             .await
             .db()?;
         let job = Self::job_in(&mut tx, id.as_str()).await?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(job)
     }
 
     async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+        let turn = self.turn().await;
         // One statement, atomic under SQLite's write lock: the most overdue aged
         // job, else the first of lane and rank order (both index-ordered scans).
         let row = sqlx::query(&format!(
@@ -434,6 +483,7 @@ impl Backend for SqliteBackend {
         .fetch_optional(&self.pool)
         .await
         .db()?;
+        drop(turn);
         let Some(row) = row else { return Ok(None) };
         let job = rows::job(&row)?;
         let lease = job.lease.clone().ok_or_else(|| StoreError::corrupt("claim", "claimed job has no lease"))?;
@@ -441,6 +491,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool> {
+        let _turn = self.turn().await;
         let row = sqlx::query(
             "UPDATE jobs SET lease_until_ms = ?, frames_done = ?
              WHERE id = ? AND attempts = ? AND lease_owner = ? AND state = 'running' RETURNING cancel_requested",
@@ -463,7 +514,7 @@ impl Backend for SqliteBackend {
         let job =
             Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
         self.faults.check("settle")?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(Settled { job, inserted })
     }
 
@@ -505,7 +556,7 @@ impl Backend for SqliteBackend {
             reaped.push(Reaped { lease, tier, job, gpu_ns });
         }
         self.faults.check("reap")?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(reaped)
     }
 
@@ -535,16 +586,17 @@ impl Backend for SqliteBackend {
     }
 
     async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
+        let _turn = self.turn().await;
         let update = sqlx::query("UPDATE usage_events SET quantity = 0").execute(&self.pool).await;
         let delete = sqlx::query("DELETE FROM usage_events").execute(&self.pool).await;
         Ok((update.err().map(|e| e.to_string()), delete.err().map(|e| e.to_string())))
     }
 
     async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
-        let mut tx = self.pool.begin().await.db()?;
+        let mut tx = self.write().await?;
         let inserted = Self::append_in(&mut tx, events).await?;
         self.faults.check("append")?;
-        tx.commit().await.db()?;
+        tx.commit().await?;
         Ok(inserted)
     }
 
@@ -570,6 +622,13 @@ impl Backend for SqliteBackend {
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>> {
         let mut conn = self.pool.acquire().await.db()?;
         Self::gpu_ns_in(&mut conn, job.as_str(), None).await
+    }
+
+    async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals> {
+        // The statement is written for PostgreSQL's placeholders.
+        let sql = rows::USAGE_TOTALS_SQL.replace("$1", "?1");
+        let rows = sqlx::query(&sql).bind(tenant.as_str()).fetch_all(&self.pool).await.db()?;
+        rows::usage_totals(&rows)
     }
 
     async fn gpu_ns_totals(&self) -> Result<GpuTotals> {
@@ -611,6 +670,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn forget_output(&self, job: &JobId) -> Result<()> {
+        let _turn = self.turn().await;
         sqlx::query("UPDATE jobs SET output_path = NULL, metadata_path = NULL WHERE id = ?")
             .bind(job.as_str())
             .execute(&self.pool)
@@ -642,10 +702,11 @@ impl Backend for SqliteBackend {
         .execute(&mut *tx)
         .await
         .db()?;
-        tx.commit().await.db()
+        tx.commit().await
     }
 
     async fn worker_heartbeat(&self, id: &WorkerId, jobs_in_flight: u32, now_ms: i64) -> Result<()> {
+        let _turn = self.turn().await;
         sqlx::query("UPDATE workers SET last_heartbeat_ms = ?, jobs_in_flight = ? WHERE id = ?")
             .bind(now_ms)
             .bind(i64::from(jobs_in_flight))
@@ -657,6 +718,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn worker_stopped(&self, id: &WorkerId, now_ms: i64) -> Result<()> {
+        let _turn = self.turn().await;
         sqlx::query("UPDATE workers SET stopped_at_ms = ?, jobs_in_flight = 0 WHERE id = ?")
             .bind(now_ms)
             .bind(id.as_str())
@@ -678,6 +740,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn try_lead(&self, task: &str, worker: &WorkerId, now_ms: i64, ttl_ms: i64) -> Result<bool> {
+        let _turn = self.turn().await;
         let res = sqlx::query(
             "INSERT INTO leaders (task, holder, until_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (task) DO UPDATE SET holder = ?2, until_ms = ?3

@@ -58,11 +58,15 @@ impl DiskPipelineCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension("tmp");
+        // Temporary names of this process: workers sharing a directory never
+        // write into each other's half-written files (a data file and a
+        // checksum from two writers simply fail verification on the next load).
+        let pid = std::process::id();
+        let tmp = self.path.with_extension(format!("tmp.{pid}"));
         std::fs::write(&tmp, &data)?;
         std::fs::rename(&tmp, &self.path)?;
         let sum = self.path.with_extension("sha256");
-        let tmp = self.path.with_extension("sha256.tmp");
+        let tmp = self.path.with_extension(format!("sha256.tmp.{pid}"));
         std::fs::write(&tmp, hex::encode(Sha256::digest(&data)))?;
         std::fs::rename(&tmp, &sum)?;
         Ok(true)

@@ -20,10 +20,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tessera_metering::event::output_seconds;
 use tessera_metering::price::{from_micros, to_micros};
-use tessera_metering::{quote, AttemptRef, EventKind, Lane, UsageEvent};
-use tessera_store::{tier_of, EventFilter, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
+use tessera_metering::{quote, AttemptRef, Lane, UsageEvent};
+use tessera_store::{tier_of, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
 
 use super::Service;
 use crate::spec::{self, FieldError, SpecFormat, SpecLimits};
@@ -554,30 +553,15 @@ async fn quote_handler(
 
 async fn usage(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
     let t = tenant(&svc, &headers).await?;
-    let filter = EventFilter { tenant: Some(t.id.to_string()), ..Default::default() };
-    let events = svc.store.events(&filter).await.map_err(ApiError::store)?;
-    let (mut gpu, mut frames_s, mut charges, mut egress, mut storage) =
-        (HashMap::<String, i64>::new(), rust_decimal::Decimal::ZERO, 0i64, 0i64, 0i64);
-    for e in &events {
-        match e.kind {
-            EventKind::Gpu => {
-                *gpu.entry(e.pass.map(|p| p.as_str().to_string()).unwrap_or_default()).or_default() += e.quantity
-            }
-            EventKind::Output => {
-                frames_s += output_seconds(e.quantity, e.fps.unwrap_or(1));
-                charges += e.amount_micros;
-            }
-            EventKind::Egress => egress += e.quantity,
-            EventKind::Storage => storage += e.quantity,
-            EventKind::AttemptEnd => {}
-        }
-    }
+    // Summed by the store: a tenant's ledger is never loaded whole.
+    let totals = svc.store.usage_totals(&t.id).await.map_err(ApiError::store)?;
+    let gpu: std::collections::BTreeMap<&str, i64> = totals.gpu_ns.iter().map(|(p, ns)| (p.as_str(), *ns)).collect();
     let month = svc.store.month_usage(&t.id).await.map_err(ApiError::store)?;
     Ok(Json(json!({
         "tenant": t.name, "tier": t.tier, "currency": svc.book.currency,
-        "gpu_ns": gpu, "output_seconds": frames_s.normalize().to_string(),
-        "charges": from_micros(charges).to_string(),
-        "egress_bytes": egress, "storage_byte_seconds": storage,
+        "gpu_ns": gpu, "output_seconds": totals.output_seconds().normalize().to_string(),
+        "charges": from_micros(totals.charged_micros()).to_string(),
+        "egress_bytes": totals.egress_bytes, "storage_byte_seconds": totals.storage_byte_seconds,
         "this_month": {"output_seconds": month.used_seconds.normalize().to_string(), "reserved_seconds": month.reserved_seconds.normalize().to_string(),
                        "spent": month.spent.to_string(), "reserved_spend": month.reserved_spend.to_string()},
     })))
