@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
-use tessera_store::{Store, StoreUrl};
+use tessera_store::{JobId, Store, StoreUrl};
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::spec::{RawSpec, SpecLimits};
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         let closing = rt.block_on(recorder.close());
         let events = closing.events(Outcome::Succeeded, Some(&Bill::new(&book, &spec, &q)));
-        let inserted = rt.block_on(store.append(&events))?;
+        let inserted = rt.block_on(store.finish_reserved(&JobId::new(job.as_str()), &events))?;
         closing.record(&metrics, &book, Outcome::Succeeded, &events, &inserted);
         metered_s += start.elapsed().as_secs_f64();
     }

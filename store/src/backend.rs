@@ -156,8 +156,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// `events` appended, the reservation released when final, in one transaction.
     async fn settle(&self, lease: &Lease, end: &AttemptEnd, events: &[UsageEvent], now_ms: i64) -> Result<Settled>;
     /// Requeues (or dead-letters) running attempts whose lease expired before
-    /// `now_ms`, except those of `except` (the caller's own, which are alive).
-    async fn reap(&self, now_ms: i64, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>>;
+    /// `now_ms`: any other worker's, and those of the caller `me` that are not
+    /// among the attempts it is running (`live`), which only a failed
+    /// settlement leaves behind.
+    async fn reap(&self, now_ms: i64, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>>;
     async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>>;
     /// The query plan of the claim, for operators and benchmarks.
     async fn explain_claim(&self) -> Result<String>;

@@ -295,9 +295,10 @@ impl Store {
         self.backend.settle(lease, end, events, now_ms()).await
     }
 
-    /// Requeues the expired leases of any worker but `except`, at most `limit`.
-    pub async fn reap(&self, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
-        self.backend.reap(now_ms(), except, limit).await
+    /// Requeues expired leases, at most `limit`: any other worker's, and those
+    /// of `me` whose attempt is not among the `live` ones it is running.
+    pub async fn reap(&self, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>> {
+        self.backend.reap(now_ms(), me, live, limit).await
     }
 
     pub async fn depths(&self) -> Result<Vec<(tessera_metering::Lane, LaneDepth)>> {
@@ -312,8 +313,13 @@ impl Store {
     // The ledger.
 
     /// Appends events, skipping ids already recorded; for each, whether it was
-    /// new. When this returns, every event is durable.
+    /// new. When this returns, every event is durable. A billable output is
+    /// refused here: it is written only with the settlement that earns it
+    /// ([`Store::settle`], [`Store::finish_reserved`]).
     pub async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        if let Some(e) = events.iter().find(|e| e.kind == EventKind::Output) {
+            return Err(StoreError::Query(format!("output {} may only be written by its settlement", e.id)));
+        }
         if events.is_empty() {
             return Ok(Vec::new());
         }

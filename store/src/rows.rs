@@ -81,8 +81,13 @@ fn errors(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json).map_err(|e| StoreError::corrupt("errors_json", e))
 }
 
+/// The `state` column.
+pub(crate) fn state(r: &impl Columns) -> Result<JobState> {
+    parsed("job state", &r.text("state")?)
+}
+
 pub(crate) fn job(r: &impl Columns) -> Result<Job> {
-    let state: JobState = parsed("job state", &r.text("state")?)?;
+    let state = state(r)?;
     let id = JobId::new(r.text("id")?);
     let owner = r.opt_text("lease_owner")?.map(WorkerId::new);
     let attempts = count(r, "attempts")?;
@@ -202,18 +207,34 @@ pub(crate) fn worker(r: &impl Columns) -> Result<Worker> {
     })
 }
 
-/// A month's usage from the billed outputs and the open reservations, each a
-/// row of (fps, frames, micro-units) summed per frame rate.
-pub(crate) fn month_usage<R: Columns>(billed: &[R], reserved: &[R]) -> Result<MonthUsage> {
+/// A tenant's month in one statement, so one snapshot: billed outputs and open
+/// reservations (neither released nor billed yet). Two statements could each
+/// miss a job settling between them, and an admission would then overshoot.
+pub(crate) const MONTH_USAGE_SQL: &str = "
+    SELECT 'billed' AS what, fps, CAST(SUM(quantity) AS BIGINT) AS frames,
+           CAST(SUM(amount_micros) AS BIGINT) AS micros
+    FROM usage_events WHERE tenant_id = $1 AND month = $2 AND kind = 'output' GROUP BY fps
+    UNION ALL
+    SELECT 'reserved' AS what, r.fps AS fps, CAST(SUM(r.frames) AS BIGINT) AS frames,
+           CAST(SUM(r.amount_micros) AS BIGINT) AS micros
+    FROM reservations r
+    WHERE r.tenant_id = $1 AND r.month = $2 AND r.released = 0
+      AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
+    GROUP BY r.fps";
+
+/// A month's usage from the rows of [`MONTH_USAGE_SQL`].
+pub(crate) fn month_usage<R: Columns>(rows: &[R]) -> Result<MonthUsage> {
     let mut usage = MonthUsage::default();
-    let fps = |r: &R| -> Result<u32> { Ok(r.opt_int("fps")?.and_then(|f| u32::try_from(f).ok()).unwrap_or(1)) };
-    for r in billed {
-        usage.used_seconds += output_seconds(r.int("frames")?, fps(r)?);
-        usage.spent += from_micros(r.int("micros")?);
-    }
-    for r in reserved {
-        usage.reserved_seconds += output_seconds(r.int("frames")?, fps(r)?);
-        usage.reserved_spend += from_micros(r.int("micros")?);
+    for r in rows {
+        let fps = r.opt_int("fps")?.and_then(|f| u32::try_from(f).ok()).unwrap_or(1);
+        let (seconds, money) = (output_seconds(r.int("frames")?, fps), from_micros(r.int("micros")?));
+        if r.text("what")? == "billed" {
+            usage.used_seconds += seconds;
+            usage.spent += money;
+        } else {
+            usage.reserved_seconds += seconds;
+            usage.reserved_spend += money;
+        }
     }
     Ok(usage)
 }

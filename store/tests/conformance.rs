@@ -335,7 +335,7 @@ async fn a_stale_attempt_is_fenced_out(store: Store) {
     let old = store.claim(&paused, 1).await.unwrap().unwrap().lease;
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The paused worker's lease expired; another worker's reaper takes it over.
-    let reaped = store.reap(&healthy, 100).await.unwrap();
+    let reaped = store.reap(&healthy, &[], 100).await.unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!(reaped[0].lease, old);
     let new = store.claim(&healthy, 60_000).await.unwrap().unwrap().lease;
@@ -540,7 +540,10 @@ async fn the_ledger_records_each_event_exactly_once(store: Store) {
     // The billable output is one event per job, whatever attempt delivers it.
     let out1 = UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::ONE);
     let out2 = UsageEvent::output(&AttemptRef { attempt: 2, ..a.clone() }, 24, 24, "720p", "general", Decimal::TWO);
-    assert_eq!(store.append(&[out1, out2]).await.unwrap(), vec![true, false]);
+    let refused = store.append(std::slice::from_ref(&out1)).await.unwrap_err();
+    assert!(refused.to_string().contains("only be written by its settlement"), "{refused}");
+    let job = JobId::new("j_1");
+    assert_eq!(store.finish_reserved(&job, &[out1, out2]).await.unwrap(), vec![true, false]);
 }
 
 async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
@@ -556,8 +559,9 @@ async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
     // The lost attempt had metered some GPU time, and its job a cancel request.
     store.append(&[UsageEvent::gpu(&attempt(&t, &la), Pass::Render, 0, 5, 42, TimingSource::Gpu)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    // My own expired lease is alive (I am running): only the lost worker's is reaped.
-    let reaped = store.reap(&me, 100).await.unwrap();
+    // My own expired lease is alive (I am running its attempt): only the lost
+    // worker's is reaped.
+    let reaped = store.reap(&me, std::slice::from_ref(&c), 100).await.unwrap();
     assert_eq!(reaped.len(), 1, "{reaped:?}");
     assert_eq!((reaped[0].lease.clone(), reaped[0].tier.as_str()), (la.clone(), "mid"));
     assert_eq!(reaped[0].gpu_ns.get(&Pass::Render), Some(&42));
@@ -579,11 +583,18 @@ async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
     assert_eq!(totals.get(&(t.id.to_string(), "render".into(), "interrupted".into())), Some(&42));
     // Another worker reaps mine; a cancelled job whose worker vanished ends cancelled.
     store.request_cancel(&c).await.unwrap();
-    let reaped = store.reap(&lost, 100).await.unwrap();
+    let reaped = store.reap(&lost, &[], 100).await.unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!((reaped[0].job.id.clone(), reaped[0].job.state), (c, JobState::Cancelled));
-    assert!(store.reap(&lost, 100).await.unwrap().is_empty());
+    assert!(store.reap(&lost, &[], 100).await.unwrap().is_empty());
     assert_eq!(store.job(&b).await.unwrap().unwrap().state, JobState::Running);
+    // A lease of mine that none of my running attempts holds (a settlement
+    // failed for good) is reaped by my own reaper too.
+    queued(&store, &t, Lane::Standard).await;
+    let ld = store.claim(&me, 1).await.unwrap().unwrap().lease;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let reaped = store.reap(&me, &[], 100).await.unwrap();
+    assert_eq!(reaped.iter().map(|r| r.lease.clone()).collect::<Vec<_>>(), vec![ld]);
 }
 
 async fn transactions_roll_back_after_an_injected_error(store: Store) {
@@ -612,9 +623,9 @@ async fn transactions_roll_back_after_an_injected_error(store: Store) {
     let lease = store.claim(&w, 1).await.unwrap().unwrap().lease;
     tokio::time::sleep(Duration::from_millis(10)).await;
     store.inject_fault("reap");
-    assert!(store.reap(&worker(), 10).await.is_err());
+    assert!(store.reap(&worker(), &[], 10).await.is_err());
     assert_eq!(store.job(&id).await.unwrap().unwrap().lease, Some(lease));
-    assert_eq!(store.reap(&worker(), 10).await.unwrap().len(), 1);
+    assert_eq!(store.reap(&worker(), &[], 10).await.unwrap().len(), 1);
     // A failed append records nothing; its retry records everything once.
     let a = AttemptRef { tenant_id: t.id.to_string(), tier: "mid".into(), job_id: id.to_string(), attempt: 1 };
     let batch: Vec<_> = (0..5).map(|i| UsageEvent::gpu(&a, Pass::Stitch, i, 1, 9, TimingSource::Host)).collect();

@@ -11,13 +11,23 @@ ALTER TABLE jobs ADD COLUMN rank_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN deadline_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN fps INTEGER NOT NULL DEFAULT 24;
 ALTER TABLE jobs ADD COLUMN worker TEXT;
+-- The single-node release wrote one error per failed attempt and counted a
+-- killed worker's attempt ("worker lost ...") as one: those are interruptions.
 UPDATE jobs SET
-    failures = json_array_length(errors_json),
+    failures = (SELECT COUNT(*) FROM json_each(errors_json) WHERE value NOT LIKE '%worker lost%'),
+    interruptions = (SELECT COUNT(*) FROM json_each(errors_json) WHERE value LIKE '%worker lost%'),
     rank_base_ms = created_at_ms - CAST(tier_bonus * 1000 AS INTEGER) + est_cost_ms,
     deadline_ms = created_at_ms + max_wait_ms,
     fps = COALESCE(json_extract(spec_json, '$.fps'), 24),
     worker = lease_owner;
 UPDATE jobs SET rank_ms = rank_base_ms + failures * 5000;
+-- A cancel that met a failing attempt left its job queued with the request set,
+-- never claimed again and holding its reservation: it is cancelled.
+UPDATE jobs SET state = 'cancelled', finished_at_ms = COALESCE(finished_at_ms, not_before_ms)
+    WHERE state = 'queued' AND cancel_requested <> 0;
+-- Reservations of jobs that ended stop counting against the caps.
+UPDATE reservations SET released = 1
+    WHERE released = 0 AND job_id IN (SELECT id FROM jobs WHERE state IN ('succeeded', 'dead', 'cancelled'));
 ALTER TABLE jobs DROP COLUMN tier_bonus;
 ALTER TABLE jobs DROP COLUMN est_cost_ms;
 ALTER TABLE jobs DROP COLUMN max_wait_ms;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tessera_metering::event::{month_of, AttemptRef};
 use tessera_metering::tiers::MonthUsage;
 use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
@@ -85,15 +85,26 @@ impl PgBackend {
         let open_err = |reason: String| StoreError::Open { url: shown.to_string(), reason };
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::BadUrl { url: shown.to_string(), reason: e.to_string() })?
-            .application_name("tessera")
-            // A statement stuck behind a lock or a slow disk fails instead of
-            // hanging a worker, and a worker paused (or hung) inside a
-            // transaction loses its session instead of holding row locks.
-            .options([
-                ("statement_timeout", "30s"),
-                ("lock_timeout", "10s"),
-                ("idle_in_transaction_session_timeout", "30s"),
-            ]);
+            .application_name("tessera");
+        // Migrations run on a connection of their own, without the timeouts
+        // below: a long migration (or waiting for another worker's, under the
+        // migrator's advisory lock) must not be cut off half-way.
+        let mut migrating = PgConnection::connect_with(&options).await.map_err(|e| open_err(e.to_string()))?;
+        MIGRATOR
+            .run(&mut migrating)
+            .await
+            .map_err(|e| StoreError::Migrate { backend: "postgres", reason: e.to_string() })?;
+        if let Err(e) = migrating.close().await {
+            tracing::debug!(error = %e, "closing the migration connection");
+        }
+        // A statement stuck behind a lock or a slow disk fails instead of
+        // hanging a worker, and a worker paused (or hung) inside a transaction
+        // loses its session instead of holding row locks.
+        let options = options.options([
+            ("statement_timeout", "30s"),
+            ("lock_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "30s"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(10))
@@ -101,7 +112,6 @@ impl PgBackend {
             .connect_with(options)
             .await
             .map_err(|e| open_err(e.to_string()))?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Migrate { backend: "postgres", reason: e.to_string() })?;
         Ok(Self { pool, faults: Faults::default() })
     }
 
@@ -121,29 +131,8 @@ impl PgBackend {
     }
 
     async fn month_usage_in(tx: &mut PgConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
-        let billed: Vec<PgRow> = sqlx::query(
-            "SELECT fps, SUM(quantity)::BIGINT AS frames, SUM(amount_micros)::BIGINT AS micros FROM usage_events
-             WHERE tenant_id = $1 AND month = $2 AND kind = 'output' GROUP BY fps",
-        )
-        .bind(tenant)
-        .bind(month)
-        .fetch_all(&mut *tx)
-        .await
-        .db()?;
-        // Jobs still in flight: reserved, neither released nor billed yet.
-        let reserved: Vec<PgRow> = sqlx::query(
-            "SELECT r.fps AS fps, SUM(r.frames)::BIGINT AS frames, SUM(r.amount_micros)::BIGINT AS micros
-             FROM reservations r
-             WHERE r.tenant_id = $1 AND r.month = $2 AND r.released = 0
-               AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
-             GROUP BY r.fps",
-        )
-        .bind(tenant)
-        .bind(month)
-        .fetch_all(&mut *tx)
-        .await
-        .db()?;
-        rows::month_usage(&billed, &reserved)
+        let rows = sqlx::query(rows::MONTH_USAGE_SQL).bind(tenant).bind(month).fetch_all(&mut *tx).await.db()?;
+        rows::month_usage(&rows)
     }
 
     /// Appends events inside `tx`, a batch per statement; for each, whether it was new.
@@ -291,10 +280,11 @@ fn claim_sql() -> &'static str {
         format!(
             "WITH aged AS (
                  SELECT id AS pick FROM jobs WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
+                   AND NOT cancel_requested
                  ORDER BY deadline_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
              ranked AS (
                  SELECT id AS pick FROM jobs WHERE state = 'queued' AND not_before_ms <= $1
-                   AND NOT EXISTS (SELECT 1 FROM aged)
+                   AND NOT cancel_requested AND NOT EXISTS (SELECT 1 FROM aged)
                  ORDER BY lane_rank, rank_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
              picked AS (SELECT pick FROM aged UNION ALL SELECT pick FROM ranked LIMIT 1)
              UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2, worker = $2,
@@ -501,21 +491,26 @@ impl Backend for PgBackend {
 
     async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>> {
         let mut tx = self.begin().await?;
-        let queued =
-            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = $1 WHERE id = $2 AND state = 'queued'")
-                .bind(now_ms)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        if queued.rows_affected() == 1 {
-            Self::release_in(&mut tx, id.as_str()).await?;
+        // The row is locked first, so a settlement or a reap changing its state
+        // meanwhile cannot slip between "was it queued?" and "was it running?".
+        let state = sqlx::query("SELECT state FROM jobs WHERE id = $1 FOR UPDATE").bind(id.as_str());
+        let Some(row) = state.fetch_optional(&mut *tx).await.db()? else { return Ok(None) };
+        match rows::state(&row)? {
+            JobState::Queued => {
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .db()?;
+                Self::release_in(&mut tx, id.as_str()).await?;
+            }
+            JobState::Running => {
+                let flag = sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1").bind(id.as_str());
+                flag.execute(&mut *tx).await.db()?;
+            }
+            _ => {}
         }
-        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = 'running'")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .db()?;
         let job = Self::job_in(&mut tx, id.as_str()).await?;
         tx.commit().await.db()?;
         Ok(job)
@@ -562,18 +557,21 @@ impl Backend for PgBackend {
         Ok(Settled { job, inserted })
     }
 
-    async fn reap(&self, now_ms: i64, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
+    async fn reap(&self, now_ms: i64, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>> {
         let mut tx = self.begin().await?;
+        let live: Vec<&str> = live.iter().map(JobId::as_str).collect();
         // Rows another worker's reaper holds are skipped, not waited for.
         let expired = sqlx::query(
             "SELECT j.id AS id, j.attempts AS attempts, j.lease_owner AS lease_owner, j.tenant_id AS tenant_id,
                     COALESCE(t.tier, '') AS tier
              FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
-             WHERE j.state = 'running' AND j.lease_until_ms < $1 AND j.lease_owner <> $2
-             ORDER BY j.lease_until_ms LIMIT $3 FOR UPDATE OF j SKIP LOCKED",
+             WHERE j.state = 'running' AND j.lease_until_ms < $1
+               AND (j.lease_owner <> $2 OR NOT (j.id = ANY($3::TEXT[])))
+             ORDER BY j.lease_until_ms LIMIT $4 FOR UPDATE OF j SKIP LOCKED",
         )
         .bind(now_ms)
-        .bind(except.as_str())
+        .bind(me.as_str())
+        .bind(live)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await

@@ -148,29 +148,11 @@ impl SqliteBackend {
         row.as_ref().map(rows::job).transpose()
     }
 
-    async fn month_usage_in(tx: &mut sqlx::SqliteConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
-        let billed: Vec<SqliteRow> = sqlx::query(
-            "SELECT fps, SUM(quantity) AS frames, SUM(amount_micros) AS micros FROM usage_events
-             WHERE tenant_id = ? AND month = ? AND kind = 'output' GROUP BY fps",
-        )
-        .bind(tenant)
-        .bind(month)
-        .fetch_all(&mut *tx)
-        .await
-        .db()?;
-        // Jobs still in flight: reserved, neither released nor billed yet.
-        let reserved: Vec<SqliteRow> = sqlx::query(
-            "SELECT r.fps AS fps, SUM(r.frames) AS frames, SUM(r.amount_micros) AS micros FROM reservations r
-             WHERE r.tenant_id = ? AND r.month = ? AND r.released = 0
-               AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
-             GROUP BY r.fps",
-        )
-        .bind(tenant)
-        .bind(month)
-        .fetch_all(&mut *tx)
-        .await
-        .db()?;
-        rows::month_usage(&billed, &reserved)
+    async fn month_usage_in(tx: &mut SqliteConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
+        // The statement is written for PostgreSQL's placeholders.
+        let sql = rows::MONTH_USAGE_SQL.replace("$1", "?1").replace("$2", "?2");
+        let rows = sqlx::query(&sql).bind(tenant).bind(month).fetch_all(&mut *tx).await.db()?;
+        rows::month_usage(&rows)
     }
 
     /// Appends events inside `tx`; for each, whether it was new.
@@ -442,22 +424,26 @@ impl Backend for SqliteBackend {
     }
 
     async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>> {
+        // Under the write lock, the state read here is the state changed here.
         let mut tx = self.write().await?;
-        let queued =
-            sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = ? WHERE id = ? AND state = 'queued'")
-                .bind(now_ms)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .db()?;
-        if queued.rows_affected() == 1 {
-            Self::release_in(&mut tx, id.as_str()).await?;
+        let state = sqlx::query("SELECT state FROM jobs WHERE id = ?").bind(id.as_str());
+        let Some(row) = state.fetch_optional(&mut *tx).await.db()? else { return Ok(None) };
+        match rows::state(&row)? {
+            JobState::Queued => {
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = ? WHERE id = ?")
+                    .bind(now_ms)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .db()?;
+                Self::release_in(&mut tx, id.as_str()).await?;
+            }
+            JobState::Running => {
+                let flag = sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = ?").bind(id.as_str());
+                flag.execute(&mut *tx).await.db()?;
+            }
+            _ => {}
         }
-        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = ? AND state = 'running'")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .db()?;
         let job = Self::job_in(&mut tx, id.as_str()).await?;
         tx.commit().await?;
         Ok(job)
@@ -472,8 +458,9 @@ impl Backend for SqliteBackend {
                  lease_until_ms = ?1 + ?3, started_at_ms = COALESCE(started_at_ms, ?1)
              WHERE id = COALESCE(
                  (SELECT id FROM jobs WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1
+                    AND cancel_requested = FALSE
                   ORDER BY deadline_ms, id LIMIT 1),
-                 (SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1
+                 (SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1 AND cancel_requested = FALSE
                   ORDER BY lane_rank, rank_ms, id LIMIT 1))
              RETURNING {JOB_COLUMNS}"
         ))
@@ -518,17 +505,20 @@ impl Backend for SqliteBackend {
         Ok(Settled { job, inserted })
     }
 
-    async fn reap(&self, now_ms: i64, except: &WorkerId, limit: u32) -> Result<Vec<Reaped>> {
+    async fn reap(&self, now_ms: i64, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>> {
         let mut tx = self.write().await?;
+        let live = serde_json::to_string(&live).map_err(|e| StoreError::Query(e.to_string()))?;
         let expired = sqlx::query(
             "SELECT j.id AS id, j.attempts AS attempts, j.lease_owner AS lease_owner, j.tenant_id AS tenant_id,
                     COALESCE(t.tier, '') AS tier
              FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
-             WHERE j.state = 'running' AND j.lease_until_ms < ? AND j.lease_owner <> ?
-             ORDER BY j.lease_until_ms LIMIT ?",
+             WHERE j.state = 'running' AND j.lease_until_ms < ?1
+               AND (j.lease_owner <> ?2 OR j.id NOT IN (SELECT value FROM json_each(?3)))
+             ORDER BY j.lease_until_ms LIMIT ?4",
         )
         .bind(now_ms)
-        .bind(except.as_str())
+        .bind(me.as_str())
+        .bind(live)
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
@@ -574,8 +564,8 @@ impl Backend for SqliteBackend {
     async fn explain_claim(&self) -> Result<String> {
         let mut plan = Vec::new();
         for (what, sql) in [
-            ("aged", "SELECT id FROM jobs WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1 ORDER BY deadline_ms, id LIMIT 1"),
-            ("ranked", "SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1 ORDER BY lane_rank, rank_ms, id LIMIT 1"),
+            ("aged", "SELECT id FROM jobs WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1 AND cancel_requested = FALSE ORDER BY deadline_ms, id LIMIT 1"),
+            ("ranked", "SELECT id FROM jobs WHERE state = 'queued' AND not_before_ms <= ?1 AND cancel_requested = FALSE ORDER BY lane_rank, rank_ms, id LIMIT 1"),
         ] {
             let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}")).bind(0i64).fetch_all(&self.pool).await.db()?;
             for r in &rows {

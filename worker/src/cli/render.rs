@@ -54,6 +54,15 @@ struct Metered {
     job: JobId,
 }
 
+impl Metered {
+    /// Gives the reservation back (nothing was rendered).
+    fn release(&self) {
+        if let Err(e) = self.rt.block_on(self.store.finish_reserved(&self.job, &[])) {
+            eprintln!("warning: could not release the reservation of {}: {e}", self.job);
+        }
+    }
+}
+
 /// Admits the render against the tenant's tier and caps: a reservation that
 /// the render's end releases, in the transaction that records its usage.
 fn admit(args: &RenderArgs, spec: &JobSpec, book: PriceBook, name: &str) -> Result<Metered, CliError> {
@@ -83,15 +92,21 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     let spec = load_spec(args.spec.as_deref(), args.tiles, args.overlap, &book)?;
     let mut muxer = mux::for_path(&args.output).map_err(usage)?;
     let frames = clip::frame_range(&spec, muxer.as_ref(), args.frame).map_err(usage)?;
+    let q = quote(&book, &spec.quote_request()).map_err(usage)?;
     let metered = match &args.tenant {
         Some(name) => Some(admit(&args, &spec, book, name)?),
         None => None,
     };
-    if let Some(dir) = args.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(runtime)?;
-    }
-    let ctx = GpuContext::open().map_err(runtime)?;
-    let bar = progress_bar(frames.len() as u64)?;
+    let (ctx, bar) = match prepare(&args.output, frames.len() as u64) {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Admitted but never rendered: the reservation must not hold the caps.
+            if let Some(m) = &metered {
+                m.release();
+            }
+            return Err(e);
+        }
+    };
     let timing = if ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
     let Some(m) = metered else {
         let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |_, _| {
@@ -117,7 +132,6 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         m.rt.block_on(recorder.frame(i, times)).map_err(Into::into)
     });
     bar.finish_and_clear();
-    let q = quote(&m.book, &spec.quote_request()).map_err(usage)?;
     let closing = m.rt.block_on(recorder.close());
     let (outcome, bill) = match &result {
         Ok(_) => (Outcome::Succeeded, Some(Bill::new(&m.book, &spec, &q))),
@@ -138,6 +152,15 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         m.job
     );
     Ok(())
+}
+
+/// The output's directory, the GPU and the progress bar.
+fn prepare(output: &Path, frames: u64) -> Result<(GpuContext, indicatif::ProgressBar), CliError> {
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(runtime)?;
+    }
+    let ctx = GpuContext::open().map_err(runtime)?;
+    Ok((ctx, progress_bar(frames)?))
 }
 
 fn progress_bar(len: u64) -> Result<indicatif::ProgressBar, CliError> {

@@ -20,13 +20,14 @@ pub mod retry;
 mod scheduler;
 mod upkeep;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_metering::event::now_ms;
 use tessera_metering::{Metrics, PriceBook};
-use tessera_store::{Store, StoreError, WorkerId, WorkerInfo};
+use tessera_store::{JobId, Store, StoreError, WorkerId, WorkerInfo};
 
 pub use config::ServeConfig;
 
@@ -54,6 +55,9 @@ pub struct Service {
     /// Repeated store errors, logged once a while instead of every tick.
     pub errors: ErrorLog,
     in_flight: AtomicUsize,
+    /// The jobs whose attempts this process is running: the reaper never
+    /// takes these, but does take this worker's other expired leases.
+    live: Mutex<HashSet<JobId>>,
     shutting_down: AtomicBool,
     drain_started: Mutex<Option<Instant>>,
     seq: AtomicU64,
@@ -100,6 +104,7 @@ impl Service {
             wake: Arc::new(tokio::sync::Notify::new()),
             errors: ErrorLog::default(),
             in_flight: AtomicUsize::new(0),
+            live: Mutex::new(HashSet::new()),
             shutting_down: AtomicBool::new(false),
             drain_started: Mutex::new(None),
             seq: AtomicU64::new(0),
@@ -146,7 +151,20 @@ impl Service {
         self.in_flight() as f64 / self.limit().max(1) as f64
     }
 
-    fn finish_attempt(&self) {
+    /// Counts a claimed attempt in flight.
+    fn start_attempt(&self, job: &JobId) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(job.clone());
+        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.svc_metrics.in_flight.set(n as i64);
+    }
+
+    /// The jobs of the attempts this process is running.
+    fn live_jobs(&self) -> Vec<JobId> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    fn finish_attempt(&self, job: &JobId) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(job);
         let n = self.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         self.svc_metrics.in_flight.set(n as i64);
         self.wake.notify_one();
@@ -224,8 +242,12 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     shutdown_signal().await;
     tracing::warn!("draining: no new claims; attempts in flight stop at their next frame and requeue");
     svc.start_drain();
-    background.abort();
+    // The scheduler finishes its tick (a claim in progress is started, not
+    // lost) and stops; the wake-up listener has nothing to finish.
     listener.abort();
+    if let Err(e) = background.await {
+        tracing::warn!(error = %e, "the scheduler task failed");
+    }
     while svc.in_flight() > 0 && !svc.drain_expired() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,5 +1,6 @@
 //! A worker's scheduler loop: claims work while there is room under the
-//! adaptive limit, reaps the expired leases of any other worker, heartbeats
+//! adaptive limit, reaps expired leases (any other worker's, and its own that
+//! no running attempt holds), heartbeats
 //! the registry, publishes queue metrics, adapts the concurrency limit, saves
 //! the pipeline cache, and takes its turn at the fleet's upkeep.
 //!
@@ -7,7 +8,6 @@
 //! the fleet on PostgreSQL's NOTIFY): the wake-up is a hint, polling the
 //! fallback.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use tessera_metering::{AttemptRef, Lane, Outcome, PassTimes, TimingSource};
 
 use super::{attempt, upkeep, Service};
 
-/// Runs until aborted.
+/// Runs until the worker drains.
 pub(super) async fn run(svc: Arc<Service>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -25,7 +25,7 @@ pub(super) async fn run(svc: Arc<Service>) {
     let sweep_every = (svc.config.lease * 2).max(Duration::from_secs(5));
     let lead_ttl = sweep_every * 3;
     let mut due = Due::default();
-    loop {
+    while !svc.shutting_down() {
         tokio::select! {
             _ = tick.tick() => {}
             _ = svc.wake.notified() => {}
@@ -80,8 +80,7 @@ async fn dispatch(svc: &Arc<Service>) {
     while !svc.shutting_down() && svc.in_flight() < svc.limit() {
         match svc.store.claim(&svc.worker, lease_ms).await {
             Ok(Some(claimed)) => {
-                let n = svc.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-                svc.svc_metrics.in_flight.set(n as i64);
+                svc.start_attempt(&claimed.job.id);
                 tokio::spawn(attempt::run(svc.clone(), claimed));
             }
             Ok(None) => return,
@@ -96,7 +95,7 @@ async fn dispatch(svc: &Arc<Service>) {
 /// Requeues the attempts of workers that stopped heartbeating their leases
 /// (crashed, killed, paused, cut off), and counts their GPU time as interrupted.
 async fn reap(svc: &Service) {
-    let reaped = match svc.store.reap(&svc.worker, 64).await {
+    let reaped = match svc.store.reap(&svc.worker, &svc.live_jobs(), 64).await {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("reaping expired leases", &e),
     };
@@ -115,7 +114,12 @@ async fn reap(svc: &Service) {
         }
         svc.metrics.record_attempt(&a, Outcome::Interrupted, timing, &totals);
         svc.metrics.record_gpu_cost(&svc.book, &a, &totals);
-        svc.svc_metrics.jobs.with_label_values(&[r.job.lane.as_str(), "interrupted"]).inc();
+        let outcome = match r.job.state {
+            tessera_store::JobState::Dead => "dead",
+            tessera_store::JobState::Cancelled => "cancelled",
+            _ => "interrupted",
+        };
+        svc.svc_metrics.jobs.with_label_values(&[r.job.lane.as_str(), outcome]).inc();
     }
     if !reaped.is_empty() {
         svc.wake.notify_one();

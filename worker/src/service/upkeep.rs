@@ -36,10 +36,10 @@ pub(super) async fn run(svc: &Service, lead_ttl: Duration) {
     }
 }
 
-/// Sweeps partial clips no attempt owns, if this worker leads.
+/// Sweeps the files of attempts that are over without being an output, if this worker leads.
 pub(super) async fn sweep(svc: &Service, lead_ttl: Duration) {
     if leads(svc, lead_ttl).await {
-        sweep_partials(svc).await;
+        sweep_stale_files(svc).await;
     }
 }
 
@@ -49,7 +49,7 @@ async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("listing retained clips", &e),
     };
-    let events: Vec<UsageEvent> = retained
+    let mut events: Vec<UsageEvent> = retained
         .iter()
         .map(|r| {
             let a = AttemptRef {
@@ -61,6 +61,8 @@ async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
             UsageEvent::storage(&a, period_index, r.bytes.saturating_mul(period.as_secs() as i64))
         })
         .collect();
+    // In id order: two leaders overlapping at a hand-over lock rows in the same order.
+    events.sort_by(|a, b| a.id.cmp(&b.id));
     match svc.store.append(&events).await {
         Ok(inserted) => {
             for (e, _) in events.iter().zip(inserted).filter(|(_, new)| *new) {
@@ -98,34 +100,46 @@ async fn retention(svc: &Service) {
     }
 }
 
-/// Removes `JOB.aN.*.partial` files whose attempt is not running any more
-/// (its worker was killed mid-write) once they are older than two leases.
-async fn sweep_partials(svc: &Service) {
+/// Removes the files of attempts that are over without being the job's
+/// output, once they are older than two leases: `JOB.aN.*.partial` of an
+/// attempt whose worker was killed mid-write, and `JOB.aN.avi`/`.json` of an
+/// attempt whose worker died between archiving and settling (or lost its lease
+/// then). Files of a running attempt and of the job's output are kept.
+async fn sweep_stale_files(svc: &Service) {
     let Ok(dir) = std::fs::read_dir(svc.config.data.join("clips")) else { return };
     let quiet = svc.config.lease * 2;
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((job, attempt)) = partial_owner(&name) else { continue };
+        let Some((job, attempt)) = attempt_file(&name) else { continue };
         let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
         if old.is_none_or(|age| age < quiet) {
             continue;
         }
-        let running = match svc.store.job(&job).await {
-            Ok(Some(j)) => j.state == JobState::Running && j.attempts == attempt,
+        let path = entry.path();
+        let keep = match svc.store.job(&job).await {
+            Ok(Some(j)) => {
+                let running = j.state == JobState::Running && j.attempts == attempt;
+                let output = j.output.as_ref().is_some_and(|o| {
+                    [o.path.as_str(), o.metadata_path.as_str()].iter().any(|p| std::path::Path::new(p) == path)
+                });
+                running || output
+            }
             Ok(None) => false,
-            Err(e) => return svc.errors.warn("sweeping partial clips", &e),
+            Err(e) => return svc.errors.warn("sweeping stale clips", &e),
         };
-        if !running {
-            if let Err(e) = std::fs::remove_file(entry.path()) {
-                tracing::warn!(file = %name, error = %e, "could not remove a stale partial clip");
+        if !keep {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(file = %name, error = %e, "could not remove a stale clip");
             }
         }
     }
 }
 
-/// The job and attempt of a partial file's name, `JOB.aN.avi.partial` or `JOB.aN.json.partial`.
-fn partial_owner(name: &str) -> Option<(JobId, u32)> {
-    let stem = name.strip_suffix(".avi.partial").or_else(|| name.strip_suffix(".json.partial"))?;
+/// The job and attempt of an attempt's file: `JOB.aN.avi`, `JOB.aN.json`, or
+/// either with `.partial`.
+fn attempt_file(name: &str) -> Option<(JobId, u32)> {
+    let name = name.strip_suffix(".partial").unwrap_or(name);
+    let stem = name.strip_suffix(".avi").or_else(|| name.strip_suffix(".json"))?;
     let (job, attempt) = stem.split_once(".a")?;
     Some((JobId::parse(job)?, attempt.parse().ok()?))
 }
@@ -135,11 +149,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partial_names_name_their_attempt() {
-        let (job, n) = partial_owner("j_0123456789abcdef.a3.avi.partial").unwrap();
+    fn file_names_name_their_attempt() {
+        let (job, n) = attempt_file("j_0123456789abcdef.a3.avi.partial").unwrap();
         assert_eq!((job.as_str(), n), ("j_0123456789abcdef", 3));
-        assert!(partial_owner("j_0123456789abcdef.a3.json.partial").is_some());
-        assert!(partial_owner("j_0123456789abcdef.a3.avi").is_none());
-        assert!(partial_owner("notes.a1.avi.partial").is_none());
+        for name in ["j_0123456789abcdef.a3.json.partial", "j_0123456789abcdef.a3.avi", "j_0123456789abcdef.a3.json"] {
+            assert_eq!(attempt_file(name).map(|(_, n)| n), Some(3), "{name}");
+        }
+        assert!(attempt_file("notes.a1.avi.partial").is_none());
+        assert!(attempt_file("j_0123456789abcdef.a3.mp4").is_none());
     }
 }

@@ -66,7 +66,7 @@ impl<'s> ActiveJob<'s> {
             Err(e) => {
                 remove(&partial);
                 let closing = rt.block_on(recorder.close());
-                let _ = member.reply.send(Finished { rendered: Err(e), closing });
+                answer(member, Finished { rendered: Err(e), closing });
                 None
             }
         }
@@ -165,7 +165,20 @@ impl<'s> ActiveJob<'s> {
         let Self { member, recorder, partial, .. } = self;
         remove(&partial);
         let closing = rt.block_on(recorder.close());
-        let _ = member.reply.send(Finished { rendered, closing });
+        answer(member, Finished { rendered, closing });
+    }
+}
+
+/// Hands the attempt's end to its task. If the task is gone (the process is
+/// going down), nothing will settle the attempt: its archived clip, if any,
+/// is removed, and its lease expires for another worker to requeue the job.
+fn answer(member: Member, finished: Finished) {
+    let lease = member.claimed.lease.clone();
+    if let Err(unsent) = member.reply.send(finished) {
+        tracing::warn!(%lease, "the attempt's task is gone; its result is dropped");
+        if let Ok(Rendered::Complete { output, .. }) = unsent.rendered {
+            archive::discard(&output);
+        }
     }
 }
 

@@ -137,7 +137,7 @@ pub struct Member {
 
 /// Runs the attempt of `claimed` (already counted in flight) to its settlement.
 pub async fn run(svc: Arc<Service>, claimed: Claimed) {
-    let lane = claimed.job.lane;
+    let (lane, job_id) = (claimed.job.lane, claimed.job.id.clone());
     let job = &claimed.job;
     let wait_s = (now_ms() - job.not_before_ms.max(job.created_at_ms)).max(0) as f64 / 1000.0;
     svc.svc_metrics.queue_wait.with_label_values(&[lane.as_str()]).observe(wait_s);
@@ -152,7 +152,7 @@ pub async fn run(svc: Arc<Service>, claimed: Claimed) {
     };
     svc.svc_metrics.run_time.with_label_values(&[lane.as_str()]).observe(start.elapsed().as_secs_f64());
     svc.svc_metrics.jobs.with_label_values(&[lane.as_str(), outcome]).inc();
-    svc.finish_attempt();
+    svc.finish_attempt(&job_id);
 }
 
 /// The stored spec, validated again against today's price book, its quote, and
@@ -202,18 +202,20 @@ async fn render_and_settle(
         reply,
     };
     svc.groups.join(svc, member);
-    let result = result.await;
-    finished.store(true, Ordering::Relaxed);
-    heartbeat.abort();
-    match result {
-        Ok(finished) => settle::settle(svc, &claimed, &bill, finished).await,
+    // The heartbeat keeps the lease while the settlement is written (which
+    // may wait out a store outage), so a finished clip is not lost to a reap.
+    let outcome = match result.await {
+        Ok(done) => settle::settle(svc, &claimed, &bill, done).await,
         // The group's thread ended without answering (it panicked): nothing was
         // archived; the attempt failed.
         Err(_) => {
             let e = AttemptError::failed("the render thread stopped before the attempt ended");
             settle::unrendered(svc, &claimed, e).await
         }
-    }
+    };
+    finished.store(true, Ordering::Relaxed);
+    heartbeat.abort();
+    outcome
 }
 
 /// What the heartbeat shares with the attempt's frames.
@@ -239,8 +241,11 @@ async fn heartbeat(svc: Arc<Service>, lease: Lease, beat: Heartbeat, finished: A
                 }
             }
             Err(StoreError::LeaseLost(_)) => {
-                tracing::warn!(%lease, "lease lost: the attempt stops; another worker has the job");
-                beat.lost.store(true, Ordering::Relaxed);
+                // After the settlement the lease is spent: that is no loss.
+                if !finished.load(Ordering::Relaxed) {
+                    tracing::warn!(%lease, "lease lost: the attempt stops; another worker has the job");
+                    beat.lost.store(true, Ordering::Relaxed);
+                }
                 return;
             }
             Err(e) => svc.errors.warn("heartbeat", &e),

@@ -100,25 +100,13 @@ async fn write(
     let (lease, outcome) = (&claimed.lease, end.outcome());
     let events = closing.events(outcome, bill);
     let mut pause = Duration::from_millis(250);
+    // Whether an earlier try failed in transit: it may have committed anyway.
     let mut retried = false;
-    loop {
+    let failure = loop {
         match svc.store.settle(lease, end, &events).await {
             Ok(settled) => {
                 closing.record(&svc.metrics, &svc.book, outcome, &events, &settled.inserted);
                 return label(&settled.job, outcome);
-            }
-            Err(StoreError::LeaseLost(_)) => {
-                // A try that failed in transit may have committed after all.
-                if let Some(output) = archived.filter(|_| retried) {
-                    if output_committed(svc, lease, output).await {
-                        closing.record(&svc.metrics, &svc.book, outcome, &events, &vec![true; events.len()]);
-                        return "succeeded";
-                    }
-                }
-                if let Some(output) = archived {
-                    archive::discard(output);
-                }
-                return abandon(svc, lease, closing).await;
             }
             Err(e) if e.is_transient() && !svc.drain_expired() => {
                 svc.errors.warn("settling an attempt (retrying)", &e);
@@ -126,22 +114,75 @@ async fn write(
                 pause = (pause * 2).min(Duration::from_secs(5));
                 retried = true;
             }
-            Err(e) => {
-                tracing::error!(%lease, error = %e, "could not settle the attempt; its lease will expire and the job requeue");
-                if let Some(output) = archived {
-                    archive::discard(output);
-                }
-                return "unsettled";
+            Err(e) => break e,
+        }
+    };
+    let landed = if retried { landed(svc, claimed, end).await } else { Landed::NotOurs };
+    match (landed, &failure) {
+        (Landed::Ours(job), _) => {
+            // The settlement committed; its answer was lost: count it as such.
+            closing.record(&svc.metrics, &svc.book, outcome, &events, &vec![true; events.len()]);
+            label(&job, outcome)
+        }
+        (Landed::Unknown, _) => {
+            tracing::error!(%lease, error = %failure, "could not tell whether the settlement landed; its clip is kept");
+            "unsettled"
+        }
+        (Landed::NotOurs, StoreError::LeaseLost(_)) => {
+            if let Some(output) = archived {
+                archive::discard(output);
             }
+            abandon(svc, lease, closing).await
+        }
+        (Landed::NotOurs, _) => {
+            tracing::error!(%lease, error = %failure, "could not settle the attempt; its lease will expire and the job requeue");
+            if let Some(output) = archived {
+                archive::discard(output);
+            }
+            "unsettled"
         }
     }
 }
 
-/// Whether the job's recorded output is `output`, settled by this attempt.
-async fn output_committed(svc: &Service, lease: &Lease, output: &ArchivedOutput) -> bool {
-    match svc.store.job(&lease.job).await {
-        Ok(Some(job)) => job.attempts == lease.attempt && job.output.as_ref().is_some_and(|o| o.path == output.path),
-        _ => false,
+/// What the store shows of a settlement whose answer was lost.
+enum Landed {
+    /// It committed: the job as it is now.
+    Ours(Box<Job>),
+    NotOurs,
+    /// The store could not be read to tell.
+    Unknown,
+}
+
+/// Reads the job back to tell whether this attempt's settlement committed.
+async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..6 {
+        match svc.store.job(&claimed.lease.job).await {
+            Ok(Some(job)) if settled_by(&job, claimed, end) => return Landed::Ours(Box::new(job)),
+            Ok(_) => return Landed::NotOurs,
+            Err(e) if e.is_transient() => {
+                svc.errors.warn("reading back a settlement (retrying)", &e);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(_) => return Landed::Unknown,
+        }
+    }
+    Landed::Unknown
+}
+
+/// Whether `job` (read back) carries this attempt's settlement. Only this
+/// attempt archives under its own file name, only a settlement increments
+/// the failures (never a reap), only this attempt cancels with its frame
+/// count; an interruption looks like a reap, and either way the attempt is over.
+fn settled_by(job: &Job, claimed: &Claimed, end: &AttemptEnd) -> bool {
+    match end {
+        AttemptEnd::Succeeded(output) => job.output.as_ref().is_some_and(|o| o.path == output.path),
+        AttemptEnd::Failed { .. } => job.failures > claimed.job.failures,
+        AttemptEnd::Cancelled { frames } => {
+            job.attempts == claimed.lease.attempt && job.state == JobState::Cancelled && job.frames_done == *frames
+        }
+        AttemptEnd::Interrupted { .. } => false,
     }
 }
 
