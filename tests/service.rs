@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::util::{http, rt, Server, TestStore};
 
 crate::on_every_backend!(
+    sigterm_drains_and_the_next_worker_finishes_the_job,
     api_end_to_end_over_a_real_socket,
     hostile_requests_get_a_json_4xx_and_never_a_5xx,
     cancel_a_queued_and_a_running_job,
@@ -423,4 +424,36 @@ fn jobs_sharing_a_template_share_gpu_submissions_and_match_a_solo_render(db: &Te
     // Billed once each: five one-second clips.
     let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &format!("Bearer {k}"))], b"").json();
     assert_eq!(usage["output_seconds"], "5", "{usage}");
+}
+
+fn sigterm_drains_and_the_next_worker_finishes_the_job(db: &TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start_on(db, dir.path(), &[], &[]);
+    let k = s.tenant("acme", "mid");
+    let id = s.submit(&k, &clip(4.0, 160, 90), Some("drain")).json()["id"].as_str().unwrap().to_string();
+    let start = std::time::Instant::now();
+    while s.job(&k, &id)["frames_done"].as_u64().unwrap_or(0) < 2 {
+        assert!(start.elapsed() < T, "the job never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let exit = s.child.wait().unwrap();
+    assert!(exit.success(), "a drain is a clean exit: {exit:?}\n{}", s.log_tail(20));
+    // Requeued at once, as an interruption: no failure spent, no lease held.
+    let view = rt().block_on(async {
+        let store = db.open(dir.path()).await;
+        store.job(&tessera_store::JobId::parse(&id).unwrap()).await.unwrap().unwrap()
+    });
+    assert_eq!(view.state, tessera_store::JobState::Queued, "{view:?}");
+    assert_eq!((view.failures, view.interruptions), (0, 1), "{:?}", view.errors);
+    assert!(view.errors[0].contains("draining"), "{:?}", view.errors);
+    assert!(view.not_before_ms <= tessera_metering::event::now_ms(), "a drained job waits for nothing");
+    // The registry knows the drained worker stopped; the next worker finishes the job.
+    s = Server::start_on(db, dir.path(), &[], &[]);
+    let done = s.wait(&k, &id, T);
+    assert_eq!((done["state"].as_str(), done["attempts"].as_u64()), (Some("succeeded"), Some(2)), "{done}");
+    let workers = http(&s.api, "GET", "/v1/workers", &[("Authorization", "Bearer admin-secret")], b"").json();
+    let stopped = workers["workers"].as_array().unwrap().iter().filter(|w| w["stopped_at_ms"].is_number()).count();
+    assert_eq!(stopped, 1, "{workers}");
 }
