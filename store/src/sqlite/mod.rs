@@ -149,8 +149,7 @@ impl SqliteBackend {
     }
 
     async fn month_usage_in(tx: &mut SqliteConnection, tenant: &str, month: &str) -> Result<MonthUsage> {
-        // The statement is written for PostgreSQL's placeholders.
-        let sql = rows::MONTH_USAGE_SQL.replace("$1", "?1").replace("$2", "?2");
+        let sql = rows::sqlite_placeholders(rows::MONTH_USAGE_SQL);
         let rows = sqlx::query(&sql).bind(tenant).bind(month).fetch_all(&mut *tx).await.db()?;
         rows::month_usage(&rows)
     }
@@ -615,8 +614,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals> {
-        // The statement is written for PostgreSQL's placeholders.
-        let sql = rows::USAGE_TOTALS_SQL.replace("$1", "?1");
+        let sql = rows::sqlite_placeholders(rows::USAGE_TOTALS_SQL);
         let rows = sqlx::query(&sql).bind(tenant.as_str()).fetch_all(&self.pool).await.db()?;
         rows::usage_totals(&rows)
     }
