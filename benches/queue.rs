@@ -69,6 +69,7 @@ fn job(t: &Tenant, rng: &mut Lcg) -> NewJob {
         max_wait_ms: 3_600_000,
         max_failures: 6,
         max_interruptions: 24,
+        chunk_frames: 0,
     }
 }
 

@@ -122,3 +122,81 @@ fn clips_past_one_gib_keep_every_frame() {
     let text = probe(&path, "stream=nb_read_frames", "-count_frames");
     assert_lines(&text, &[&format!("nb_read_frames={frames}")]);
 }
+
+/// Writes `frames` alternating frames (as [`write_clip`]) into segments of
+/// `sizes` frames each; returns each segment with its frame count.
+fn write_segments(dir: &Path, grid: McuGrid, sizes: &[u32]) -> Vec<(std::path::PathBuf, u32)> {
+    use tessera_worker::encode::mux::SegmentWriter;
+    let frames = [synthetic_jpeg(grid, 1), synthetic_jpeg(grid, 2)];
+    let mut i = 0u32;
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &size)| {
+            let path = dir.join(format!("c{n}.seg"));
+            let mut seg = SegmentWriter::new(&path);
+            seg.write_header(&StreamInfo { width: grid.width, height: grid.height, fps: 24, frames: size }).unwrap();
+            for _ in 0..size {
+                seg.write_frame(&frames[(i % 2) as usize]).unwrap();
+                i += 1;
+            }
+            seg.finish().unwrap();
+            (path, size)
+        })
+        .collect()
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn joined_segments_are_the_clip_written_in_one_pass_even_past_one_gib() {
+    use tessera_worker::encode::mux::segment::join;
+    let dir = tempfile::tempdir().unwrap();
+    let grid = McuGrid::new(1920, 1088);
+    let frame = synthetic_jpeg(grid, 1).len() as u64;
+    let frames = ((1u64 << 30) / frame + 40) as u32; // past 1 GiB: the AVIX RIFF starts inside a segment
+    let sizes = [frames / 3, frames / 3, frames - 2 * (frames / 3)];
+    let segments = write_segments(dir.path(), grid, &sizes);
+    let joined = dir.path().join("joined.avi");
+    let info = StreamInfo { width: grid.width, height: grid.height, fps: 24, frames };
+    let mut seen = 0;
+    let n = join(&segments, &joined, info, tessera_worker::encode::mux::RIFF_LIMIT, |_, _| seen += 1).unwrap();
+    assert_eq!((n, seen), (frames, frames));
+    for (path, _) in &segments {
+        std::fs::remove_file(path).unwrap();
+    }
+    let whole = dir.path().join("whole.avi");
+    write_clip(&whole, grid, frames, tessera_worker::encode::mux::RIFF_LIMIT);
+    assert!(std::fs::metadata(&joined).unwrap().len() > 1 << 30);
+    assert_eq!(sha256_of(&joined), sha256_of(&whole), "the joined clip differs from the one-pass clip");
+    std::fs::remove_file(&whole).unwrap();
+    assert!(count_riffs(&joined) >= 2);
+    let text = probe(&joined, "stream=nb_read_packets", "-count_packets");
+    assert_lines(&text, &[&format!("nb_read_packets={frames}")]);
+}
+
+#[test]
+fn a_damaged_or_short_segment_is_refused() {
+    use tessera_worker::encode::mux::segment::{join, SegmentError};
+    let dir = tempfile::tempdir().unwrap();
+    let grid = McuGrid::new(64, 48);
+    let mut segments = write_segments(dir.path(), grid, &[4, 3]);
+    let info = StreamInfo { width: 64, height: 48, fps: 24, frames: 7 };
+    let out = dir.path().join("out.avi");
+    // Small RIFFs: the join's OpenDML index spans several RIFFs.
+    join(&segments, &out, info, 64 << 10, |_, _| {}).unwrap();
+    assert_lines(&probe(&out, "stream=nb_read_frames", "-count_frames"), &["nb_read_frames=7"]);
+    ffmpeg_decode_is_silent(&out);
+    segments[1].1 = 4;
+    let short = join(&segments, &out, info, 64 << 10, |_, _| {}).unwrap_err();
+    assert!(short.to_string().contains("holds 3 frames, its chunk rendered 4"), "{short}");
+    let bytes = std::fs::read(&segments[0].0).unwrap();
+    std::fs::write(&segments[0].0, &bytes[..bytes.len() - 10]).unwrap();
+    let cut = join(&segments, &out, info, 64 << 10, |_, _| {}).unwrap_err();
+    assert!(matches!(cut, SegmentError::Damaged { .. }), "{cut}");
+}

@@ -8,6 +8,7 @@ mod util;
 
 mod avi;
 mod billing;
+mod chunks;
 mod cli;
 mod determinism;
 mod encode;

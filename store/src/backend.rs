@@ -23,8 +23,8 @@ use tessera_metering::{Lane, Pass, UsageEvent};
 use crate::error::StoreError;
 use crate::transition::AttemptEnd;
 use crate::types::{
-    Claimed, EventFilter, Job, JobFilter, JobId, LaneDepth, Lease, NewJob, Tenant, TenantId, UsageTotals, Worker,
-    WorkerId, WorkerInfo,
+    Chunk, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId,
+    UsageTotals, Worker, WorkerId, WorkerInfo,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -114,6 +114,18 @@ pub struct Retained {
     pub metadata_path: Option<String>,
 }
 
+/// A segment in the data directory, for storage metering and the sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSegment {
+    pub job: JobId,
+    pub chunk: u32,
+    pub path: String,
+    pub bytes: i64,
+    pub tenant: TenantId,
+    pub tier: String,
+    pub job_state: JobState,
+}
+
 /// GPU nanoseconds per (tenant id, pass, attempt outcome or `running`).
 pub type GpuTotals = BTreeMap<(String, String, String), i64>;
 
@@ -147,8 +159,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// A queued job is cancelled at once (and its reservation released); a
     /// running one is flagged and stops at its next frame.
     async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>>;
-    /// Claims the next job: aged jobs first (most overdue first), then by lane
-    /// and rank; leases it to `owner` until `now_ms + lease_ms`.
+    /// Claims the next chunk: of aged jobs first (most overdue first), then by
+    /// lane, rank and chunk order; leases it to `owner` until `now_ms + lease_ms`.
     async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>>;
     /// Renews a lease; returns whether a cancel was requested.
     async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool>;
@@ -161,6 +173,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// settlement leaves behind.
     async fn reap(&self, now_ms: i64, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>>;
     async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>>;
+    /// A job's chunks, in order.
+    async fn chunks(&self, job: &JobId) -> Result<Vec<Chunk>>;
+    /// GPU nanoseconds of a job per (chunk, pass).
+    async fn chunk_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<(u32, Pass), i64>>;
+    /// Every segment on disk.
+    async fn segments(&self) -> Result<Vec<StoredSegment>>;
+    /// The job's segments were removed from disk.
+    async fn forget_segments(&self, job: &JobId) -> Result<()>;
     /// The query plan of the claim, for operators and benchmarks.
     async fn explain_claim(&self) -> Result<String>;
 

@@ -7,7 +7,7 @@ use tessera_metering::event::month_of;
 use tessera_metering::UsageEvent;
 
 use crate::score::{self, ScoreInputs};
-use crate::transition::JobUpdate;
+use crate::transition::{ChunkUpdate, JobUpdate};
 use crate::types::NewJob;
 
 type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
@@ -119,6 +119,26 @@ where
         .bind(out.map(|o| o.bytes))
         .bind(out.map(|o| o.sha256.clone()))
         .bind(out.map(|o| o.metadata_path.clone()))
+}
+
+/// Binds `$5`..`$12` of [`crate::chunks::UPDATE_CHUNK`] after its fence.
+pub(crate) fn chunk_update<'q, DB>(q: Q<'q, DB>, c: &ChunkUpdate) -> Q<'q, DB>
+where
+    DB: Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+{
+    let seg = c.segment.as_ref();
+    q.bind(c.state.as_str().to_string())
+        .bind(i64::from(c.interruptions))
+        .bind(i64::from(c.frames_done))
+        .bind(c.not_before_ms)
+        .bind(c.rank_ms)
+        .bind(seg.map(|s| s.path.clone()))
+        .bind(seg.map(|s| s.bytes))
+        .bind(seg.map(|s| s.sha256.clone()))
 }
 
 /// `col1 = <p>1, col2 = <p>2, ...` for an UPDATE, numbering placeholders from `first`.

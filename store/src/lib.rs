@@ -20,6 +20,7 @@
 
 pub mod backend;
 mod binds;
+mod chunks;
 pub mod error;
 pub mod faults;
 pub mod postgres;
@@ -39,12 +40,12 @@ use tessera_metering::event::{month_of, now_ms};
 use tessera_metering::tiers::{MonthUsage, Tier};
 use tessera_metering::{EventKind, Pass, PriceBook, QuoteRequest, UsageEvent};
 
-pub use backend::{Backend, BackendKind, GpuTotals, Reaped, Retained, Settled, Submitted};
+pub use backend::{Backend, BackendKind, GpuTotals, Reaped, Retained, Settled, StoredSegment, Submitted};
 pub use error::StoreError;
 pub use transition::AttemptEnd;
 pub use types::{
-    ArchivedOutput, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId,
-    Worker, WorkerId, WorkerInfo,
+    chunk_plan, ArchivedOutput, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState,
+    LaneDepth, Lease, NewJob, Segment, Tenant, TenantId, Worker, WorkerId, WorkerInfo,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -269,7 +270,7 @@ impl Store {
         self.backend.request_cancel(id, now_ms()).await
     }
 
-    /// Claims the next job for `owner` under a lease of `lease_ms`.
+    /// Claims the next chunk for `owner` under a lease of `lease_ms`.
     pub async fn claim(&self, owner: &WorkerId, lease_ms: i64) -> Result<Option<Claimed>> {
         self.backend.claim(owner, now_ms(), lease_ms).await
     }
@@ -303,6 +304,26 @@ impl Store {
 
     pub async fn depths(&self) -> Result<Vec<(tessera_metering::Lane, LaneDepth)>> {
         self.backend.depths().await
+    }
+
+    /// A job's chunks, in order.
+    pub async fn chunks(&self, job: &JobId) -> Result<Vec<Chunk>> {
+        self.backend.chunks(job).await
+    }
+
+    /// GPU nanoseconds of a job per (chunk, pass): the attempts of each chunk summed.
+    pub async fn chunk_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<(u32, Pass), i64>> {
+        self.backend.chunk_gpu_ns(job).await
+    }
+
+    /// Every segment on disk, with its job's tenant and state.
+    pub async fn segments(&self) -> Result<Vec<StoredSegment>> {
+        self.backend.segments().await
+    }
+
+    /// Records that a job's segments were removed from disk.
+    pub async fn forget_segments(&self, job: &JobId) -> Result<()> {
+        self.backend.forget_segments(job).await
     }
 
     /// The query plan of the claim statement (EXPLAIN), for operators and benches.

@@ -8,11 +8,13 @@ use tessera_metering::price::from_micros;
 use tessera_metering::tiers::MonthUsage;
 use tessera_metering::{EventKind, Lane, Outcome, Pass, TimingSource, UsageEvent};
 
-use crate::backend::Retained;
+use crate::backend::{Retained, StoredSegment};
 use crate::error::StoreError;
+use crate::transition::ChunkCurrent;
 use crate::transition::Current;
 use crate::types::{
-    ArchivedOutput, Job, JobId, JobState, LaneDepth, Lease, Tenant, TenantId, UsageTotals, Worker, WorkerId, WorkerInfo,
+    ArchivedOutput, Chunk, ChunkKind, ChunkState, Job, JobId, JobState, LaneDepth, Lease, Segment, Tenant, TenantId,
+    UsageTotals, Worker, WorkerId, WorkerInfo,
 };
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -22,6 +24,10 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, idempotency_key, body_hash,
     attempts, failures, interruptions, max_failures, max_interruptions, frames_total, frames_done, fps, price_micros,
     created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json, lease_owner,
     lease_until_ms, worker, output_path, output_bytes, output_sha256, metadata_path";
+
+/// The columns of a chunk, in the order [`chunk`] reads them.
+pub(crate) const CHUNK_COLUMNS: &str = "job_id, idx, kind, first_frame, frames, state, attempt, attempts,
+    interruptions, frames_done, worker, lease_owner, lease_until_ms, segment_path, segment_bytes, segment_sha256";
 
 /// What the transition rules read from a locked row.
 pub(crate) const CURRENT_COLUMNS: &str = "attempts, failures, interruptions, max_failures, max_interruptions,
@@ -89,12 +95,7 @@ pub(crate) fn state(r: &impl Columns) -> Result<JobState> {
 pub(crate) fn job(r: &impl Columns) -> Result<Job> {
     let state = state(r)?;
     let id = JobId::new(r.text("id")?);
-    let owner = r.opt_text("lease_owner")?.map(WorkerId::new);
     let attempts = count(r, "attempts")?;
-    let lease = match (state, owner) {
-        (JobState::Running, Some(owner)) => Some(Lease { job: id.clone(), attempt: attempts, owner }),
-        _ => None,
-    };
     let output = match (r.opt_text("output_path")?, r.opt_text("output_sha256")?) {
         (Some(path), Some(sha256)) => Some(ArchivedOutput {
             path,
@@ -127,11 +128,73 @@ pub(crate) fn job(r: &impl Columns) -> Result<Job> {
         finished_at_ms: r.opt_int("finished_at_ms")?,
         cancel_requested: r.flag("cancel_requested")?,
         errors: errors(&r.text("errors_json")?)?,
-        lease,
-        lease_until_ms: r.opt_int("lease_until_ms")?,
         worker: r.opt_text("worker")?.map(WorkerId::new),
         output,
         id,
+    })
+}
+
+pub(crate) fn chunk(r: &impl Columns) -> Result<Chunk> {
+    let segment = match (r.opt_text("segment_path")?, r.opt_text("segment_sha256")?) {
+        (Some(path), Some(sha256)) => Some(Segment {
+            path,
+            bytes: r.opt_int("segment_bytes")?.unwrap_or(0),
+            sha256,
+            frames: count(r, "frames_done")?,
+        }),
+        _ => None,
+    };
+    Ok(Chunk {
+        job: JobId::new(r.text("job_id")?),
+        index: count(r, "idx")?,
+        kind: parsed::<ChunkKind>("chunk kind", &r.text("kind")?)?,
+        first_frame: count(r, "first_frame")?,
+        frames: count(r, "frames")?,
+        state: parsed::<ChunkState>("chunk state", &r.text("state")?)?,
+        attempt: count(r, "attempt")?,
+        attempts: count(r, "attempts")?,
+        interruptions: count(r, "interruptions")?,
+        frames_done: count(r, "frames_done")?,
+        worker: r.opt_text("worker")?.map(WorkerId::new),
+        lease_until_ms: r.opt_int("lease_until_ms")?,
+        segment,
+    })
+}
+
+/// GPU nanoseconds per (chunk, pass) from rows of (chunk, pass, ns).
+pub(crate) fn chunk_gpu<R: Columns>(rows: &[R]) -> Result<std::collections::BTreeMap<(u32, Pass), i64>> {
+    rows.iter().map(|r| Ok(((count(r, "chunk")?, pass(&r.text("pass")?)?), r.int("ns")?))).collect()
+}
+
+pub(crate) fn stored_segment(r: &impl Columns) -> Result<StoredSegment> {
+    Ok(StoredSegment {
+        job: JobId::new(r.text("job_id")?),
+        chunk: count(r, "idx")?,
+        path: r.text("segment_path")?,
+        bytes: r.int("bytes")?,
+        tenant: TenantId::new(r.text("tenant_id")?),
+        tier: r.text("tier")?,
+        job_state: state(r)?,
+    })
+}
+
+/// The lease of a running chunk row.
+pub(crate) fn chunk_lease(r: &impl Columns) -> Result<Lease> {
+    Ok(Lease {
+        job: JobId::new(r.text("job_id")?),
+        chunk: count(r, "idx")?,
+        attempt: count(r, "attempt")?,
+        owner: WorkerId::new(r.text("lease_owner")?),
+    })
+}
+
+/// The settling chunk (`kind`, `interruptions`) and its siblings (`running`, `open`).
+pub(crate) fn chunk_current(r: &impl Columns, siblings: &impl Columns) -> Result<ChunkCurrent> {
+    Ok(ChunkCurrent {
+        kind: parsed::<ChunkKind>("chunk kind", &r.text("kind")?)?,
+        interruptions: count(r, "interruptions")?,
+        others_running: count(siblings, "running")?,
+        others_open: count(siblings, "open")?,
     })
 }
 
@@ -276,6 +339,17 @@ pub(crate) fn sqlite_placeholders(sql: &str) -> String {
         out.push(if numbered { '?' } else { c });
     }
     out
+}
+
+/// [`sqlite_placeholders`] of a static statement, converted once per process.
+pub(crate) fn sqlite_static(sql: &'static str) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CONVERTED: Mutex<Option<HashMap<&'static str, &'static str>>> = Mutex::new(None);
+    let mut map = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
+    map.get_or_insert_with(HashMap::new)
+        .entry(sql)
+        .or_insert_with(|| Box::leak(sqlite_placeholders(sql).into_boxed_str()))
 }
 
 /// The statement both backends run for [`usage_totals`].

@@ -16,13 +16,15 @@
 use tessera_metering::Outcome;
 
 use crate::score;
-use crate::types::{ArchivedOutput, JobState};
+use crate::types::{ArchivedOutput, ChunkKind, ChunkState, JobState, Segment};
 
 /// How an attempt ended, as its worker (or the reaper) reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptEnd {
     /// The clip is archived; the job's billable output goes with this.
     Succeeded(ArchivedOutput),
+    /// A range chunk's frames are in their segment (nothing billed yet).
+    Segment(Segment),
     /// Stopped by a cancel after delivering `frames` frames (billed for those).
     Cancelled { frames: u32 },
     /// The attempt failed. `retryable: false` for errors no retry can fix.
@@ -35,7 +37,7 @@ impl AttemptEnd {
     /// The outcome recorded in the attempt's `attempt_end` event.
     pub fn outcome(&self) -> Outcome {
         match self {
-            AttemptEnd::Succeeded(_) => Outcome::Succeeded,
+            AttemptEnd::Succeeded(_) | AttemptEnd::Segment(_) => Outcome::Succeeded,
             AttemptEnd::Cancelled { .. } => Outcome::Cancelled,
             AttemptEnd::Failed { .. } => Outcome::Failed,
             AttemptEnd::Interrupted { .. } => Outcome::Interrupted,
@@ -101,6 +103,8 @@ pub fn settle(now_ms: i64, cur: &Current, end: &AttemptEnd) -> JobUpdate {
             u.state = JobState::Cancelled;
             u.frames_done = *frames;
         }
+        // A segment is decided by `settle_chunk`; here it changes nothing of the job.
+        AttemptEnd::Segment(_) => {}
         AttemptEnd::Failed { error, retry_in_ms, retryable } => {
             u.failures += 1;
             u.errors.push(format!("attempt {}: {error}", cur.attempts));
@@ -133,6 +137,107 @@ pub fn settle(now_ms: i64, cur: &Current, end: &AttemptEnd) -> JobUpdate {
         u.release_reservation = true;
     }
     u
+}
+
+/// What a decision needs from the locked row of the settling chunk and its siblings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkCurrent {
+    pub kind: ChunkKind,
+    pub interruptions: u32,
+    /// Other chunks of the job still running.
+    pub others_running: u32,
+    /// Other range chunks not done yet (queued or running).
+    pub others_open: u32,
+}
+
+/// The chunk's row after a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkUpdate {
+    pub state: ChunkState,
+    pub interruptions: u32,
+    pub frames_done: u32,
+    pub not_before_ms: i64,
+    pub rank_ms: i64,
+    pub segment: Option<Segment>,
+}
+
+/// A chunk's settlement: its row, its job's row, and what happens to the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSettlement {
+    pub chunk: ChunkUpdate,
+    /// The job's row; a state that is not final is `Running` while other
+    /// chunks run, else `Queued`.
+    pub job: JobUpdate,
+    /// The job ended: its unfinished chunks end in this state.
+    pub close_others: Option<ChunkState>,
+    /// The join may start: every range is done, or the job is cancelled and
+    /// no range runs any more (the join then settles what was delivered).
+    pub unblock_join: bool,
+}
+
+/// Decides a chunk's settlement. The budgets: failures are the job's (summed
+/// over its chunks), interruptions are the chunk's, so a long clip in a fleet
+/// that loses workers is not dead-lettered for their number of chunks.
+pub fn settle_chunk(
+    now_ms: i64,
+    job: &Current,
+    chunk: &ChunkCurrent,
+    end: &AttemptEnd,
+) -> Result<ChunkSettlement, String> {
+    match (chunk.kind, end) {
+        (ChunkKind::Range, AttemptEnd::Succeeded(_)) => {
+            return Err("a range chunk ends with a segment, not an archived clip".into())
+        }
+        (ChunkKind::Whole | ChunkKind::Join, AttemptEnd::Segment(_)) => {
+            return Err("only a range chunk ends with a segment".into())
+        }
+        _ => {}
+    }
+    let budget = Current { interruptions: chunk.interruptions, ..job.clone() };
+    let mut u = settle(now_ms, &budget, end);
+    let chunk_interruptions = u.interruptions;
+    u.interruptions = job.interruptions + (chunk_interruptions - chunk.interruptions);
+    let mut c = ChunkUpdate {
+        state: match u.state {
+            JobState::Queued | JobState::Running => ChunkState::Queued,
+            JobState::Succeeded => ChunkState::Done,
+            JobState::Cancelled => ChunkState::Cancelled,
+            JobState::Dead => ChunkState::Dead,
+        },
+        interruptions: chunk_interruptions,
+        frames_done: u.frames_done,
+        not_before_ms: u.not_before_ms,
+        rank_ms: u.rank_ms,
+        segment: None,
+    };
+    let mut unblock_join = false;
+    if chunk.kind == ChunkKind::Range {
+        let last_running = chunk.others_running == 0;
+        if let AttemptEnd::Segment(seg) = end {
+            c.state = ChunkState::Done;
+            c.frames_done = seg.frames;
+            c.segment = Some(seg.clone());
+            unblock_join = chunk.others_open == 0 || (job.cancel_requested && last_running);
+        } else if c.state == ChunkState::Cancelled {
+            // The job ends at its join, once no range runs.
+            unblock_join = last_running;
+        }
+        if u.state != JobState::Dead {
+            u.state = JobState::Queued;
+            u.finished_at_ms = None;
+            u.release_reservation = false;
+            u.output = None;
+        }
+    }
+    if !u.state.is_final() && chunk.others_running > 0 {
+        u.state = JobState::Running;
+    }
+    let close_others = match u.state {
+        JobState::Dead => Some(ChunkState::Dead),
+        JobState::Cancelled => Some(ChunkState::Cancelled),
+        _ => None,
+    };
+    Ok(ChunkSettlement { chunk: c, job: u, close_others, unblock_join })
 }
 
 #[cfg(test)]
@@ -176,6 +281,58 @@ mod tests {
         let u = settle(10, &Current { interruptions: 1, ..cur() }, &lost);
         assert_eq!(u.state, JobState::Dead);
         assert!(u.release_reservation && u.errors.last().unwrap().contains("2 interruptions"));
+    }
+
+    fn range(others_running: u32, others_open: u32) -> ChunkCurrent {
+        ChunkCurrent { kind: ChunkKind::Range, interruptions: 0, others_running, others_open }
+    }
+
+    fn segment() -> AttemptEnd {
+        AttemptEnd::Segment(Segment { path: "s".into(), bytes: 9, sha256: "00".into(), frames: 24 })
+    }
+
+    #[test]
+    fn the_last_range_unblocks_the_join_and_only_the_join_finishes_the_job() {
+        let s = settle_chunk(5, &cur(), &range(1, 1), &segment()).unwrap();
+        assert_eq!((s.chunk.state, s.chunk.frames_done, s.job.state), (ChunkState::Done, 24, JobState::Running));
+        assert!(!s.unblock_join && !s.job.release_reservation && s.close_others.is_none());
+        let s = settle_chunk(5, &cur(), &range(0, 0), &segment()).unwrap();
+        assert!(s.unblock_join);
+        assert_eq!(s.job.state, JobState::Queued);
+        let join = ChunkCurrent { kind: ChunkKind::Join, ..range(0, 0) };
+        assert!(settle_chunk(5, &cur(), &join, &segment()).is_err());
+        let out = ArchivedOutput { path: "c".into(), bytes: 1, sha256: "00".into(), metadata_path: "m".into() };
+        let s = settle_chunk(5, &cur(), &join, &AttemptEnd::Succeeded(out)).unwrap();
+        assert_eq!((s.job.state, s.chunk.state), (JobState::Succeeded, ChunkState::Done));
+        assert!(s.job.release_reservation);
+    }
+
+    #[test]
+    fn a_range_retries_alone_and_kills_its_job_when_the_budget_is_spent() {
+        let lost = AttemptEnd::Interrupted { reason: "lease expired".into(), retry_in_ms: 0 };
+        let s = settle_chunk(5, &Current { interruptions: 7, ..cur() }, &range(2, 3), &lost).unwrap();
+        assert_eq!((s.chunk.state, s.chunk.interruptions, s.job.interruptions), (ChunkState::Queued, 1, 8));
+        assert_eq!((s.job.state, s.close_others), (JobState::Running, None));
+        // The interruption budget is the chunk's.
+        let tired = ChunkCurrent { interruptions: 1, ..range(2, 3) };
+        let s = settle_chunk(5, &cur(), &tired, &lost).unwrap();
+        assert_eq!((s.job.state, s.close_others), (JobState::Dead, Some(ChunkState::Dead)));
+        // The failure budget is the job's.
+        let s = settle_chunk(5, &Current { failures: 2, ..cur() }, &range(0, 3), &failed(true)).unwrap();
+        assert_eq!((s.job.state, s.chunk.state), (JobState::Dead, ChunkState::Dead));
+        assert!(s.job.release_reservation);
+    }
+
+    #[test]
+    fn a_cancelled_range_leaves_the_job_to_its_join() {
+        let asked = Current { cancel_requested: true, ..cur() };
+        let s = settle_chunk(5, &asked, &range(1, 2), &AttemptEnd::Cancelled { frames: 3 }).unwrap();
+        assert_eq!((s.chunk.state, s.chunk.frames_done, s.job.state), (ChunkState::Cancelled, 3, JobState::Running));
+        assert!(!s.unblock_join && !s.job.release_reservation);
+        let s = settle_chunk(5, &asked, &range(0, 2), &failed(true)).unwrap();
+        assert_eq!((s.chunk.state, s.job.state, s.unblock_join), (ChunkState::Cancelled, JobState::Queued, true));
+        let s = settle_chunk(5, &asked, &range(0, 2), &segment()).unwrap();
+        assert!(s.unblock_join);
     }
 
     #[test]

@@ -139,13 +139,17 @@ impl FromStr for JobState {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lease {
     pub job: JobId,
+    /// The chunk of the job the attempt renders (or joins).
+    pub chunk: u32,
+    /// The attempt's number, counted over the whole job (every chunk's claims),
+    /// so `(job, attempt)` names one attempt and its ledger ids never collide.
     pub attempt: u32,
     pub owner: WorkerId,
 }
 
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} attempt {} held by {}", self.job, self.attempt, self.owner)
+        write!(f, "{} chunk {} attempt {} held by {}", self.job, self.chunk, self.attempt, self.owner)
     }
 }
 
@@ -195,10 +199,8 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
     pub cancel_requested: bool,
     pub errors: Vec<String>,
-    /// The lease of the running attempt.
-    pub lease: Option<Lease>,
-    pub lease_until_ms: Option<i64>,
-    /// The worker holding the lease, or the last one that held it.
+    /// The worker that last claimed one of its chunks (each chunk holds its
+    /// own lease: [`Chunk::lease`]).
     pub worker: Option<WorkerId>,
     pub output: Option<ArchivedOutput>,
 }
@@ -222,13 +224,132 @@ pub struct NewJob {
     pub max_wait_ms: i64,
     pub max_failures: u32,
     pub max_interruptions: u32,
+    /// Frames per chunk (0: the whole clip is one chunk).
+    pub chunk_frames: u32,
 }
 
-/// A claimed job and the lease its attempt runs under.
+/// A claimed chunk of a job and the lease its attempt runs under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
     pub job: Job,
+    pub chunk: Chunk,
     pub lease: Lease,
+}
+
+/// What a chunk does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkKind {
+    /// The clip in one piece: renders and archives the final clip itself.
+    Whole,
+    /// A range of frames rendered into a segment, joined later.
+    Range,
+    /// Joins the segments into the final clip once every range is done (or
+    /// settles a cancelled job for the frames its ranges delivered).
+    Join,
+}
+
+/// Where a chunk is.
+///
+/// `blocked` (a join waiting for its ranges) → `queued` → `running` →
+/// `done`, or back to `queued` (retry), or `cancelled` / `dead` with its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkState {
+    Blocked,
+    Queued,
+    Running,
+    Done,
+    Cancelled,
+    Dead,
+}
+
+macro_rules! str_enum {
+    ($t:ident { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $($t::$v => $s),* }
+            }
+        }
+        impl FromStr for $t {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok($t::$v),)*
+                    other => Err(format!("unknown {} `{other}`", stringify!($t))),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(ChunkKind { Whole => "whole", Range => "range", Join => "join" });
+str_enum!(ChunkState {
+    Blocked => "blocked", Queued => "queued", Running => "running", Done => "done",
+    Cancelled => "cancelled", Dead => "dead",
+});
+
+/// A finished range's frames in the shared data directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub path: String,
+    pub bytes: i64,
+    pub sha256: String,
+    pub frames: u32,
+}
+
+/// One chunk of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chunk {
+    pub job: JobId,
+    pub index: u32,
+    pub kind: ChunkKind,
+    pub first_frame: u32,
+    /// Frames it renders (0 for a join).
+    pub frames: u32,
+    pub state: ChunkState,
+    /// The job-wide number of its current (or last) attempt.
+    pub attempt: u32,
+    /// Its attempts (claims).
+    pub attempts: u32,
+    pub interruptions: u32,
+    pub frames_done: u32,
+    /// The worker holding it, or the last one that held it.
+    pub worker: Option<WorkerId>,
+    pub lease_until_ms: Option<i64>,
+    pub segment: Option<Segment>,
+}
+
+impl Chunk {
+    /// The lease of its running attempt.
+    pub fn lease(&self) -> Option<Lease> {
+        match (self.state, &self.worker) {
+            (ChunkState::Running, Some(owner)) => {
+                Some(Lease { job: self.job.clone(), chunk: self.index, attempt: self.attempt, owner: owner.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How a clip of `frames_total` frames splits into chunks of `chunk_frames`:
+/// (kind, first frame, frames). One `whole` chunk when it fits in one (or
+/// `chunk_frames` is 0); else consecutive ranges and a join after them.
+pub fn chunk_plan(frames_total: u32, chunk_frames: u32) -> Vec<(ChunkKind, u32, u32)> {
+    if chunk_frames == 0 || frames_total <= chunk_frames {
+        return vec![(ChunkKind::Whole, 0, frames_total)];
+    }
+    let mut plan: Vec<_> = (0..frames_total)
+        .step_by(chunk_frames as usize)
+        .map(|first| (ChunkKind::Range, first, chunk_frames.min(frames_total - first)))
+        .collect();
+    plan.push((ChunkKind::Join, frames_total, 0));
+    plan
 }
 
 /// A job listing's filters; the cursor is the last job of the previous page.
@@ -318,5 +439,25 @@ mod tests {
         for s in JobState::ALL {
             assert_eq!(s.as_str().parse::<JobState>(), Ok(s));
         }
+        assert_eq!("blocked".parse::<ChunkState>(), Ok(ChunkState::Blocked));
+        assert_eq!("join".parse::<ChunkKind>(), Ok(ChunkKind::Join));
+    }
+
+    #[test]
+    fn clips_split_into_consecutive_ranges_and_a_join() {
+        assert_eq!(chunk_plan(48, 0), vec![(ChunkKind::Whole, 0, 48)]);
+        assert_eq!(chunk_plan(48, 48), vec![(ChunkKind::Whole, 0, 48)]);
+        let plan = chunk_plan(50, 24);
+        assert_eq!(
+            plan,
+            vec![
+                (ChunkKind::Range, 0, 24),
+                (ChunkKind::Range, 24, 24),
+                (ChunkKind::Range, 48, 2),
+                (ChunkKind::Join, 50, 0)
+            ]
+        );
+        let covered: u32 = plan.iter().map(|c| c.2).sum();
+        assert_eq!(covered, 50);
     }
 }

@@ -64,6 +64,8 @@ conformance!(
     renders_outside_the_queue_reserve_and_bill_once,
     workers_register_and_one_leads_each_task,
     listings_pages_and_depths,
+    a_chunked_job_spreads_over_workers_and_joins_once,
+    a_chunked_job_cancels_and_dies_as_one,
 );
 
 fn book() -> PriceBook {
@@ -90,6 +92,7 @@ fn new_job(t: &Tenant, lane: Lane, key: Option<&str>, frames: u32) -> NewJob {
         max_wait_ms: 3_600_000,
         max_failures: 3,
         max_interruptions: 3,
+        chunk_frames: 0,
     }
 }
 
@@ -144,6 +147,11 @@ fn success_events(t: &Tenant, lease: &Lease, frames: u32) -> Vec<UsageEvent> {
     ]
 }
 
+/// The leases of a job's running chunks.
+async fn leases(store: &Store, job: &JobId) -> Vec<Lease> {
+    store.chunks(job).await.unwrap().iter().filter_map(|c| c.lease()).collect()
+}
+
 fn worker() -> WorkerId {
     WorkerId::random()
 }
@@ -184,7 +192,7 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     let w = worker();
     let claimed = store.claim(&w, 10_000).await.unwrap().expect("a job to claim");
     assert_eq!(claimed.job.id, job.id);
-    assert_eq!(claimed.lease, Lease { job: job.id.clone(), attempt: 1, owner: w.clone() });
+    assert_eq!(claimed.lease, Lease { job: job.id.clone(), chunk: 0, attempt: 1, owner: w.clone() });
     assert_eq!((claimed.job.state, claimed.job.worker.as_ref()), (JobState::Running, Some(&w)));
     assert!(store.claim(&w, 10_000).await.unwrap().is_none(), "one job, claimed twice");
 
@@ -195,7 +203,8 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     let settled = store.settle(&claimed.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
     assert_eq!(settled.inserted, vec![true, true, true]);
     let done = settled.job;
-    assert_eq!((done.state, done.frames_done, done.lease.as_ref()), (JobState::Succeeded, 48, None));
+    assert_eq!((done.state, done.frames_done), (JobState::Succeeded, 48));
+    assert_eq!(leases(&store, &job.id).await, vec![]);
     assert_eq!(done.output, Some(archived(&job.id)));
     assert_eq!(done.worker, Some(w.clone()), "the job names the worker that ran it");
     assert!(done.finished_at_ms.is_some());
@@ -354,7 +363,8 @@ async fn a_stale_attempt_is_fenced_out(store: Store) {
         assert!(matches!(e, StoreError::LeaseLost(ref l) if *l == old), "{e}");
     }
     let job = store.job(&id).await.unwrap().unwrap();
-    assert_eq!((job.state, job.attempts, job.frames_done, job.lease.as_ref()), (JobState::Running, 2, 0, Some(&new)));
+    assert_eq!((job.state, job.attempts, job.frames_done), (JobState::Running, 2, 0));
+    assert_eq!(leases(&store, &id).await, vec![new.clone()]);
     assert!(outputs_of(&store, &id).await.is_empty(), "the stale attempt billed the customer");
     // What it metered stays the operator's cost: its GPU events are recorded.
     let stale_gpu = UsageEvent::gpu(&attempt(&t, &old), Pass::Render, 0, 24, 7_000, TimingSource::Gpu);
@@ -614,7 +624,8 @@ async fn transactions_roll_back_after_an_injected_error(store: Store) {
     store.inject_fault("settle");
     assert!(store.settle(&lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.is_err());
     let j = store.job(&job.id).await.unwrap().unwrap();
-    assert_eq!((j.state, j.lease.as_ref()), (JobState::Running, Some(&lease)));
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!(leases(&store, &j.id).await, vec![lease.clone()]);
     assert!(store.events(&Default::default()).await.unwrap().is_empty(), "events of a rolled-back settlement");
     let s = store.settle(&lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
     assert_eq!((s.job.state, s.inserted), (JobState::Succeeded, vec![true; 3]));
@@ -624,7 +635,7 @@ async fn transactions_roll_back_after_an_injected_error(store: Store) {
     tokio::time::sleep(Duration::from_millis(10)).await;
     store.inject_fault("reap");
     assert!(store.reap(&worker(), &[], 10).await.is_err());
-    assert_eq!(store.job(&id).await.unwrap().unwrap().lease, Some(lease));
+    assert_eq!(leases(&store, &id).await, vec![lease.clone()]);
     assert_eq!(store.reap(&worker(), &[], 10).await.unwrap().len(), 1);
     // A failed append records nothing; its retry records everything once.
     let a = AttemptRef { tenant_id: t.id.to_string(), tier: "mid".into(), job_id: id.to_string(), attempt: 1 };
@@ -768,5 +779,146 @@ async fn listings_pages_and_depths(store: Store) {
     let running = JobFilter { state: Some(JobState::Running), limit: 50, ..Default::default() };
     assert_eq!(store.jobs(&t.id, &running).await.unwrap().len(), 1);
     let plan = store.explain_claim().await.unwrap();
-    assert!(plan.contains("jobs_claim"), "the claim does not use its index:\n{plan}");
+    assert!(plan.contains("chunks_claim"), "the claim does not use its index:\n{plan}");
+}
+
+fn segment(lease: &Lease, frames: u32) -> AttemptEnd {
+    AttemptEnd::Segment(tessera_store::Segment {
+        path: format!("clips/{}.a{}.seg", lease.job, lease.attempt),
+        bytes: 1000,
+        sha256: "cd".into(),
+        frames,
+    })
+}
+
+fn gpu_events(t: &Tenant, lease: &Lease, ns: i64) -> Vec<UsageEvent> {
+    let a = attempt(t, lease);
+    vec![
+        UsageEvent::gpu(&a, Pass::Render, 0, 1, ns as u64, TimingSource::Gpu),
+        UsageEvent::attempt_end(&a, Outcome::Succeeded),
+    ]
+}
+
+async fn a_chunked_job_spreads_over_workers_and_joins_once(store: Store) {
+    use tessera_store::{ChunkKind, ChunkState};
+    let t = tenant(&store, "acme", "mid").await;
+    let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 50) };
+    submit(&store, &t, &job).await;
+    let chunks = store.chunks(&job.id).await.unwrap();
+    let plan: Vec<_> = chunks.iter().map(|c| (c.kind, c.first_frame, c.frames, c.state)).collect();
+    assert_eq!(
+        plan,
+        vec![
+            (ChunkKind::Range, 0, 24, ChunkState::Queued),
+            (ChunkKind::Range, 24, 24, ChunkState::Queued),
+            (ChunkKind::Range, 48, 2, ChunkState::Queued),
+            (ChunkKind::Join, 50, 0, ChunkState::Blocked),
+        ]
+    );
+    // Three workers take one chunk each; attempt numbers are job-wide.
+    let (a, b, c) = (worker(), worker(), worker());
+    let ca = store.claim(&a, 60_000).await.unwrap().unwrap();
+    let cb = store.claim(&b, 60_000).await.unwrap().unwrap();
+    let cc = store.claim(&c, 60_000).await.unwrap().unwrap();
+    let got: Vec<_> = [&ca, &cb, &cc].iter().map(|x| (x.lease.chunk, x.lease.attempt, x.chunk.first_frame)).collect();
+    assert_eq!(got, vec![(0, 1, 0), (1, 2, 24), (2, 3, 48)]);
+    assert!(store.claim(&a, 60_000).await.unwrap().is_none(), "the join waits for its ranges");
+    // Progress sums over chunks.
+    store.heartbeat(&ca.lease, 60_000, 10).await.unwrap();
+    store.heartbeat(&cb.lease, 60_000, 5).await.unwrap();
+    assert_eq!(store.job(&job.id).await.unwrap().unwrap().frames_done, 15);
+    // Chunk 1 finishes; chunk 0's worker is lost: only chunk 0 runs again.
+    store.settle(&cb.lease, &segment(&cb.lease, 24), &gpu_events(&t, &cb.lease, 200)).await.unwrap();
+    let lost = AttemptEnd::Interrupted { reason: "lease expired".into(), retry_in_ms: 0 };
+    let s = store.settle(&ca.lease, &lost, &gpu_events(&t, &ca.lease, 70)[..1]).await.unwrap();
+    assert_eq!((s.job.state, s.job.interruptions, s.job.frames_done), (JobState::Running, 1, 24));
+    let again = store.claim(&b, 60_000).await.unwrap().unwrap();
+    assert_eq!((again.lease.chunk, again.lease.attempt, again.chunk.attempts), (0, 4, 2));
+    let late = store.heartbeat(&ca.lease, 60_000, 11).await.unwrap_err();
+    assert!(matches!(late, StoreError::LeaseLost(_)), "{late}");
+    let wrong = store.settle(&again.lease, &AttemptEnd::Succeeded(archived(&job.id)), &[]).await.unwrap_err();
+    assert!(wrong.to_string().contains("segment"), "a range must end with a segment: {wrong}");
+    store.settle(&again.lease, &segment(&again.lease, 24), &gpu_events(&t, &again.lease, 100)).await.unwrap();
+    assert!(store.claim(&a, 60_000).await.unwrap().is_none());
+    let s = store.settle(&cc.lease, &segment(&cc.lease, 2), &gpu_events(&t, &cc.lease, 30)).await.unwrap();
+    assert_eq!((s.job.state, s.job.frames_done), (JobState::Queued, 50));
+    // The last range unblocks the join, which any worker claims; it alone bills.
+    let join = store.claim(&c, 60_000).await.unwrap().expect("the join");
+    assert_eq!((join.chunk.kind, join.lease.chunk, join.lease.attempt), (ChunkKind::Join, 3, 5));
+    assert!(!store.has_output(&job.id).await.unwrap());
+    let segs: Vec<_> = store.segments().await.unwrap().into_iter().map(|s| s.chunk).collect();
+    assert_eq!(segs, vec![0, 1, 2]);
+    let done = store
+        .settle(&join.lease, &AttemptEnd::Succeeded(archived(&job.id)), &success_events(&t, &join.lease, 50))
+        .await
+        .unwrap()
+        .job;
+    assert_eq!((done.state, done.frames_done, done.attempts), (JobState::Succeeded, 50, 5));
+    assert_eq!(outputs_of(&store, &job.id).await.len(), 1);
+    let usage = store.month_usage(&t.id).await.unwrap();
+    assert_eq!(usage.reserved_seconds, Decimal::ZERO);
+    let chunks = store.chunks(&job.id).await.unwrap();
+    let view: Vec<_> = chunks.iter().map(|c| (c.state, c.attempts, c.worker.clone().unwrap())).collect();
+    assert_eq!(
+        view,
+        vec![
+            (ChunkState::Done, 2, b.clone()),
+            (ChunkState::Done, 1, b.clone()),
+            (ChunkState::Done, 1, c.clone()),
+            (ChunkState::Done, 1, c.clone()),
+        ]
+    );
+    // GPU time per chunk sums to the job's.
+    let per_chunk = store.chunk_gpu_ns(&job.id).await.unwrap();
+    let want: std::collections::BTreeMap<_, _> =
+        [((0, Pass::Render), 170), ((1, Pass::Render), 200), ((2, Pass::Render), 30), ((3, Pass::Render), 5_000)]
+            .into_iter()
+            .collect();
+    assert_eq!(per_chunk, want);
+    assert_eq!(store.job_gpu_ns(&job.id).await.unwrap().get(&Pass::Render), Some(&5_400));
+    store.forget_segments(&job.id).await.unwrap();
+    assert!(store.segments().await.unwrap().is_empty());
+}
+
+async fn a_chunked_job_cancels_and_dies_as_one(store: Store) {
+    use tessera_store::{ChunkKind, ChunkState};
+    let t = tenant(&store, "acme", "mid").await;
+    // Cancel: the running range stops, the queued ones end at once, the join bills what was delivered.
+    let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 72) };
+    submit(&store, &t, &job).await;
+    let w = worker();
+    let first = store.claim(&w, 60_000).await.unwrap().unwrap();
+    let cancelled = store.request_cancel(&job.id).await.unwrap().unwrap();
+    assert_eq!((cancelled.state, cancelled.cancel_requested), (JobState::Running, true));
+    let states: Vec<_> = store.chunks(&job.id).await.unwrap().iter().map(|c| c.state).collect();
+    assert_eq!(states, vec![ChunkState::Running, ChunkState::Cancelled, ChunkState::Cancelled, ChunkState::Blocked]);
+    assert!(store.heartbeat(&first.lease, 60_000, 5).await.unwrap(), "the running range hears the cancel");
+    let s = store.settle(&first.lease, &AttemptEnd::Cancelled { frames: 5 }, &[]).await.unwrap();
+    assert_eq!(s.job.state, JobState::Queued, "the join settles a cancelled chunked job");
+    let join = store.claim(&w, 60_000).await.unwrap().expect("the join");
+    assert_eq!(join.chunk.kind, ChunkKind::Join);
+    let a = attempt(&t, &join.lease);
+    let bill = UsageEvent::output(&a, 5, 24, "720p", "general", Decimal::new(2, 3));
+    let done = store.settle(&join.lease, &AttemptEnd::Cancelled { frames: 5 }, &[bill]).await.unwrap().job;
+    assert_eq!((done.state, done.frames_done), (JobState::Cancelled, 5));
+    assert_eq!(outputs_of(&store, &job.id).await[0].quantity, 5);
+    assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::ZERO);
+
+    // Death: a range that spends the job's failure budget ends every chunk;
+    // a range still running elsewhere finds its lease gone.
+    let job = NewJob { chunk_frames: 24, max_failures: 1, ..new_job(&t, Lane::Standard, None, 72) };
+    submit(&store, &t, &job).await;
+    let (x, y) = (store.claim(&w, 60_000).await.unwrap().unwrap(), store.claim(&w, 60_000).await.unwrap().unwrap());
+    let boom = AttemptEnd::Failed { error: "boom".into(), retry_in_ms: 0, retryable: true };
+    let dead = store.settle(&x.lease, &boom, &[]).await.unwrap().job;
+    assert_eq!(dead.state, JobState::Dead);
+    let states: Vec<_> = store.chunks(&job.id).await.unwrap().iter().map(|c| c.state).collect();
+    assert_eq!(states, vec![ChunkState::Dead; 4]);
+    assert!(matches!(store.heartbeat(&y.lease, 60_000, 3).await, Err(StoreError::LeaseLost(_))));
+    assert!(store.claim(&w, 60_000).await.unwrap().is_none());
+    // A queued chunked job with nothing delivered cancels at once.
+    let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 72) };
+    submit(&store, &t, &job).await;
+    assert_eq!(store.request_cancel(&job.id).await.unwrap().unwrap().state, JobState::Cancelled);
+    assert!(store.claim(&w, 60_000).await.unwrap().is_none());
 }

@@ -25,15 +25,18 @@ use tessera_metering::event::{month_of, AttemptRef};
 use tessera_metering::tiers::MonthUsage;
 use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
 
-use crate::backend::{Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, Submit, Submitted};
+use crate::backend::{
+    Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, StoredSegment, Submit, Submitted,
+};
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
+use crate::chunks;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
-use crate::rows::{self, Columns, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
+use crate::rows::{self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
-    Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease, NewJob, Tenant, TenantId, UsageTotals,
-    Worker, WorkerId, WorkerInfo,
+    chunk_plan, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease,
+    NewJob, Tenant, TenantId, UsageTotals, Worker, WorkerId, WorkerInfo,
 };
 use crate::LOST_LEASE_REASON;
 
@@ -158,47 +161,105 @@ impl PgBackend {
         Ok(())
     }
 
-    /// Applies a transition to the fenced row of `lease` inside `tx`.
+    /// Applies a transition to the fenced chunk of `lease` and its job inside `tx`.
     async fn transition_in(
         tx: &mut PgConnection,
         lease: &Lease,
         end: &AttemptEnd,
         now_ms: i64,
-    ) -> Result<transition::JobUpdate> {
-        let row = sqlx::query(&format!(
-            "SELECT {CURRENT_COLUMNS} FROM jobs
-             WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'running' FOR UPDATE"
-        ))
-        .bind(lease.job.as_str())
-        .bind(i64::from(lease.attempt))
-        .bind(lease.owner.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .db()?
-        .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
-        let update = transition::settle(now_ms, &rows::current(&row)?, end);
-        let sql = format!(
-            "UPDATE jobs SET {}, lease_owner = NULL, lease_until_ms = NULL
-             WHERE id = $13 AND attempts = $14 AND lease_owner = $15 AND state = 'running'",
-            binds::assignments("$", 1)
-        );
-        let res = binds::update(sqlx::query(&sql), &update)
+    ) -> Result<transition::ChunkSettlement> {
+        let fenced = format!("{} FOR UPDATE", chunks::FENCED);
+        let chunk = fence(sqlx::query(&fenced), lease)
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?
+            .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let job = sqlx::query(&format!("SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"))
             .bind(lease.job.as_str())
-            .bind(i64::from(lease.attempt))
-            .bind(lease.owner.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+        let siblings = sqlx::query(chunks::SIBLINGS)
+            .bind(lease.job.as_str())
+            .bind(i64::from(lease.chunk))
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+        let cur = rows::chunk_current(&chunk, &siblings)?;
+        // Errors name the settling attempt, not the job's latest.
+        let job = transition::Current { attempts: lease.attempt, ..rows::current(&job)? };
+        let mut s =
+            transition::settle_chunk(now_ms, &job, &cur, end).map_err(|e| StoreError::corrupt("settlement", e))?;
+        let res = binds::chunk_update(fence(sqlx::query(chunks::UPDATE_CHUNK), lease), &s.chunk)
             .execute(&mut *tx)
             .await
             .db()?;
         if res.rows_affected() != 1 {
             return Err(StoreError::LeaseLost(lease.clone()));
         }
-        if update.release_reservation {
+        if let Some(state) = s.close_others {
+            let close = sqlx::query(chunks::CLOSE_OTHERS).bind(lease.job.as_str()).bind(state.as_str());
+            close.execute(&mut *tx).await.db()?;
+        }
+        if s.unblock_join {
+            sqlx::query(chunks::UNBLOCK_JOIN).bind(lease.job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+        }
+        if !s.job.state.is_final() {
+            let done = sqlx::query(chunks::FRAMES_DONE).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
+            s.job.frames_done = u32::try_from(done.int("frames")?).unwrap_or(0);
+        }
+        let sql = format!("UPDATE jobs SET {} WHERE id = $13", binds::assignments("$", 1));
+        binds::update(sqlx::query(&sql), &s.job).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
+        if s.job.release_reservation {
             Self::release_in(tx, lease.job.as_str()).await?;
         }
-        if update.state == JobState::Queued {
+        if s.chunk.state == ChunkState::Queued || s.unblock_join {
             Self::notify(tx).await?;
         }
-        Ok(update)
+        Ok(s)
+    }
+
+    /// Inserts a new job's chunks (after its row) inside `tx`.
+    async fn insert_chunks(tx: &mut PgConnection, job: &NewJob) -> Result<()> {
+        for (idx, (kind, first, frames)) in chunk_plan(job.frames_total, job.chunk_frames).into_iter().enumerate() {
+            let state = if kind == ChunkKind::Join { ChunkState::Blocked } else { ChunkState::Queued };
+            sqlx::query(chunks::INSERT_CHUNK)
+                .bind(job.id.as_str())
+                .bind(idx as i64)
+                .bind(kind.as_str())
+                .bind(i64::from(first))
+                .bind(i64::from(frames))
+                .bind(state.as_str())
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        }
+        Ok(())
+    }
+
+    /// Numbers the attempt of a claimed chunk and reads what its worker needs.
+    async fn start_attempt(
+        tx: &mut PgConnection,
+        job: &str,
+        idx: i64,
+        owner: &WorkerId,
+        now_ms: i64,
+    ) -> Result<Claimed> {
+        let attempts = sqlx::query(chunks::START_ATTEMPT).bind(job).bind(owner.as_str()).bind(now_ms);
+        let attempt = attempts.fetch_one(&mut *tx).await.db()?.int("attempts")?;
+        sqlx::query(chunks::NUMBER_ATTEMPT).bind(job).bind(idx).bind(attempt).execute(&mut *tx).await.db()?;
+        let record = sqlx::query(chunks::RECORD_ATTEMPT).bind(job).bind(attempt).bind(idx);
+        record.bind(owner.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+        let chunk = sqlx::query(&format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE job_id = $1 AND idx = $2"))
+            .bind(job)
+            .bind(idx)
+            .fetch_one(&mut *tx)
+            .await
+            .db()?;
+        let lease = rows::chunk_lease(&chunk)?;
+        let chunk = rows::chunk(&chunk)?;
+        let job = Self::job_in(tx, job).await?.ok_or_else(|| StoreError::corrupt("claim", "chunk without a job"))?;
+        Ok(Claimed { job, chunk, lease })
     }
 
     async fn gpu_ns_in(tx: &mut PgConnection, job: &str, attempt: Option<u32>) -> Result<BTreeMap<Pass, i64>> {
@@ -246,6 +307,17 @@ impl PgBackend {
     }
 }
 
+/// Binds a lease to the `$1`..`$4` of a fenced statement.
+fn fence<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    lease: &Lease,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    q.bind(lease.job.as_str().to_string())
+        .bind(i64::from(lease.chunk))
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str().to_string())
+}
+
 /// The bulk insert of a batch of events, one array per column.
 fn unnest_events(batch: &[UsageEvent]) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
     fn col<T>(batch: &[UsageEvent], f: impl Fn(&UsageEvent) -> T) -> Vec<T> {
@@ -272,27 +344,22 @@ fn unnest_events(batch: &[UsageEvent]) -> sqlx::query::Query<'static, Postgres, 
         .bind(col(batch, |e| month_of(e.occurred_at_ms)))
 }
 
-/// The claim: the most overdue aged job, else the first in lane and rank
-/// order; rows another worker is claiming right now are skipped, not waited for.
+/// The claim: the first chunk of the most overdue aged job, else the first in
+/// lane, rank and chunk order; rows another worker is claiming right now are
+/// skipped, not waited for.
 fn claim_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "WITH aged AS (
-                 SELECT id AS pick FROM jobs WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
-                   AND NOT cancel_requested
-                 ORDER BY deadline_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
-             ranked AS (
-                 SELECT id AS pick FROM jobs WHERE state = 'queued' AND not_before_ms <= $1
-                   AND NOT cancel_requested AND NOT EXISTS (SELECT 1 FROM aged)
-                 ORDER BY lane_rank, rank_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED),
-             picked AS (SELECT pick FROM aged UNION ALL SELECT pick FROM ranked LIMIT 1)
-             UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2, worker = $2,
-                 lease_until_ms = $1 + $3, started_at_ms = COALESCE(started_at_ms, $1)
-             FROM picked WHERE jobs.id = picked.pick
-             RETURNING {JOB_COLUMNS}"
-        )
-    })
+    "WITH aged AS (
+         SELECT job_id, idx FROM chunks WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
+         ORDER BY deadline_ms, job_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
+     ranked AS (
+         SELECT job_id, idx FROM chunks WHERE state = 'queued' AND not_before_ms <= $1
+           AND NOT EXISTS (SELECT 1 FROM aged)
+         ORDER BY lane_rank, rank_ms, job_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
+     picked AS (SELECT job_id, idx FROM aged UNION ALL SELECT job_id, idx FROM ranked LIMIT 1)
+     UPDATE chunks SET state = 'running', attempts = chunks.attempts + 1, lease_owner = $2, worker = $2,
+         lease_until_ms = $1 + $3
+     FROM picked WHERE chunks.job_id = picked.job_id AND chunks.idx = picked.idx
+     RETURNING chunks.job_id, chunks.idx"
 }
 
 /// EXPLAIN plans the claim as of now (without running it).
@@ -420,6 +487,7 @@ impl Backend for PgBackend {
         );
         let row = binds::new_job(sqlx::query(&sql), j, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
         let job = rows::job(&row)?;
+        Self::insert_chunks(&mut tx, j).await?;
         Self::notify(&mut tx).await?;
         self.faults.check("submit")?;
         tx.commit().await.db()?;
@@ -432,6 +500,7 @@ impl Backend for PgBackend {
             format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("$", 1, 18));
         for job in jobs {
             binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
+            Self::insert_chunks(&mut tx, job).await?;
         }
         Self::notify(&mut tx).await?;
         tx.commit().await.db()
@@ -491,25 +560,35 @@ impl Backend for PgBackend {
 
     async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>> {
         let mut tx = self.begin().await?;
-        // The row is locked first, so a settlement or a reap changing its state
-        // meanwhile cannot slip between "was it queued?" and "was it running?".
+        // The job's row is locked first, so a settlement or a reap changing its
+        // chunks meanwhile cannot slip between reading and changing them.
         let state = sqlx::query("SELECT state FROM jobs WHERE id = $1 FOR UPDATE").bind(id.as_str());
         let Some(row) = state.fetch_optional(&mut *tx).await.db()? else { return Ok(None) };
-        match rows::state(&row)? {
-            JobState::Queued => {
+        if !rows::state(&row)?.is_final() {
+            let progress = sqlx::query(chunks::PROGRESS).bind(id.as_str()).fetch_one(&mut *tx).await.db()?;
+            let (running, started) = (progress.int("running")?, progress.int("started")?);
+            if running == 0 && started == 0 {
+                // Nothing delivered and nothing running: cancelled at once.
                 sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at_ms = $1 WHERE id = $2")
                     .bind(now_ms)
                     .bind(id.as_str())
                     .execute(&mut *tx)
                     .await
                     .db()?;
+                let close = sqlx::query(chunks::CLOSE_OTHERS).bind(id.as_str()).bind(ChunkState::Cancelled.as_str());
+                close.execute(&mut *tx).await.db()?;
                 Self::release_in(&mut tx, id.as_str()).await?;
-            }
-            JobState::Running => {
+            } else {
+                // Running chunks stop at their next frame; the job ends when
+                // its last one settles (at its join when it has one).
                 let flag = sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1").bind(id.as_str());
                 flag.execute(&mut *tx).await.db()?;
+                sqlx::query(chunks::CANCEL_QUEUED).bind(id.as_str()).execute(&mut *tx).await.db()?;
+                if running == 0 {
+                    sqlx::query(chunks::UNBLOCK_JOIN).bind(id.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+                    Self::notify(&mut tx).await?;
+                }
             }
-            _ => {}
         }
         let job = Self::job_in(&mut tx, id.as_str()).await?;
         tx.commit().await.db()?;
@@ -517,33 +596,28 @@ impl Backend for PgBackend {
     }
 
     async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+        let mut tx = self.begin().await?;
         let row = sqlx::query(claim_sql())
             .bind(now_ms)
             .bind(owner.as_str())
             .bind(lease_ms)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .db()?;
         let Some(row) = row else { return Ok(None) };
-        let job = rows::job(&row)?;
-        let lease = job.lease.clone().ok_or_else(|| StoreError::corrupt("claim", "claimed job has no lease"))?;
-        Ok(Some(Claimed { job, lease }))
+        let claimed = Self::start_attempt(&mut tx, &row.text("job_id")?, row.int("idx")?, owner, now_ms).await?;
+        tx.commit().await.db()?;
+        Ok(Some(claimed))
     }
 
     async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool> {
-        let row = sqlx::query(
-            "UPDATE jobs SET lease_until_ms = $1, frames_done = $2
-             WHERE id = $3 AND attempts = $4 AND lease_owner = $5 AND state = 'running' RETURNING cancel_requested",
-        )
-        .bind(until_ms)
-        .bind(i64::from(frames_done))
-        .bind(lease.job.as_str())
-        .bind(i64::from(lease.attempt))
-        .bind(lease.owner.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .db()?;
-        row.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?.flag("cancel_requested")
+        let mut tx = self.begin().await?;
+        let beat = fence(sqlx::query(chunks::HEARTBEAT), lease).bind(until_ms).bind(i64::from(frames_done));
+        beat.fetch_optional(&mut *tx).await.db()?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let row = sqlx::query(chunks::JOB_PROGRESS).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
+        let cancel = row.flag("cancel_requested")?;
+        tx.commit().await.db()?;
+        Ok(cancel)
     }
 
     async fn settle(&self, lease: &Lease, end: &AttemptEnd, events: &[UsageEvent], now_ms: i64) -> Result<Settled> {
@@ -562,12 +636,12 @@ impl Backend for PgBackend {
         let live: Vec<&str> = live.iter().map(JobId::as_str).collect();
         // Rows another worker's reaper holds are skipped, not waited for.
         let expired = sqlx::query(
-            "SELECT j.id AS id, j.attempts AS attempts, j.lease_owner AS lease_owner, j.tenant_id AS tenant_id,
-                    COALESCE(t.tier, '') AS tier
-             FROM jobs j LEFT JOIN tenants t ON t.id = j.tenant_id
-             WHERE j.state = 'running' AND j.lease_until_ms < $1
-               AND (j.lease_owner <> $2 OR NOT (j.id = ANY($3::TEXT[])))
-             ORDER BY j.lease_until_ms LIMIT $4 FOR UPDATE OF j SKIP LOCKED",
+            "SELECT c.job_id AS job_id, c.idx AS idx, c.attempt AS attempt, c.lease_owner AS lease_owner,
+                    j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier
+             FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.id = j.tenant_id
+             WHERE c.state = 'running' AND c.lease_until_ms < $1
+               AND (c.lease_owner <> $2 OR NOT (c.job_id = ANY($3::TEXT[])))
+             ORDER BY c.lease_until_ms LIMIT $4 FOR UPDATE OF c SKIP LOCKED",
         )
         .bind(now_ms)
         .bind(me.as_str())
@@ -579,13 +653,14 @@ impl Backend for PgBackend {
         let lost = AttemptEnd::Interrupted { reason: LOST_LEASE_REASON.into(), retry_in_ms: 0 };
         let mut reaped = Vec::with_capacity(expired.len());
         for row in &expired {
-            let lease = Lease {
-                job: JobId::new(row.text("id")?),
-                attempt: u32::try_from(row.int("attempts")?).unwrap_or(0),
-                owner: WorkerId::new(row.text("lease_owner")?),
-            };
+            let lease = rows::chunk_lease(row)?;
             let tier = row.text("tier")?;
-            Self::transition_in(&mut tx, &lease, &lost, now_ms).await?;
+            match Self::transition_in(&mut tx, &lease, &lost, now_ms).await {
+                Ok(_) => {}
+                // An earlier row of this reap ended the job and with it this chunk.
+                Err(StoreError::LeaseLost(_)) => continue,
+                Err(e) => return Err(e),
+            }
             let attempt = AttemptRef {
                 tenant_id: row.text("tenant_id")?,
                 tier: tier.clone(),
@@ -614,8 +689,32 @@ impl Backend for PgBackend {
         rows::depths(&rows)
     }
 
+    async fn chunks(&self, job: &JobId) -> Result<Vec<Chunk>> {
+        let rows = sqlx::query(&format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE job_id = $1 ORDER BY idx"))
+            .bind(job.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+        rows.iter().map(rows::chunk).collect()
+    }
+
+    async fn chunk_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<(u32, Pass), i64>> {
+        let rows = sqlx::query(chunks::CHUNK_GPU).bind(job.as_str()).fetch_all(&self.pool).await.db()?;
+        rows::chunk_gpu(&rows)
+    }
+
+    async fn segments(&self) -> Result<Vec<StoredSegment>> {
+        let rows = sqlx::query(chunks::SEGMENTS).fetch_all(&self.pool).await.db()?;
+        rows.iter().map(rows::stored_segment).collect()
+    }
+
+    async fn forget_segments(&self, job: &JobId) -> Result<()> {
+        sqlx::query(chunks::FORGET_SEGMENTS).bind(job.as_str()).execute(&self.pool).await.db()?;
+        Ok(())
+    }
+
     async fn explain_claim(&self) -> Result<String> {
-        let sql = claim_sql().replacen("WITH", "EXPLAIN WITH", 1);
+        let sql = format!("EXPLAIN {}", claim_sql());
         let rows = sqlx::query(&sql)
             .bind(now_ms_for_explain())
             .bind("w_explain")

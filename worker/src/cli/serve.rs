@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// failure budget.
     #[arg(long, default_value_t = 24)]
     pub max_interruptions: u32,
+    /// Frames per chunk: a longer clip is split into chunks of this many
+    /// frames that any worker of the fleet renders, then joined (0: never
+    /// split). Default: two seconds of the clip's frames.
+    #[arg(long, env = "TESSERA_CHUNK_FRAMES")]
+    pub chunk_frames: Option<u32>,
     /// First retry delay, milliseconds (doubles per attempt, full jitter).
     #[arg(long, default_value_t = 500)]
     pub backoff_base_ms: u64,
@@ -71,6 +76,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
         config.pipeline_cache = dir;
     }
     config.max_interruptions = args.max_interruptions;
+    config.chunk_frames = args.chunk_frames;
     config.initial_concurrency = args.concurrency;
     config.max_concurrency = args.max_concurrency.max(1);
     config.initial_concurrency = config.initial_concurrency.min(config.max_concurrency);

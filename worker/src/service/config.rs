@@ -16,6 +16,11 @@ pub struct LaneTargets {
     pub max_wait: Duration,
 }
 
+/// Seconds of frames per chunk unless `--chunk-frames` says otherwise: long
+/// enough that a chunk's fixed costs (claim, segment, join) stay a few percent
+/// of its frames, short enough that a 60 s clip spreads over 30 GPUs.
+pub const DEFAULT_CHUNK_SECONDS: u32 = 2;
+
 /// Everything `tessera serve` is configured with.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -39,6 +44,9 @@ pub struct ServeConfig {
     /// does not spend the failure budget while a job that kills every worker
     /// it lands on still ends.
     pub max_interruptions: u32,
+    /// Frames per chunk (`--chunk-frames`; 0: never split); `None`: two
+    /// seconds of each clip's frames.
+    pub chunk_frames: Option<u32>,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub lease: Duration,
@@ -69,6 +77,7 @@ impl ServeConfig {
             bulk: LaneTargets { wait_slo: Duration::from_secs(1800), max_wait: Duration::from_secs(3600) },
             max_attempts: 6,
             max_interruptions: 24,
+            chunk_frames: None,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             lease: Duration::from_secs(15),
@@ -80,6 +89,11 @@ impl ServeConfig {
             max_body_bytes: 64 * 1024,
             psnr_floor_db: 25.0,
         }
+    }
+
+    /// Frames per chunk of a clip at `fps`.
+    pub fn chunk_frames_at(&self, fps: u32) -> u32 {
+        self.chunk_frames.unwrap_or(DEFAULT_CHUNK_SECONDS * fps)
     }
 
     pub fn lane(&self, lane: Lane) -> LaneTargets {

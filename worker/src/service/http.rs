@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tessera_metering::price::{from_micros, to_micros};
 use tessera_metering::{quote, AttemptRef, Lane, UsageEvent};
-use tessera_store::{tier_of, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
+use tessera_store::{tier_of, Chunk, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
 
 use super::Service;
 use crate::spec::{self, FieldError, SpecFormat, SpecLimits};
@@ -288,6 +288,15 @@ fn job_view(svc: &Service, j: &Job) -> serde_json::Value {
     })
 }
 
+/// A chunk in the job view: which frames, where it is, who holds (or held) it.
+fn chunk_view(c: &Chunk) -> serde_json::Value {
+    json!({
+        "index": c.index, "kind": c.kind, "first_frame": c.first_frame, "frames": c.frames,
+        "state": c.state, "attempts": c.attempts, "interruptions": c.interruptions,
+        "frames_done": c.frames_done, "worker": c.worker,
+    })
+}
+
 async fn submit(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
@@ -343,6 +352,7 @@ async fn submit(
         max_wait_ms: svc.config.lane(lane).max_wait.as_millis() as i64,
         max_failures: svc.config.max_attempts,
         max_interruptions: svc.config.max_interruptions,
+        chunk_frames: svc.config.chunk_frames_at(js.fps),
     };
     // Admission (tier, caps) and the enqueue commit together: a refused job is
     // never queued, a queued job always holds its reservation.
@@ -388,6 +398,8 @@ async fn get_job(
     let t = tenant(&svc, &headers).await?;
     let j = own_job(&svc, &t, &id).await?;
     let mut v = job_view(&svc, &j);
+    let chunks = svc.store.chunks(&j.id).await.map_err(ApiError::store)?;
+    v["chunks"] = json!(chunks.iter().map(chunk_view).collect::<Vec<_>>());
     let usage = svc.store.job_gpu_ns(&j.id).await.map_err(ApiError::store)?;
     let usage: std::collections::BTreeMap<&str, i64> = usage.iter().map(|(p, ns)| (p.as_str(), *ns)).collect();
     v["usage_gpu_ns"] = json!(usage);

@@ -20,7 +20,7 @@ pub mod retry;
 mod scheduler;
 mod upkeep;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +57,8 @@ pub struct Service {
     in_flight: AtomicUsize,
     /// The jobs whose attempts this process is running: the reaper never
     /// takes these, but does take this worker's other expired leases.
-    live: Mutex<HashSet<JobId>>,
+    /// Jobs with an attempt running here, and how many (chunks of one job may run side by side).
+    live: Mutex<HashMap<JobId, u32>>,
     shutting_down: AtomicBool,
     drain_started: Mutex<Option<Instant>>,
     seq: AtomicU64,
@@ -104,7 +105,7 @@ impl Service {
             wake: Arc::new(tokio::sync::Notify::new()),
             errors: ErrorLog::default(),
             in_flight: AtomicUsize::new(0),
-            live: Mutex::new(HashSet::new()),
+            live: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             drain_started: Mutex::new(None),
             seq: AtomicU64::new(0),
@@ -153,18 +154,25 @@ impl Service {
 
     /// Counts a claimed attempt in flight.
     fn start_attempt(&self, job: &JobId) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(job.clone());
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()).entry(job.clone()).or_default() += 1;
         let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.svc_metrics.in_flight.set(n as i64);
     }
 
     /// The jobs of the attempts this process is running.
     fn live_jobs(&self) -> Vec<JobId> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     fn finish_attempt(&self, job: &JobId) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(job);
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = live.get_mut(job) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(job);
+            }
+        }
+        drop(live);
         let n = self.in_flight.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
         self.svc_metrics.in_flight.set(n as i64);
         self.wake.notify_one();

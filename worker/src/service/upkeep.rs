@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tessera_metering::event::now_ms;
 use tessera_metering::{AttemptRef, UsageEvent};
-use tessera_store::{JobId, JobState};
+use tessera_store::{ChunkState, JobId};
 
 use super::Service;
 
@@ -43,23 +43,35 @@ pub(super) async fn sweep(svc: &Service, lead_ttl: Duration) {
     }
 }
 
-/// Meters the storage of every retained clip over one period.
+/// Meters the storage of every retained clip, and of every chunked clip's
+/// segments while they exist, over one period: one event per job and period.
 async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
     let retained = match svc.store.retained(None).await {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("listing retained clips", &e),
     };
-    let mut events: Vec<UsageEvent> = retained
-        .iter()
-        .map(|r| {
-            let a = AttemptRef {
-                tenant_id: r.tenant.to_string(),
-                tier: r.tier.clone(),
-                job_id: r.job.to_string(),
-                attempt: r.attempt,
-            };
-            UsageEvent::storage(&a, period_index, r.bytes.saturating_mul(period.as_secs() as i64))
-        })
+    let segments = match svc.store.segments().await {
+        Ok(s) => s,
+        Err(e) => return svc.errors.warn("listing segments", &e),
+    };
+    let mut stored: std::collections::BTreeMap<JobId, (AttemptRef, i64)> = std::collections::BTreeMap::new();
+    for r in &retained {
+        let a = AttemptRef {
+            tenant_id: r.tenant.to_string(),
+            tier: r.tier.clone(),
+            job_id: r.job.to_string(),
+            attempt: r.attempt,
+        };
+        stored.entry(r.job.clone()).or_insert((a, 0)).1 += r.bytes;
+    }
+    for s in &segments {
+        let a =
+            AttemptRef { tenant_id: s.tenant.to_string(), tier: s.tier.clone(), job_id: s.job.to_string(), attempt: 0 };
+        stored.entry(s.job.clone()).or_insert((a, 0)).1 += s.bytes;
+    }
+    let mut events: Vec<UsageEvent> = stored
+        .values()
+        .map(|(a, bytes)| UsageEvent::storage(a, period_index, bytes.saturating_mul(period.as_secs() as i64)))
         .collect();
     // In id order: two leaders overlapping at a hand-over lock rows in the same order.
     events.sort_by(|a, b| a.id.cmp(&b.id));
@@ -106,6 +118,7 @@ async fn retention(svc: &Service) {
 /// attempt whose worker died between archiving and settling (or lost its lease
 /// then). Files of a running attempt and of the job's output are kept.
 async fn sweep_stale_files(svc: &Service) {
+    sweep_ended_segments(svc).await;
     let Ok(dir) = std::fs::read_dir(svc.config.data.join("clips")) else { return };
     let quiet = svc.config.lease * 2;
     for entry in dir.flatten() {
@@ -116,13 +129,20 @@ async fn sweep_stale_files(svc: &Service) {
             continue;
         }
         let path = entry.path();
-        let keep = match svc.store.job(&job).await {
-            Ok(Some(j)) => {
-                let running = j.state == JobState::Running && j.attempts == attempt;
+        let found = match svc.store.job(&job).await {
+            Ok(Some(j)) => svc.store.chunks(&job).await.map(|c| Some((j, c))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let keep = match found {
+            Ok(Some((j, chunks))) => {
+                let running = chunks.iter().any(|c| c.state == ChunkState::Running && c.attempt == attempt);
+                let segment =
+                    chunks.iter().filter_map(|c| c.segment.as_ref()).any(|s| std::path::Path::new(&s.path) == path);
                 let output = j.output.as_ref().is_some_and(|o| {
                     [o.path.as_str(), o.metadata_path.as_str()].iter().any(|p| std::path::Path::new(p) == path)
                 });
-                running || output
+                running || segment || output
             }
             Ok(None) => false,
             Err(e) => return svc.errors.warn("sweeping stale clips", &e),
@@ -135,11 +155,36 @@ async fn sweep_stale_files(svc: &Service) {
     }
 }
 
-/// The job and attempt of an attempt's file: `JOB.aN.avi`, `JOB.aN.json`, or
-/// either with `.partial`.
+/// Removes the segments of jobs that ended (a join that died after settling,
+/// a job dead-lettered with some ranges done), then forgets them.
+async fn sweep_ended_segments(svc: &Service) {
+    let segments = match svc.store.segments().await {
+        Ok(s) => s,
+        Err(e) => return svc.errors.warn("listing segments", &e),
+    };
+    let mut ended: Vec<&JobId> = Vec::new();
+    for s in segments.iter().filter(|s| s.job_state.is_final()) {
+        match std::fs::remove_file(&s.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(path = %s.path, error = %e, "could not remove an ended job's segment");
+            }
+            _ if ended.last() != Some(&&s.job) => ended.push(&s.job),
+            _ => {}
+        }
+    }
+    for job in ended {
+        if let Err(e) = svc.store.forget_segments(job).await {
+            svc.errors.warn("forgetting an ended job's segments", &e);
+        }
+    }
+}
+
+/// The job and attempt of an attempt's file: `JOB.aN.avi`, `JOB.aN.json`,
+/// `JOB.aN.seg` (a chunk's segment), or any of them with `.partial`.
 fn attempt_file(name: &str) -> Option<(JobId, u32)> {
     let name = name.strip_suffix(".partial").unwrap_or(name);
-    let stem = name.strip_suffix(".avi").or_else(|| name.strip_suffix(".json"))?;
+    let stem =
+        name.strip_suffix(".avi").or_else(|| name.strip_suffix(".json")).or_else(|| name.strip_suffix(".seg"))?;
     let (job, attempt) = stem.split_once(".a")?;
     Some((JobId::parse(job)?, attempt.parse().ok()?))
 }
@@ -152,7 +197,13 @@ mod tests {
     fn file_names_name_their_attempt() {
         let (job, n) = attempt_file("j_0123456789abcdef.a3.avi.partial").unwrap();
         assert_eq!((job.as_str(), n), ("j_0123456789abcdef", 3));
-        for name in ["j_0123456789abcdef.a3.json.partial", "j_0123456789abcdef.a3.avi", "j_0123456789abcdef.a3.json"] {
+        for name in [
+            "j_0123456789abcdef.a3.json.partial",
+            "j_0123456789abcdef.a3.avi",
+            "j_0123456789abcdef.a3.json",
+            "j_0123456789abcdef.a3.seg",
+            "j_0123456789abcdef.a3.seg.partial",
+        ] {
             assert_eq!(attempt_file(name).map(|(_, n)| n), Some(3), "{name}");
         }
         assert!(attempt_file("notes.a1.avi.partial").is_none());

@@ -6,6 +6,7 @@
 mod avi;
 mod jpg;
 mod png;
+pub mod segment;
 mod y4m;
 
 use std::path::Path;
@@ -13,6 +14,7 @@ use std::path::Path;
 pub use avi::{AviMuxer, RIFF_LIMIT};
 pub use jpg::JpgMuxer;
 pub use png::PngMuxer;
+pub use segment::{SegmentReader, SegmentWriter};
 pub use y4m::Y4mMuxer;
 
 use crate::render::Readback;
@@ -40,7 +42,7 @@ pub enum MuxError {
 }
 
 /// A container writer.
-pub trait Muxer {
+pub trait Muxer: std::fmt::Debug {
     /// The frame layout this muxer takes.
     fn input(&self) -> Readback;
     /// Whether the file holds every frame (else one).

@@ -10,21 +10,38 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tessera_metering::event::now_ms;
 use tessera_metering::PassTimes;
-use tessera_store::ArchivedOutput;
+use tessera_metering::Quote;
+use tessera_store::{ArchivedOutput, Claimed, Lease};
 
 use super::{AttemptError, Member};
 use crate::service::Service;
+use crate::spec::JobSpec;
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(hex::encode(h.finalize()))
 }
 
+/// What a clip's sidecar describes.
+pub(super) struct ClipOf<'a> {
+    pub claimed: &'a Claimed,
+    pub spec: &'a JobSpec,
+    pub quote: &'a Quote,
+    pub tier: &'a str,
+    /// A chunked clip's chunks: frame range, worker, attempts, GPU time per pass.
+    pub chunks: Option<serde_json::Value>,
+}
+
+impl<'a> ClipOf<'a> {
+    pub fn member(m: &'a Member) -> Self {
+        Self { claimed: &m.claimed, spec: &m.spec, quote: &m.quote, tier: &m.attempt.tier, chunks: None }
+    }
+}
+
 /// The final paths of an attempt's clip and sidecar.
-pub(super) fn final_paths(svc: &Service, member: &Member) -> (PathBuf, PathBuf) {
-    let lease = &member.claimed.lease;
+pub(super) fn final_paths(svc: &Service, lease: &Lease) -> (PathBuf, PathBuf) {
     let clips = svc.config.data.join("clips");
     (
         clips.join(format!("{}.a{}.avi", lease.job, lease.attempt)),
@@ -35,18 +52,18 @@ pub(super) fn final_paths(svc: &Service, member: &Member) -> (PathBuf, PathBuf) 
 /// Moves the finished clip into place and writes its sidecar, both atomically.
 pub(super) fn archive(
     svc: &Service,
-    member: &Member,
+    clip: &ClipOf<'_>,
     partial: &Path,
     gpu: &PassTimes,
 ) -> Result<ArchivedOutput, AttemptError> {
     let io = |what: &str, e: std::io::Error| AttemptError::io(&format!("archive: {what}"), &e);
-    let (job, spec, q) = (&member.claimed.job, &member.spec, &member.quote);
-    let (path, meta) = final_paths(svc, member);
+    let (job, spec, q) = (&clip.claimed.job, clip.spec, clip.quote);
+    let (path, meta) = final_paths(svc, &clip.claimed.lease);
     std::fs::rename(partial, &path).map_err(|e| io("moving the clip into place", e))?;
     let bytes = std::fs::metadata(&path).map_err(|e| io("reading the clip", e))?.len() as i64;
     let sha256 = sha256_file(&path).map_err(|e| io("hashing the clip", e))?;
-    let tier = &member.attempt.tier;
-    let sidecar = serde_json::json!({
+    let tier = clip.tier;
+    let mut sidecar = serde_json::json!({
         "job_id": job.id,
         "tenant_id": job.tenant_id,
         "tier": tier,
@@ -61,13 +78,16 @@ pub(super) fn archive(
         "duration_s": f64::from(spec.frames) / f64::from(spec.fps),
         "usage_ns": {"render": gpu.render_ns, "stitch": gpu.stitch_ns, "encode": gpu.encode_ns},
         "price": q.price.to_string(), "currency": q.currency,
-        "attempt": member.claimed.lease.attempt,
+        "attempt": clip.claimed.lease.attempt,
         "failed_attempts": job.failures,
         "interrupted_attempts": job.interruptions,
         "worker": svc.worker,
         "adapter": svc.ctx.adapter.name,
         "archived_at_ms": now_ms(),
     });
+    if let Some(chunks) = &clip.chunks {
+        sidecar["chunks"] = chunks.clone();
+    }
     let tmp = meta.with_extension("json.partial");
     let text = serde_json::to_vec_pretty(&sidecar).map_err(|e| AttemptError::failed(format!("sidecar: {e}")))?;
     let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &meta));
@@ -85,9 +105,9 @@ pub(super) fn archive(
     })
 }
 
-/// Removes an attempt's archived files that the store did not take.
-pub(super) fn discard(output: &ArchivedOutput) {
-    for p in [&output.path, &output.metadata_path] {
+/// Removes an attempt's files (clip and sidecar, or segment) that the store did not take.
+pub(super) fn discard(files: &[String]) {
+    for p in files {
         if let Err(e) = std::fs::remove_file(p) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(path = %p, error = %e, "could not remove a clip the store did not take");

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use tessera_metering::{quote, TimingSource};
+use tessera_store::{ChunkKind, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
-use crate::encode::mux::{AviMuxer, Muxer, StreamInfo};
+use crate::encode::mux::{AviMuxer, Muxer, SegmentWriter, StreamInfo};
 use crate::render::{FrameRenderer, Readback, SampledFrame};
 use crate::service::Service;
 use crate::usage::{Bill, UsageRecorder};
@@ -27,8 +28,12 @@ pub(in crate::service) struct ActiveJob<'s> {
     member: Member,
     recorder: UsageRecorder<'s>,
     renderer: FrameRenderer<'s>,
-    mux: AviMuxer,
+    /// The clip (a whole chunk) or the segment (a range chunk).
+    mux: Box<dyn Muxer + Send>,
     partial: PathBuf,
+    /// The chunk's frames: `first .. end`; `next` is the next to render.
+    first: u32,
+    end: u32,
     next: u32,
 }
 
@@ -36,11 +41,17 @@ fn gpu(e: crate::render::RenderError) -> AttemptError {
     AttemptError::failed(format!("GPU: {e}"))
 }
 
-/// `clips/JOB.aN.avi.partial`: every attempt writes a file of its own, so a
-/// stale worker on a shared volume never touches another attempt's clip.
+/// `clips/JOB.aN.avi.partial` (or `.seg.partial` for a range chunk): every
+/// attempt writes a file of its own, so a stale worker on a shared volume
+/// never touches another attempt's clip or segment.
 pub(super) fn partial_path(svc: &Service, member: &Member) -> PathBuf {
-    let lease = &member.claimed.lease;
-    svc.config.data.join("clips").join(format!("{}.a{}.avi.partial", lease.job, lease.attempt))
+    let ext = if member.claimed.chunk.kind == ChunkKind::Range { "seg" } else { "avi" };
+    partial_path_of(svc, &member.claimed.lease, ext)
+}
+
+/// `clips/JOB.aN.EXT.partial` of the attempt of `lease`.
+pub(super) fn partial_path_of(svc: &Service, lease: &Lease, ext: &str) -> PathBuf {
+    svc.config.data.join("clips").join(format!("{}.a{}.{ext}.partial", lease.job, lease.attempt))
 }
 
 impl<'s> ActiveJob<'s> {
@@ -55,14 +66,22 @@ impl<'s> ActiveJob<'s> {
             .map_err(|e| AttemptError::io(&format!("creating {}", clips.display()), &e))
             .and_then(|()| FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu))
             .and_then(|renderer| {
-                let mut mux = AviMuxer::new(&partial);
+                let mut mux: Box<dyn Muxer + Send> = match member.claimed.chunk.kind {
+                    ChunkKind::Range => Box::new(SegmentWriter::new(&partial)),
+                    _ => Box::new(AviMuxer::new(&partial)),
+                };
                 let s = &member.spec;
                 let info = StreamInfo { width: s.width, height: s.height, fps: s.fps, frames: s.frames };
                 mux.write_header(&info).map_err(|e| AttemptError::mux(&e))?;
                 Ok((renderer, mux))
             });
+        let chunk = &member.claimed.chunk;
+        let (first, end) = match chunk.kind {
+            ChunkKind::Range => (chunk.first_frame, chunk.first_frame + chunk.frames),
+            _ => (0, member.spec.frames),
+        };
         match opened {
-            Ok((renderer, mux)) => Some(Self { member, recorder, renderer, mux, partial, next: 0 }),
+            Ok((renderer, mux)) => Some(Self { member, recorder, renderer, mux, partial, first, end, next: first }),
             Err(e) => {
                 remove(&partial);
                 let closing = rt.block_on(recorder.close());
@@ -81,14 +100,14 @@ impl<'s> ActiveJob<'s> {
             return Step::Ended(self, Err(AttemptError::LeaseLost));
         }
         let cancelled = m.cancel.load(Ordering::Relaxed);
-        if self.next >= m.spec.frames || cancelled {
+        if self.next >= self.end || cancelled {
             let result = self.end_clip(svc, cancelled);
             return Step::Ended(self, result);
         }
         if svc.shutting_down() {
             return Step::Ended(self, Err(AttemptError::drain()));
         }
-        match injected_fault(m, self.next) {
+        match injected_fault(m, self.next - self.first) {
             Ok(()) => Step::Continue(self),
             Err(e) => Step::Ended(self, Err(e)),
         }
@@ -96,13 +115,20 @@ impl<'s> ActiveJob<'s> {
 
     fn end_clip(&mut self, svc: &Service, cancelled: bool) -> Result<Rendered, AttemptError> {
         self.mux.finish().map_err(|e| AttemptError::mux(&e))?;
-        let (frames, spec) = (self.next, &self.member.spec);
+        let (frames, spec) = (self.next - self.first, &self.member.spec);
+        if self.member.claimed.chunk.kind == ChunkKind::Range {
+            // The job's join bills a cancelled clip, for every chunk's frames.
+            if cancelled {
+                return Ok(Rendered::Cancelled { frames, bill: None });
+            }
+            return self.keep_segment(frames).map(|segment| Rendered::Segment { segment });
+        }
         if cancelled {
             // Billed for what it delivered: the frames rendered before the cancel.
             let mut delivered = spec.clone();
             delivered.frames = frames;
             let q = quote(&svc.book, &delivered.quote_request()).map_err(|e| AttemptError::failed(e.to_string()))?;
-            return Ok(Rendered::Cancelled { frames, bill: Bill::new(&svc.book, &delivered, &q) });
+            return Ok(Rendered::Cancelled { frames, bill: Some(Bill::new(&svc.book, &delivered, &q)) });
         }
         let duration = f64::from(frames) / f64::from(spec.fps);
         if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
@@ -111,13 +137,25 @@ impl<'s> ActiveJob<'s> {
                 spec.duration_s
             )));
         }
-        let output = archive::archive(svc, &self.member, &self.partial, &self.recorder.totals())?;
+        let output =
+            archive::archive(svc, &archive::ClipOf::member(&self.member), &self.partial, &self.recorder.totals())?;
         Ok(Rendered::Complete { frames, output })
     }
 
-    /// Frame 0 is also the PSNR gate's sample: its RGBA frame comes back too.
+    /// Moves a finished segment into place (`clips/JOB.aN.seg`): from here on
+    /// it survives this worker, and the settlement records its size and hash.
+    fn keep_segment(&self, frames: u32) -> Result<Segment, AttemptError> {
+        let io = |what: &str, e: std::io::Error| AttemptError::io(&format!("segment: {what}"), &e);
+        let path = self.partial.with_extension("");
+        std::fs::rename(&self.partial, &path).map_err(|e| io("moving it into place", e))?;
+        let bytes = std::fs::metadata(&path).map_err(|e| io("reading it", e))?.len() as i64;
+        let sha256 = archive::sha256_file(&path).map_err(|e| io("hashing it", e))?;
+        Ok(Segment { path: path.to_string_lossy().into_owned(), bytes, sha256, frames })
+    }
+
+    /// A chunk's first frame is also the PSNR gate's sample: its RGBA frame comes back too.
     fn sample(&self) -> bool {
-        self.next == 0
+        self.next == self.first
     }
 
     /// Renders the next frame in a submission of its own.
@@ -155,7 +193,7 @@ impl<'s> ActiveJob<'s> {
         }
         self.mux.write_frame(&frame.data).map_err(|e| AttemptError::mux(&e))?;
         self.next += 1;
-        self.member.frames_done.store(self.next, Ordering::Relaxed);
+        self.member.frames_done.store(self.next - self.first, Ordering::Relaxed);
         Ok(())
     }
 
@@ -176,13 +214,15 @@ fn answer(member: Member, finished: Finished) {
     let lease = member.claimed.lease.clone();
     if let Err(unsent) = member.reply.send(finished) {
         tracing::warn!(%lease, "the attempt's task is gone; its result is dropped");
-        if let Ok(Rendered::Complete { output, .. }) = unsent.rendered {
-            archive::discard(&output);
+        match unsent.rendered {
+            Ok(Rendered::Complete { output, .. }) => archive::discard(&[output.path, output.metadata_path]),
+            Ok(Rendered::Segment { segment }) => remove(Path::new(&segment.path)),
+            _ => {}
         }
     }
 }
 
-fn remove(path: &Path) {
+pub(super) fn remove(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "could not remove a partial clip");
@@ -190,7 +230,7 @@ fn remove(path: &Path) {
     }
 }
 
-fn psnr_gate(rgba: &[u8], jpeg: &[u8], floor: f64) -> Result<(), AttemptError> {
+pub(super) fn psnr_gate(rgba: &[u8], jpeg: &[u8], floor: f64) -> Result<(), AttemptError> {
     let decoded = image::load_from_memory_with_format(jpeg, image::ImageFormat::Jpeg)
         .map_err(|e| AttemptError::failed(format!("quality gate: encoded frame does not decode: {e}")))?
         .to_rgba8();

@@ -17,6 +17,7 @@
 
 mod archive;
 pub(super) mod frames;
+mod join;
 mod settle;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tessera_metering::event::now_ms;
 use tessera_metering::{quote, AttemptRef, Quote};
-use tessera_store::{ArchivedOutput, Claimed, Lease, StoreError};
+use tessera_store::{ArchivedOutput, ChunkKind, Claimed, Lease, Segment, StoreError};
 
 use super::Service;
 use crate::spec::{JobSpec, RawSpec, SpecLimits};
@@ -107,8 +108,11 @@ impl std::fmt::Display for AttemptError {
 pub enum Rendered {
     /// Every frame passed its gates; the clip is archived.
     Complete { frames: u32, output: ArchivedOutput },
-    /// Cancelled after `frames` frames, billed as `bill`.
-    Cancelled { frames: u32, bill: Bill },
+    /// Cancelled after `frames` frames, billed as `bill` (a range chunk's
+    /// frames are billed by its job's join).
+    Cancelled { frames: u32, bill: Option<Bill> },
+    /// A range chunk's frames are in their segment.
+    Segment { segment: Segment },
 }
 
 /// An attempt's frames are done: how, and what is left of its metering.
@@ -147,6 +151,9 @@ pub async fn run(svc: Arc<Service>, claimed: Claimed) {
     svc.controller.lock().unwrap_or_else(|e| e.into_inner()).observe_wait(wait_s);
     let start = Instant::now();
     let outcome = match prepare(&svc, &claimed).await {
+        Ok((spec, quote, attempt)) if claimed.chunk.kind == ChunkKind::Join => {
+            join::join_and_settle(&svc, claimed, spec, quote, attempt).await
+        }
         Ok((spec, quote, attempt)) => render_and_settle(&svc, claimed, spec, quote, attempt).await,
         Err(e) => settle::unrendered(&svc, &claimed, e).await,
     };

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use tessera_metering::{AttemptRef, EventKind, Outcome, UsageEvent};
-use tessera_store::{ArchivedOutput, AttemptEnd, Claimed, Job, JobState, Lease, StoreError};
+use tessera_store::{AttemptEnd, Chunk, Claimed, Job, JobState, Lease, StoreError};
 
 use super::{archive, AttemptError, Finished, Rendered};
 use crate::service::retry::{backoff, random_unit};
@@ -22,18 +22,26 @@ use crate::usage::{Bill, Closing};
 /// `tessera_jobs_total`.
 pub(super) async fn settle(svc: &Service, claimed: &Claimed, bill: &Bill, finished: Finished) -> &'static str {
     let Finished { rendered, closing } = finished;
-    let (end, bill, archived) = match rendered {
-        Ok(Rendered::Complete { frames, output }) => {
-            let mut c = svc.controller.lock().unwrap_or_else(|e| e.into_inner());
-            c.observe_gpu(closing.totals.total_ns(), u64::from(frames));
-            drop(c);
-            (AttemptEnd::Succeeded(output.clone()), Some(bill.clone()), Some(output))
-        }
-        Ok(Rendered::Cancelled { frames, bill }) => (AttemptEnd::Cancelled { frames }, Some(bill), None),
-        Err(AttemptError::LeaseLost) => return abandon(svc, &claimed.lease, &closing).await,
-        Err(e) => (end_of_error(svc, &claimed.job, &claimed.lease, &e), None, None),
+    let observe = |frames: u32| {
+        let mut c = svc.controller.lock().unwrap_or_else(|e| e.into_inner());
+        c.observe_gpu(closing.totals.total_ns(), u64::from(frames));
     };
-    write(svc, claimed, &end, &closing, bill.as_ref(), archived.as_ref()).await
+    let (end, bill, files) = match rendered {
+        Ok(Rendered::Complete { frames, output }) => {
+            observe(frames);
+            let files = vec![output.path.clone(), output.metadata_path.clone()];
+            (AttemptEnd::Succeeded(output), Some(bill.clone()), files)
+        }
+        Ok(Rendered::Segment { segment }) => {
+            observe(segment.frames);
+            let files = vec![segment.path.clone()];
+            (AttemptEnd::Segment(segment), None, files)
+        }
+        Ok(Rendered::Cancelled { frames, bill }) => (AttemptEnd::Cancelled { frames }, bill, Vec::new()),
+        Err(AttemptError::LeaseLost) => return abandon(svc, &claimed.lease, &closing).await,
+        Err(e) => (end_of_error(svc, &claimed.job, &claimed.lease, &e), None, Vec::new()),
+    };
+    write(svc, claimed, &end, &closing, bill.as_ref(), &files).await
 }
 
 /// Settles an attempt that never rendered a frame (its stored spec or tenant
@@ -54,7 +62,7 @@ pub(super) async fn unrendered(svc: &Service, claimed: &Claimed, e: AttemptError
         if svc.ctx.timestamps { tessera_metering::TimingSource::Gpu } else { tessera_metering::TimingSource::Host };
     let closing = Closing { attempt, timing, totals: Default::default(), pending: Vec::new() };
     let end = end_of_error(svc, &claimed.job, lease, &e);
-    write(svc, claimed, &end, &closing, None, None).await
+    write(svc, claimed, &end, &closing, None, &[]).await
 }
 
 /// The store's view of an attempt error, with its retry delay.
@@ -88,14 +96,15 @@ fn label(job: &Job, outcome: Outcome) -> &'static str {
     }
 }
 
-/// Writes the settlement, retrying transient store faults.
-async fn write(
+/// Writes the settlement, retrying transient store faults. `files` are the
+/// attempt's clip or segment, removed when the store did not take them.
+pub(super) async fn write(
     svc: &Service,
     claimed: &Claimed,
     end: &AttemptEnd,
     closing: &Closing,
     bill: Option<&Bill>,
-    archived: Option<&ArchivedOutput>,
+    files: &[String],
 ) -> &'static str {
     let (lease, outcome) = (&claimed.lease, end.outcome());
     let events = closing.events(outcome, bill);
@@ -129,16 +138,12 @@ async fn write(
             "unsettled"
         }
         (Landed::NotOurs, StoreError::LeaseLost(_)) => {
-            if let Some(output) = archived {
-                archive::discard(output);
-            }
+            archive::discard(files);
             abandon(svc, lease, closing).await
         }
         (Landed::NotOurs, _) => {
             tracing::error!(%lease, error = %failure, "could not settle the attempt; its lease will expire and the job requeue");
-            if let Some(output) = archived {
-                archive::discard(output);
-            }
+            archive::discard(files);
             "unsettled"
         }
     }
@@ -157,8 +162,16 @@ enum Landed {
 async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
     let mut pause = Duration::from_millis(250);
     for _ in 0..6 {
-        match svc.store.job(&claimed.lease.job).await {
-            Ok(Some(job)) if settled_by(&job, claimed, end) => return Landed::Ours(Box::new(job)),
+        let chunks = match end {
+            AttemptEnd::Segment(_) => svc.store.chunks(&claimed.lease.job).await,
+            _ => Ok(Vec::new()),
+        };
+        let read = match chunks {
+            Ok(chunks) => svc.store.job(&claimed.lease.job).await.map(|j| j.map(|j| (j, chunks))),
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(Some((job, chunks))) if settled_by(&job, &chunks, claimed, end) => return Landed::Ours(Box::new(job)),
             Ok(_) => return Landed::NotOurs,
             Err(e) if e.is_transient() => {
                 svc.errors.warn("reading back a settlement (retrying)", &e);
@@ -175,8 +188,11 @@ async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
 /// attempt archives under its own file name, only a settlement increments
 /// the failures (never a reap), only this attempt cancels with its frame
 /// count; an interruption looks like a reap, and either way the attempt is over.
-fn settled_by(job: &Job, claimed: &Claimed, end: &AttemptEnd) -> bool {
+fn settled_by(job: &Job, chunks: &[Chunk], claimed: &Claimed, end: &AttemptEnd) -> bool {
     match end {
+        AttemptEnd::Segment(seg) => chunks
+            .iter()
+            .any(|c| c.index == claimed.lease.chunk && c.segment.as_ref().is_some_and(|s| s.path == seg.path)),
         AttemptEnd::Succeeded(output) => job.output.as_ref().is_some_and(|o| o.path == output.path),
         AttemptEnd::Failed { .. } => job.failures > claimed.job.failures,
         AttemptEnd::Cancelled { frames } => {

@@ -1,0 +1,98 @@
+//! The statements of the chunk state machine, written once with PostgreSQL's
+//! placeholders (`$1`) and run on SQLite through [`crate::rows::sqlite_placeholders`].
+//! Each backend sequences them in one transaction: it locks the fenced chunk,
+//! then its job (the same order as the claim and the heartbeat), asks
+//! [`crate::transition::settle_chunk`] what both become, and writes that.
+
+/// A running attempt's guard: job, chunk, attempt number, lease owner, state.
+/// Binds `$1` job, `$2` chunk, `$3` attempt, `$4` owner.
+macro_rules! fence {
+    () => {
+        "job_id = $1 AND idx = $2 AND attempt = $3 AND lease_owner = $4 AND state = 'running'"
+    };
+}
+
+/// A new job's chunk, ranked like its job: `$1` job, `$2` index, `$3` kind,
+/// `$4` first frame, `$5` frames, `$6` state.
+pub(crate) const INSERT_CHUNK: &str = "INSERT INTO chunks (job_id, idx, kind, first_frame, frames, state, lane_rank,
+        rank_ms, deadline_ms, not_before_ms)
+    SELECT id, $2, $3, $4, $5, $6, lane_rank, rank_ms, deadline_ms, not_before_ms FROM jobs WHERE id = $1";
+
+/// The claimed chunk's job counts the attempt: `$1` job, `$2` worker, `$3` now.
+pub(crate) const START_ATTEMPT: &str = "UPDATE jobs SET attempts = attempts + 1, state = 'running', worker = $2,
+        started_at_ms = COALESCE(started_at_ms, $3)
+    WHERE id = $1 RETURNING attempts";
+
+/// `$1` job, `$2` chunk, `$3` attempt number.
+pub(crate) const NUMBER_ATTEMPT: &str = "UPDATE chunks SET attempt = $3 WHERE job_id = $1 AND idx = $2";
+
+/// `$1` job, `$2` attempt, `$3` chunk, `$4` worker, `$5` now.
+pub(crate) const RECORD_ATTEMPT: &str =
+    "INSERT INTO attempts (job_id, attempt, chunk, worker, started_at_ms) VALUES ($1, $2, $3, $4, $5)";
+
+/// Renews a lease with the chunk's progress: fence, `$5` until, `$6` frames.
+pub(crate) const HEARTBEAT: &str =
+    concat!("UPDATE chunks SET lease_until_ms = $5, frames_done = $6 WHERE ", fence!(), " RETURNING job_id");
+
+/// The job's progress is its chunks' sum; answers whether a cancel is asked.
+pub(crate) const JOB_PROGRESS: &str = "UPDATE jobs SET frames_done =
+        (SELECT COALESCE(SUM(frames_done), 0) FROM chunks WHERE job_id = $1 AND kind <> 'join')
+    WHERE id = $1 RETURNING cancel_requested";
+
+/// The fenced chunk's row, for a settlement.
+pub(crate) const FENCED: &str = concat!("SELECT kind, interruptions FROM chunks WHERE ", fence!());
+
+/// The settling chunk's siblings: `$1` job, `$2` the settling chunk.
+pub(crate) const SIBLINGS: &str = "SELECT
+        CAST(COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS running,
+        CAST(COALESCE(SUM(CASE WHEN kind = 'range' AND state IN ('queued', 'running') THEN 1 ELSE 0 END), 0)
+            AS BIGINT) AS open
+    FROM chunks WHERE job_id = $1 AND idx <> $2";
+
+/// Writes the settled chunk: fence, then `$5`.. the [`crate::transition::ChunkUpdate`].
+pub(crate) const UPDATE_CHUNK: &str = concat!(
+    "UPDATE chunks SET state = $5, interruptions = $6, frames_done = $7, not_before_ms = $8, rank_ms = $9,
+        segment_path = COALESCE($10, segment_path), segment_bytes = COALESCE($11, segment_bytes),
+        segment_sha256 = COALESCE($12, segment_sha256), lease_owner = NULL, lease_until_ms = NULL
+    WHERE ",
+    fence!()
+);
+
+/// The job ended: its unfinished chunks end with it (`$1` job, `$2` state).
+/// A running one's worker finds its lease gone at its next heartbeat.
+pub(crate) const CLOSE_OTHERS: &str = "UPDATE chunks SET state = $2, lease_owner = NULL, lease_until_ms = NULL
+    WHERE job_id = $1 AND state IN ('blocked', 'queued', 'running')";
+
+/// The join may start (`$1` job, `$2` now).
+pub(crate) const UNBLOCK_JOIN: &str = "UPDATE chunks SET state = 'queued', not_before_ms = $2
+    WHERE job_id = $1 AND kind = 'join' AND state = 'blocked'";
+
+/// Frames the job's ranges have done (`$1` job).
+pub(crate) const FRAMES_DONE: &str = "SELECT CAST(COALESCE(SUM(frames_done), 0) AS BIGINT) AS frames
+    FROM chunks WHERE job_id = $1 AND kind <> 'join'";
+
+/// Cancelling a running job: its queued ranges end at once (`$1` job).
+pub(crate) const CANCEL_QUEUED: &str =
+    "UPDATE chunks SET state = 'cancelled' WHERE job_id = $1 AND state = 'queued' AND kind <> 'join'";
+
+/// Running and done ranges of a job (`$1` job), for a cancel.
+pub(crate) const PROGRESS: &str = "SELECT
+        CAST(COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS running,
+        CAST(COALESCE(SUM(CASE WHEN state = 'done' OR frames_done > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS started
+    FROM chunks WHERE job_id = $1";
+
+/// GPU nanoseconds of a job per chunk and pass (`$1` job).
+pub(crate) const CHUNK_GPU: &str = "SELECT COALESCE(a.chunk, 0) AS chunk, u.pass AS pass,
+        CAST(SUM(u.quantity) AS BIGINT) AS ns
+    FROM usage_events u LEFT JOIN attempts a ON a.job_id = u.job_id AND a.attempt = u.attempt
+    WHERE u.job_id = $1 AND u.kind = 'gpu' GROUP BY COALESCE(a.chunk, 0), u.pass";
+
+/// Every segment on disk, with its job's tenant and state (storage metering, sweep).
+pub(crate) const SEGMENTS: &str = "SELECT c.job_id AS job_id, c.idx AS idx, c.segment_path AS segment_path,
+        COALESCE(c.segment_bytes, 0) AS bytes, j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier,
+        j.state AS state
+    FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.id = j.tenant_id
+    WHERE c.segment_path IS NOT NULL ORDER BY c.job_id, c.idx";
+
+/// The job's segments are gone from disk (`$1` job).
+pub(crate) const FORGET_SEGMENTS: &str = "UPDATE chunks SET segment_path = NULL WHERE job_id = $1";

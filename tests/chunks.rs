@@ -1,0 +1,151 @@
+//! One clip over many GPUs: three `tessera serve` workers on one PostgreSQL
+//! and one shared data directory render a clip in chunks of 24 frames; the
+//! worker holding a running chunk is `kill -9`ed mid-clip. Only that chunk
+//! runs again, more than one worker renders the clip, the joined AVI is the
+//! same file (and the same JPEG bytes, frame by frame) as `tessera render` of
+//! the spec in one piece, it decodes in ffmpeg with every frame, and the job
+//! is billed once.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tessera_metering::EventKind;
+
+use crate::util::{http, rt, tessera, Server, TestStore};
+
+const ARGS: &[&str] =
+    &["--lease-s", "2", "--concurrency", "1", "--max-concurrency", "1", "--chunk-frames", "24", "--group-max", "1"];
+
+fn start(db: &TestStore, data: &Path, n: usize) -> Server {
+    let cache = data.join(format!("cache-{n}"));
+    let mut args = ARGS.to_vec();
+    args.extend(["--pipeline-cache", cache.to_str().unwrap()]);
+    Server::start_on(db, data, &args, &[])
+}
+
+fn worker_id(s: &Server) -> String {
+    http(&s.api, "GET", "/readyz", &[], b"").json()["worker"].as_str().unwrap().to_string()
+}
+
+/// The MD5 of every packet (JPEG frame) of a clip, as ffmpeg reads them.
+fn frame_md5s(path: &Path) -> Vec<String> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framemd5", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().filter(|l| !l.starts_with('#')).map(|l| l.rsplit(',').next().unwrap().trim().to_string()).collect()
+}
+
+#[test]
+fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill() {
+    let Some(db) = TestStore::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shared");
+    let mut fleet: Vec<Server> = (0..3).map(|n| start(&db, &data, n)).collect();
+    let key = fleet[0].tenant("acme", "mid");
+    // 96 frames: 4 ranges of 24 and a join.
+    let spec = json!({"template": "dunes", "resolution": {"width": 256, "height": 144}, "fps": 24, "duration_s": 4,
+                      "tiles": {"cols": 2, "rows": 1, "overlap_px": 16}});
+    let r = fleet[1].submit(&key, &spec, None);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+
+    // Once a chunk is done and another is half-way, kill the worker holding it.
+    let start_at = Instant::now();
+    let (victim_chunk, victim) = loop {
+        let j = fleet[0].job(&key, &id);
+        let chunks = j["chunks"].as_array().unwrap().clone();
+        let done = chunks.iter().any(|c| c["state"] == "done");
+        let half = chunks.iter().find(|c| {
+            let n = c["frames_done"].as_u64().unwrap();
+            c["state"] == "running" && (1..16).contains(&n)
+        });
+        if let (true, Some(c)) = (done, half) {
+            break (c["index"].as_u64().unwrap(), c["worker"].as_str().unwrap().to_string());
+        }
+        assert!(start_at.elapsed() < Duration::from_secs(120), "no chunk ran: {j}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let n = fleet.iter().position(|s| worker_id(s) == victim).expect("the victim is one of ours");
+    fleet[n].kill9();
+    fleet[n] = start(&db, &data, n);
+
+    let done = fleet[2].wait(&key, &id, Duration::from_secs(300));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["frames_done"], 96);
+    let chunks = done["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 5, "{done}");
+    for c in chunks {
+        let (index, attempts) = (c["index"].as_u64().unwrap(), c["attempts"].as_u64().unwrap());
+        if index == victim_chunk {
+            assert!(attempts >= 2, "the killed chunk {index} did not run again: {done}");
+        } else {
+            assert_eq!(attempts, 1, "chunk {index} ran again though its worker lived: {done}");
+        }
+        assert_eq!(c["state"], "done");
+    }
+    let workers: BTreeSet<&str> = chunks.iter().map(|c| c["worker"].as_str().unwrap()).collect();
+    assert!(workers.len() >= 2, "one worker rendered every chunk: {workers:?}");
+
+    // The same spec rendered in one piece by `tessera render`.
+    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let auth = format!("Bearer {key}");
+    let got = http(&fleet[0].api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(got.status, 200);
+    let joined = dir.path().join("joined.avi");
+    std::fs::write(&joined, &got.body).unwrap();
+    let (a, b) = (frame_md5s(&joined), frame_md5s(&solo));
+    assert_eq!(a.len(), 96, "ffmpeg reads {} frames", a.len());
+    assert_eq!(a, b, "a frame of the chunked clip differs from the whole render");
+    assert!(got.body == std::fs::read(&solo).unwrap(), "the joined file differs from the whole render");
+    let decode = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&joined)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(decode.status.success() && decode.stderr.is_empty(), "{}", String::from_utf8_lossy(&decode.stderr));
+
+    // The sidecar lists the chunks with their workers and GPU time.
+    let meta = http(&fleet[1].api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"");
+    let meta = meta.json();
+    let listed = meta["chunks"].as_array().unwrap_or_else(|| panic!("no chunks in the sidecar: {meta}"));
+    assert_eq!(listed.len(), 5);
+    let listed_workers: BTreeSet<&str> = listed.iter().filter_map(|c| c["worker"].as_str()).collect();
+    assert!(listed_workers.len() >= 2, "{meta}");
+    let ns =
+        |v: &serde_json::Value| -> u64 { ["render", "stitch", "encode"].iter().map(|p| v[p].as_u64().unwrap()).sum() };
+    let per_chunk: u64 = listed.iter().map(|c| ns(&c["usage_ns"])).sum();
+    assert!(listed[..4].iter().all(|c| ns(&c["usage_ns"]) > 0), "{meta}");
+
+    // Billed once, at the join; the job's GPU time is its chunks' sum.
+    let store = rt().block_on(db.open(&data));
+    let events = rt().block_on(store.events(&Default::default())).unwrap();
+    let outputs: Vec<_> = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).collect();
+    assert_eq!(outputs.len(), 1, "billed {} times", outputs.len());
+    assert_eq!(outputs[0].quantity, 96);
+    let gpu: i64 = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Gpu).map(|e| e.quantity).sum();
+    let by_chunk: i64 =
+        rt().block_on(store.chunk_gpu_ns(&tessera_store::JobId::new(id.clone()))).unwrap().values().sum();
+    assert_eq!(gpu, by_chunk);
+    assert!(per_chunk as i64 <= gpu, "the sidecar counts more GPU time than the ledger");
+    // Segments are gone once joined (a killed worker's `.seg.partial` is
+    // the upkeep sweep's, two leases later).
+    assert!(rt().block_on(store.segments()).unwrap().is_empty());
+    let left: Vec<String> = std::fs::read_dir(data.join("clips"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    assert!(left.is_empty(), "segments left after the join: {left:?}");
+}

@@ -1,0 +1,271 @@
+//! The join: the last step of a chunked clip, run by whichever worker claims
+//! the job's join chunk once every range is done (fenced like any attempt).
+//!
+//! 1. checks every segment against the size and SHA-256 its settlement recorded;
+//! 2. streams their frames, a frame at a time, into the clip's AVI, with the
+//!    OpenDML index built for the whole clip (no re-encoding);
+//! 3. runs the whole-clip gates: frame count, duration, and a sampled PSNR (the
+//!    middle frame rendered again on this GPU against the joined frame, which
+//!    catches a segment out of place);
+//! 4. archives the clip with a sidecar listing its chunks, and settles the job
+//!    with its one billable output; the segments are removed afterwards.
+//!
+//! A cancelled job's join settles it instead: billed for the frames its ranges
+//! delivered, the segments removed.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tessera_metering::{quote, AttemptRef, Pass, PassTimes, Quote, TimingSource};
+use tessera_store::{AttemptEnd, Chunk, ChunkKind, ChunkState, Claimed, Segment};
+
+use super::{archive, frames, heartbeat, settle, AttemptError, Finished, Heartbeat, Rendered};
+use crate::encode::mux::{segment, StreamInfo, RIFF_LIMIT};
+use crate::render::{FrameRenderer, Readback};
+use crate::service::Service;
+use crate::spec::JobSpec;
+use crate::usage::{Bill, Closing, UsageRecorder};
+
+/// Joins (or, for a cancelled job, settles) the chunks of `claimed`'s job.
+pub(super) async fn join_and_settle(
+    svc: &Arc<Service>,
+    claimed: Claimed,
+    spec: JobSpec,
+    quote: Quote,
+    attempt: AttemptRef,
+) -> &'static str {
+    let beat = Heartbeat::default();
+    let finished = Arc::new(AtomicBool::new(false));
+    let heartbeat = tokio::spawn(heartbeat(svc.clone(), claimed.lease.clone(), beat.clone(), finished.clone()));
+    let outcome = match svc.store.chunks(&claimed.job.id).await {
+        Err(e) => settle::unrendered(svc, &claimed, AttemptError::store(e)).await,
+        Ok(chunks) if claimed.job.cancel_requested => settle_cancelled(svc, &claimed, &spec, attempt, &chunks).await,
+        Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks).await,
+    };
+    finished.store(true, Ordering::Relaxed);
+    heartbeat.abort();
+    outcome
+}
+
+/// The segments of every range, in frame order; an error if one is missing.
+fn segments_of(chunks: &[Chunk]) -> Result<Vec<Segment>, AttemptError> {
+    chunks
+        .iter()
+        .filter(|c| c.kind == ChunkKind::Range)
+        .map(|c| match (&c.state, &c.segment) {
+            (ChunkState::Done, Some(s)) => Ok(s.clone()),
+            (state, _) => Err(AttemptError::failed(format!("join: chunk {} is {state} without a segment", c.index))),
+        })
+        .collect()
+}
+
+async fn assemble(
+    svc: &Arc<Service>,
+    claimed: &Claimed,
+    spec: JobSpec,
+    quote: Quote,
+    attempt: AttemptRef,
+    chunks: Vec<Chunk>,
+) -> &'static str {
+    let segments = match segments_of(&chunks) {
+        Ok(s) => s,
+        Err(e) => return settle::unrendered(svc, claimed, e).await,
+    };
+    let gpu = match svc.store.chunk_gpu_ns(&claimed.job.id).await {
+        Ok(g) => g,
+        Err(e) => return settle::unrendered(svc, claimed, AttemptError::store(e)).await,
+    };
+    let bill = Bill::new(&svc.book, &spec, &quote);
+    let work = Join {
+        svc: svc.clone(),
+        claimed: claimed.clone(),
+        spec,
+        quote,
+        attempt,
+        chunks: chunks.clone(),
+        gpu,
+        segments,
+    };
+    let rt = tokio::runtime::Handle::current();
+    let finished = match tokio::task::spawn_blocking(move || work.run(&rt)).await {
+        Ok(f) => f,
+        Err(_) => {
+            let e = AttemptError::failed("the join stopped before it ended");
+            return settle::unrendered(svc, claimed, e).await;
+        }
+    };
+    let joined = matches!(finished.rendered, Ok(Rendered::Complete { .. }));
+    let outcome = settle::settle(svc, claimed, &bill, finished).await;
+    if joined && outcome == "succeeded" {
+        remove_segments(svc, claimed, &chunks).await;
+    }
+    outcome
+}
+
+/// What the blocking part of a join works with.
+struct Join {
+    svc: Arc<Service>,
+    claimed: Claimed,
+    spec: JobSpec,
+    quote: Quote,
+    attempt: AttemptRef,
+    chunks: Vec<Chunk>,
+    gpu: std::collections::BTreeMap<(u32, Pass), i64>,
+    segments: Vec<Segment>,
+}
+
+impl Join {
+    fn run(self, rt: &tokio::runtime::Handle) -> Finished {
+        let svc = &self.svc;
+        let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+        let mut recorder = UsageRecorder::new(&svc.store, &svc.metrics, self.attempt.clone(), timing);
+        let partial = frames::partial_path_of(svc, &self.claimed.lease, "avi");
+        let rendered = self.join(rt, &mut recorder, &partial);
+        if rendered.is_err() {
+            frames::remove(&partial);
+        }
+        let closing = rt.block_on(recorder.close());
+        Finished { rendered, closing }
+    }
+
+    fn join(
+        &self,
+        rt: &tokio::runtime::Handle,
+        recorder: &mut UsageRecorder<'_>,
+        partial: &std::path::Path,
+    ) -> Result<Rendered, AttemptError> {
+        let (svc, spec) = (&self.svc, &self.spec);
+        for s in &self.segments {
+            let sha = archive::sha256_file(std::path::Path::new(&s.path))
+                .map_err(|e| AttemptError::io(&format!("join: reading segment {}", s.path), &e))?;
+            if sha != s.sha256 {
+                return Err(AttemptError::failed(format!("join: segment {} does not match its recorded hash", s.path)));
+            }
+        }
+        let list: Vec<(PathBuf, u32)> = self.segments.iter().map(|s| (PathBuf::from(&s.path), s.frames)).collect();
+        let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
+        let sample_at = spec.frames / 2;
+        let mut sampled = None;
+        let frames = segment::join(&list, partial, info, RIFF_LIMIT, |i, jpeg| {
+            if i == sample_at {
+                sampled = Some(jpeg.to_vec());
+            }
+        })
+        .map_err(|e| match e {
+            segment::SegmentError::Io { path, source } => AttemptError::io(&format!("join: reading {path}"), &source),
+            segment::SegmentError::Mux(m) => AttemptError::mux(&m),
+            other => AttemptError::failed(format!("join: {other}")),
+        })?;
+        if frames != spec.frames {
+            return Err(AttemptError::failed(format!(
+                "quality gate: joined clip has {frames} frames, spec asked {}",
+                spec.frames
+            )));
+        }
+        let duration = f64::from(frames) / f64::from(spec.fps);
+        if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
+            return Err(AttemptError::failed(format!(
+                "quality gate: clip lasts {duration} s, spec asked {} s",
+                spec.duration_s
+            )));
+        }
+        // The sampled frame again, on this GPU: the joined one must match it.
+        let gpu_err = |e: crate::render::RenderError| AttemptError::failed(format!("GPU: {e}"));
+        let mut renderer = FrameRenderer::new(&svc.ctx, spec.render_plan()).map_err(gpu_err)?;
+        let again = renderer.render_sampled(sample_at, Readback::Jpeg, true).map_err(gpu_err)?;
+        rt.block_on(recorder.frame(sample_at, &again.frame.times)).map_err(AttemptError::store)?;
+        let (Some(rgba), Some(joined)) = (again.rgba, sampled) else {
+            return Err(AttemptError::failed("quality gate: no sampled frame to compare"));
+        };
+        frames::psnr_gate(&rgba, &joined, svc.config.psnr_floor_db)?;
+        let mut usage = recorder.totals();
+        for ((_, pass), ns) in &self.gpu {
+            usage.add(*pass, u64::try_from(*ns).unwrap_or(0));
+        }
+        let clip = archive::ClipOf {
+            claimed: &self.claimed,
+            spec,
+            quote: &self.quote,
+            tier: &self.attempt.tier,
+            chunks: Some(self.chunk_list(&recorder.totals())),
+        };
+        let output = archive::archive(svc, &clip, partial, &usage)?;
+        Ok(Rendered::Complete { frames, output })
+    }
+
+    /// The sidecar's chunks: frame range, worker, attempts, GPU time per pass.
+    fn chunk_list(&self, join_gpu: &PassTimes) -> serde_json::Value {
+        let list: Vec<serde_json::Value> = self
+            .chunks
+            .iter()
+            .map(|c| {
+                let mut usage = PassTimes::default();
+                for ((_, pass), ns) in self.gpu.range((c.index, Pass::Render)..=(c.index, Pass::Encode)) {
+                    usage.add(*pass, u64::try_from(*ns).unwrap_or(0));
+                }
+                let (worker, attempts) = if c.kind == ChunkKind::Join {
+                    usage = add(usage, join_gpu);
+                    (Some(self.claimed.lease.owner.clone()), c.attempts)
+                } else {
+                    (c.worker.clone(), c.attempts)
+                };
+                serde_json::json!({
+                    "index": c.index, "kind": c.kind, "first_frame": c.first_frame, "frames": c.frames,
+                    "worker": worker, "attempts": attempts,
+                    "usage_ns": {"render": usage.render_ns, "stitch": usage.stitch_ns, "encode": usage.encode_ns},
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list)
+    }
+}
+
+fn add(mut a: PassTimes, b: &PassTimes) -> PassTimes {
+    a.render_ns += b.render_ns;
+    a.stitch_ns += b.stitch_ns;
+    a.encode_ns += b.encode_ns;
+    a
+}
+
+/// A cancelled chunked job: billed for the frames its ranges delivered
+/// (finished ranges whole, cancelled ones up to their last frame).
+async fn settle_cancelled(
+    svc: &Arc<Service>,
+    claimed: &Claimed,
+    spec: &JobSpec,
+    attempt: AttemptRef,
+    chunks: &[Chunk],
+) -> &'static str {
+    let delivered: u32 = chunks
+        .iter()
+        .filter(|c| c.kind == ChunkKind::Range && matches!(c.state, ChunkState::Done | ChunkState::Cancelled))
+        .map(|c| c.frames_done)
+        .sum();
+    let mut part = spec.clone();
+    part.frames = delivered;
+    let bill = match quote(&svc.book, &part.quote_request()) {
+        Ok(q) if delivered > 0 => Some(Bill::new(&svc.book, &part, &q)),
+        Ok(_) => None,
+        Err(e) => return settle::unrendered(svc, claimed, AttemptError::failed(e.to_string())).await,
+    };
+    let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    let closing = Closing { attempt, timing, totals: PassTimes::default(), pending: Vec::new() };
+    let end = AttemptEnd::Cancelled { frames: delivered };
+    let outcome = settle::write(svc, claimed, &end, &closing, bill.as_ref(), &[]).await;
+    if outcome == "cancelled" {
+        remove_segments(svc, claimed, chunks).await;
+    }
+    outcome
+}
+
+/// Removes a finished job's segments, then records that they are gone (what
+/// is left, the upkeep sweep removes later).
+async fn remove_segments(svc: &Service, claimed: &Claimed, chunks: &[Chunk]) {
+    for s in chunks.iter().filter_map(|c| c.segment.as_ref()) {
+        frames::remove(std::path::Path::new(&s.path));
+    }
+    if let Err(e) = svc.store.forget_segments(&claimed.job.id).await {
+        svc.errors.warn("forgetting a joined clip's segments", &e);
+    }
+}
