@@ -10,8 +10,10 @@
 //! 4. archives the clip with a sidecar listing its chunks, and settles the job
 //!    with its one billable output; the segments are removed afterwards.
 //!
-//! A cancelled job's join settles it instead: billed for the frames its ranges
-//! delivered, the segments removed.
+//! A job cancelled before every range was done is settled by its join
+//! instead: billed for the frames its ranges delivered, the segments removed.
+//! (A cancel after the last range is too late to save anything: the clip is
+//! joined and delivered.)
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +42,11 @@ pub(super) async fn join_and_settle(
     let heartbeat = tokio::spawn(heartbeat(svc.clone(), claimed.lease.clone(), beat.clone(), finished.clone()));
     let outcome = match svc.store.chunks(&claimed.job.id).await {
         Err(e) => settle::unrendered(svc, &claimed, AttemptError::store(e)).await,
-        Ok(chunks) if claimed.job.cancel_requested => settle_cancelled(svc, &claimed, &spec, attempt, &chunks).await,
+        // A cancel that came after every frame was rendered is too late to
+        // save anything: the clip is joined and delivered, as it is billed.
+        Ok(chunks) if claimed.job.cancel_requested && segments_of(&chunks).is_err() => {
+            settle_cancelled(svc, &claimed, &spec, attempt, &chunks).await
+        }
         Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks).await,
     };
     finished.store(true, Ordering::Relaxed);
