@@ -1,8 +1,11 @@
 //! The statements of the chunk state machine, written once with PostgreSQL's
 //! placeholders (`$1`) and run on SQLite through [`crate::rows::sqlite_placeholders`].
-//! Each backend sequences them in one transaction: it locks the fenced chunk,
-//! then its job (the same order as the claim and the heartbeat), asks
-//! [`crate::transition::settle_chunk`] what both become, and writes that.
+//! Each backend sequences them in one transaction: it locks the job, then the
+//! fenced chunk, asks [`crate::transition::settle_chunk`] what both become,
+//! and writes that. Lock order (PostgreSQL): whatever waits for a lock takes
+//! the job's row first (settlements, reaps, cancels); the claim locks a chunk
+//! and then its job without waiting (`SKIP LOCKED`), and a heartbeat locks
+//! only its chunk, so no two transactions can wait on each other.
 
 /// A running attempt's guard: job, chunk, attempt number, lease owner, state.
 /// Binds `$1` job, `$2` chunk, `$3` attempt, `$4` owner.
@@ -34,10 +37,9 @@ pub(crate) const RECORD_ATTEMPT: &str =
 pub(crate) const HEARTBEAT: &str =
     concat!("UPDATE chunks SET lease_until_ms = $5, frames_done = $6 WHERE ", fence!(), " RETURNING job_id");
 
-/// The job's progress is its chunks' sum; answers whether a cancel is asked.
-pub(crate) const JOB_PROGRESS: &str = "UPDATE jobs SET frames_done =
-        (SELECT COALESCE(SUM(frames_done), 0) FROM chunks WHERE job_id = $1 AND kind <> 'join')
-    WHERE id = $1 RETURNING cancel_requested";
+/// Whether a cancel is asked (read without a lock: a heartbeat never waits
+/// on its job's row, which settlements hold while they change its chunks).
+pub(crate) const CANCEL_ASKED: &str = "SELECT cancel_requested FROM jobs WHERE id = $1";
 
 /// The fenced chunk's row, for a settlement.
 pub(crate) const FENCED: &str = concat!("SELECT kind, interruptions FROM chunks WHERE ", fence!());
@@ -78,7 +80,8 @@ pub(crate) const CANCEL_QUEUED: &str =
 /// Running and done ranges of a job (`$1` job), for a cancel.
 pub(crate) const PROGRESS: &str = "SELECT
         CAST(COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS running,
-        CAST(COALESCE(SUM(CASE WHEN state = 'done' OR frames_done > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS started
+        CAST(COALESCE(SUM(CASE WHEN kind = 'range' AND (state = 'done' OR frames_done > 0) THEN 1 ELSE 0 END), 0)
+            AS BIGINT) AS started
     FROM chunks WHERE job_id = $1";
 
 /// GPU nanoseconds of a job per chunk and pass (`$1` job).

@@ -19,11 +19,22 @@ use crate::types::{
 
 type Result<T> = std::result::Result<T, StoreError>;
 
-/// The columns of a job, in the order [`job`] reads them.
+/// The columns of a job read `FROM jobs`, in the order [`job`] reads them. An
+/// unfinished job's progress is its chunks' sum, read live (heartbeats write
+/// only their chunk's row, never the job's, so they never wait on its lock).
 pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, idempotency_key, body_hash, spec_json, template, lane, state,
+    attempts, failures, interruptions, max_failures, max_interruptions, frames_total,
+    CASE WHEN state IN ('queued', 'running') THEN (SELECT CAST(COALESCE(SUM(c.frames_done), 0) AS BIGINT)
+        FROM chunks c WHERE c.job_id = jobs.id AND c.kind <> 'join') ELSE frames_done END AS frames_done,
+    fps, price_micros,
+    created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json,
+    worker, output_path, output_bytes, output_sha256, metadata_path";
+
+/// [`JOB_COLUMNS`] for a `RETURNING` clause (a new job: no progress yet).
+pub(crate) const JOB_RETURNING: &str = "id, tenant_id, idempotency_key, body_hash, spec_json, template, lane, state,
     attempts, failures, interruptions, max_failures, max_interruptions, frames_total, frames_done, fps, price_micros,
-    created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json, lease_owner,
-    lease_until_ms, worker, output_path, output_bytes, output_sha256, metadata_path";
+    created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json,
+    worker, output_path, output_bytes, output_sha256, metadata_path";
 
 /// The columns of a chunk, in the order [`chunk`] reads them.
 pub(crate) const CHUNK_COLUMNS: &str = "job_id, idx, kind, first_frame, frames, state, attempt, attempts,

@@ -193,7 +193,11 @@ pub fn settle_chunk(
         }
         _ => {}
     }
-    let budget = Current { interruptions: chunk.interruptions, ..job.clone() };
+    // A join that fails or is interrupted runs again whatever a cancel asked:
+    // the next join decides (it bills a cancelled job's delivered frames, or
+    // delivers a clip whose frames were all rendered before the cancel).
+    let cancel_requested = job.cancel_requested && chunk.kind != ChunkKind::Join;
+    let budget = Current { interruptions: chunk.interruptions, cancel_requested, ..job.clone() };
     let mut u = settle(now_ms, &budget, end);
     let chunk_interruptions = u.interruptions;
     u.interruptions = job.interruptions + (chunk_interruptions - chunk.interruptions);
@@ -305,6 +309,11 @@ mod tests {
         let s = settle_chunk(5, &cur(), &join, &AttemptEnd::Succeeded(out)).unwrap();
         assert_eq!((s.job.state, s.chunk.state), (JobState::Succeeded, ChunkState::Done));
         assert!(s.job.release_reservation);
+        // A join interrupted after a cancel runs again: it alone settles the job.
+        let asked = Current { cancel_requested: true, ..cur() };
+        let lost = AttemptEnd::Interrupted { reason: "drain".into(), retry_in_ms: 0 };
+        let s = settle_chunk(5, &asked, &join, &lost).unwrap();
+        assert_eq!((s.job.state, s.chunk.state), (JobState::Queued, ChunkState::Queued));
     }
 
     #[test]

@@ -32,7 +32,9 @@ use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
-use crate::rows::{self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS};
+use crate::rows::{
+    self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS, JOB_RETURNING,
+};
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
     chunk_plan, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease,
@@ -168,17 +170,19 @@ impl PgBackend {
         end: &AttemptEnd,
         now_ms: i64,
     ) -> Result<transition::ChunkSettlement> {
+        // The job's row first: see the lock order in `chunks`.
+        let job = sqlx::query(&format!("SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"))
+            .bind(lease.job.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?
+            .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
         let fenced = format!("{} FOR UPDATE", chunks::FENCED);
         let chunk = fence(sqlx::query(&fenced), lease)
             .fetch_optional(&mut *tx)
             .await
             .db()?
             .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
-        let job = sqlx::query(&format!("SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"))
-            .bind(lease.job.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .db()?;
         let siblings = sqlx::query(chunks::SIBLINGS)
             .bind(lease.job.as_str())
             .bind(i64::from(lease.chunk))
@@ -346,7 +350,8 @@ fn unnest_events(batch: &[UsageEvent]) -> sqlx::query::Query<'static, Postgres, 
 
 /// The claim: the first chunk of the most overdue aged job, else the first in
 /// lane, rank and chunk order; rows another worker is claiming right now are
-/// skipped, not waited for.
+/// skipped, not waited for, and so is a chunk whose job's row is locked (a
+/// settlement or a cancel of that job is under way: the next poll takes it).
 fn claim_sql() -> &'static str {
     "WITH aged AS (
          SELECT job_id, idx FROM chunks WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
@@ -355,10 +360,11 @@ fn claim_sql() -> &'static str {
          SELECT job_id, idx FROM chunks WHERE state = 'queued' AND not_before_ms <= $1
            AND NOT EXISTS (SELECT 1 FROM aged)
          ORDER BY lane_rank, rank_ms, job_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
-     picked AS (SELECT job_id, idx FROM aged UNION ALL SELECT job_id, idx FROM ranked LIMIT 1)
+     picked AS (SELECT job_id, idx FROM aged UNION ALL SELECT job_id, idx FROM ranked LIMIT 1),
+     job AS (SELECT id FROM jobs WHERE id = (SELECT job_id FROM picked) FOR UPDATE SKIP LOCKED)
      UPDATE chunks SET state = 'running', attempts = chunks.attempts + 1, lease_owner = $2, worker = $2,
          lease_until_ms = $1 + $3
-     FROM picked WHERE chunks.job_id = picked.job_id AND chunks.idx = picked.idx
+     FROM picked, job WHERE chunks.job_id = picked.job_id AND chunks.idx = picked.idx AND job.id = picked.job_id
      RETURNING chunks.job_id, chunks.idx"
 }
 
@@ -482,7 +488,7 @@ impl Backend for PgBackend {
         Self::reserve_in(&mut tx, j.id.as_str(), s.tenant.id.as_str(), &month, j.frames_total, j.fps, j.price_micros)
             .await?;
         let sql = format!(
-            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_COLUMNS}",
+            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_RETURNING}",
             binds::placeholders("$", 1, 18)
         );
         let row = binds::new_job(sqlx::query(&sql), j, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
@@ -614,7 +620,7 @@ impl Backend for PgBackend {
         let mut tx = self.begin().await?;
         let beat = fence(sqlx::query(chunks::HEARTBEAT), lease).bind(until_ms).bind(i64::from(frames_done));
         beat.fetch_optional(&mut *tx).await.db()?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
-        let row = sqlx::query(chunks::JOB_PROGRESS).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
+        let row = sqlx::query(chunks::CANCEL_ASKED).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
         let cancel = row.flag("cancel_requested")?;
         tx.commit().await.db()?;
         Ok(cancel)
@@ -634,14 +640,13 @@ impl Backend for PgBackend {
     async fn reap(&self, now_ms: i64, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>> {
         let mut tx = self.begin().await?;
         let live: Vec<&str> = live.iter().map(JobId::as_str).collect();
-        // Rows another worker's reaper holds are skipped, not waited for.
         let expired = sqlx::query(
             "SELECT c.job_id AS job_id, c.idx AS idx, c.attempt AS attempt, c.lease_owner AS lease_owner,
                     j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier
              FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.id = j.tenant_id
              WHERE c.state = 'running' AND c.lease_until_ms < $1
                AND (c.lease_owner <> $2 OR NOT (c.job_id = ANY($3::TEXT[])))
-             ORDER BY c.lease_until_ms LIMIT $4 FOR UPDATE OF c SKIP LOCKED",
+             ORDER BY c.lease_until_ms LIMIT $4",
         )
         .bind(now_ms)
         .bind(me.as_str())
@@ -655,6 +660,16 @@ impl Backend for PgBackend {
         for row in &expired {
             let lease = rows::chunk_lease(row)?;
             let tier = row.text("tier")?;
+            // Job first (another reaper or a settlement holding it: skipped),
+            // then the chunk, still expired under the lock.
+            let job = sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED").bind(lease.job.as_str());
+            if job.fetch_optional(&mut *tx).await.db()?.is_none() {
+                continue;
+            }
+            let expired = format!("{} AND lease_until_ms < $5 FOR UPDATE", chunks::FENCED);
+            if fence(sqlx::query(&expired), &lease).bind(now_ms).fetch_optional(&mut *tx).await.db()?.is_none() {
+                continue;
+            }
             match Self::transition_in(&mut tx, &lease, &lost, now_ms).await {
                 Ok(_) => {}
                 // An earlier row of this reap ended the job and with it this chunk.

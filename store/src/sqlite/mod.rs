@@ -38,6 +38,7 @@ use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
 use crate::rows::{
     self, sqlite_static as q, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS,
+    JOB_RETURNING,
 };
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
@@ -197,16 +198,17 @@ impl SqliteBackend {
         end: &AttemptEnd,
         now_ms: i64,
     ) -> Result<transition::ChunkSettlement> {
+        let job = sqlx::query(&format!("SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = ?1"))
+            .bind(lease.job.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?
+            .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
         let chunk = fence(sqlx::query(q(chunks::FENCED)), lease)
             .fetch_optional(&mut *tx)
             .await
             .db()?
             .ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
-        let job = sqlx::query(&format!("SELECT {CURRENT_COLUMNS} FROM jobs WHERE id = ?1"))
-            .bind(lease.job.as_str())
-            .fetch_one(&mut *tx)
-            .await
-            .db()?;
         let siblings = sqlx::query(q(chunks::SIBLINGS))
             .bind(lease.job.as_str())
             .bind(i64::from(lease.chunk))
@@ -418,7 +420,7 @@ impl Backend for SqliteBackend {
         .await
         .db()?;
         let sql = format!(
-            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_COLUMNS}",
+            "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_RETURNING}",
             binds::placeholders("?", 1, 18)
         );
         let row =
@@ -568,7 +570,7 @@ impl Backend for SqliteBackend {
         let mut tx = self.write().await?;
         let beat = fence(sqlx::query(q(chunks::HEARTBEAT)), lease).bind(until_ms).bind(i64::from(frames_done));
         beat.fetch_optional(&mut *tx).await.db()?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
-        let row = sqlx::query(q(chunks::JOB_PROGRESS)).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
+        let row = sqlx::query(q(chunks::CANCEL_ASKED)).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
         let cancel = row.flag("cancel_requested")?;
         tx.commit().await?;
         Ok(cancel)

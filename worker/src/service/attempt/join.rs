@@ -197,7 +197,9 @@ impl Join {
             chunks: Some(self.chunk_list(&recorder.totals())),
         };
         let output = archive::archive(svc, &clip, partial, &usage)?;
-        Ok(Rendered::Complete { frames, output })
+        // The frames this attempt rendered (its GPU time is one frame's): what
+        // the concurrency controller's per-frame estimate may learn from.
+        Ok(Rendered::Complete { frames: 1, output })
     }
 
     /// The sidecar's chunks: frame range, worker, attempts, GPU time per pass.

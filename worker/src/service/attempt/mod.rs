@@ -106,7 +106,8 @@ impl std::fmt::Display for AttemptError {
 /// How an attempt's frames ended when they did not fail.
 #[derive(Debug)]
 pub enum Rendered {
-    /// Every frame passed its gates; the clip is archived.
+    /// Every frame passed its gates; the clip is archived. `frames`: the
+    /// frames this attempt rendered (a join renders one, to check the clip).
     Complete { frames: u32, output: ArchivedOutput },
     /// Cancelled after `frames` frames, billed as `bill` (a range chunk's
     /// frames are billed by its job's join).

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use tessera_metering::{AttemptRef, EventKind, Outcome, UsageEvent};
-use tessera_store::{AttemptEnd, Chunk, Claimed, Job, JobState, Lease, StoreError};
+use tessera_store::{AttemptEnd, Chunk, ChunkState, Claimed, Job, JobState, Lease, StoreError};
 
 use super::{archive, AttemptError, Finished, Rendered};
 use crate::service::retry::{backoff, random_unit};
@@ -162,11 +162,7 @@ enum Landed {
 async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
     let mut pause = Duration::from_millis(250);
     for _ in 0..6 {
-        let chunks = match end {
-            AttemptEnd::Segment(_) => svc.store.chunks(&claimed.lease.job).await,
-            _ => Ok(Vec::new()),
-        };
-        let read = match chunks {
+        let read = match svc.store.chunks(&claimed.lease.job).await {
             Ok(chunks) => svc.store.job(&claimed.lease.job).await.map(|j| j.map(|j| (j, chunks))),
             Err(e) => Err(e),
         };
@@ -184,19 +180,25 @@ async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
     Landed::Unknown
 }
 
-/// Whether `job` (read back) carries this attempt's settlement. Only this
-/// attempt archives under its own file name, only a settlement increments
-/// the failures (never a reap), only this attempt cancels with its frame
-/// count; an interruption looks like a reap, and either way the attempt is over.
+/// Whether `job` and its `chunks` (read back) carry this attempt's
+/// settlement. Only this attempt archives (or keeps a segment) under its own
+/// file name, and its chunk still names it as its last attempt; only a
+/// settlement increments the failures (never a reap), only this attempt
+/// cancels with its frame count; an interruption looks like a reap, and
+/// either way the attempt is over.
 fn settled_by(job: &Job, chunks: &[Chunk], claimed: &Claimed, end: &AttemptEnd) -> bool {
+    let lease = &claimed.lease;
+    let Some(chunk) = chunks.iter().find(|c| c.index == lease.chunk && c.attempt == lease.attempt) else {
+        return false;
+    };
+    let over = chunk.state != ChunkState::Running;
     match end {
-        AttemptEnd::Segment(seg) => chunks
-            .iter()
-            .any(|c| c.index == claimed.lease.chunk && c.segment.as_ref().is_some_and(|s| s.path == seg.path)),
+        AttemptEnd::Segment(seg) => chunk.segment.as_ref().is_some_and(|s| s.path == seg.path),
         AttemptEnd::Succeeded(output) => job.output.as_ref().is_some_and(|o| o.path == output.path),
-        AttemptEnd::Failed { .. } => job.failures > claimed.job.failures,
+        AttemptEnd::Failed { .. } => over && job.failures > claimed.job.failures,
         AttemptEnd::Cancelled { frames } => {
-            job.attempts == claimed.lease.attempt && job.state == JobState::Cancelled && job.frames_done == *frames
+            let ours = chunk.state == ChunkState::Cancelled && chunk.frames_done == *frames;
+            ours || (over && job.state == JobState::Cancelled && job.frames_done == *frames)
         }
         AttemptEnd::Interrupted { .. } => false,
     }
