@@ -46,8 +46,13 @@ fn main() -> anyhow::Result<()> {
         plain_s += start.elapsed().as_secs_f64();
 
         let job = format!("bench-{round}");
-        let a =
-            AttemptRef { tenant_id: tenant.id.to_string(), tier: tenant.tier.clone(), job_id: job.clone(), attempt: 1 };
+        let a = AttemptRef {
+            tenant_id: tenant.id.to_string(),
+            tier: tenant.tier.clone(),
+            job_id: job.clone(),
+            attempt: 1,
+            chunk: None,
+        };
         let start = Instant::now();
         let mut recorder = UsageRecorder::new(&store, &metrics, a, timing);
         for i in 0..frames {

@@ -211,6 +211,7 @@ async fn ingest(store: &Store, workers: usize, total: usize) -> anyhow::Result<(
                     tier: "mid".into(),
                     job_id: format!("j_{w}"),
                     attempt: 1,
+                    chunk: None,
                 };
                 let (mut sent, mut new) = (0usize, 0usize);
                 let mut previous: Vec<UsageEvent> = Vec::new();

@@ -134,6 +134,13 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     assert_eq!(outputs.len(), 1, "billed {} times", outputs.len());
     assert_eq!(outputs[0].quantity, 96);
     let gpu: i64 = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Gpu).map(|e| e.quantity).sum();
+    // Every GPU event id names its chunk: exactly-once across chunks, retries and workers.
+    let unnamed: Vec<&str> = events
+        .iter()
+        .filter(|e| e.job_id == id && e.kind == EventKind::Gpu && !e.id.starts_with(&format!("{id}/c")))
+        .map(|e| e.id.as_str())
+        .collect();
+    assert!(unnamed.is_empty(), "GPU events without their chunk: {unnamed:?}");
     let by_chunk: i64 =
         rt().block_on(store.chunk_gpu_ns(&tessera_store::JobId::new(id.clone()))).unwrap().values().sum();
     assert_eq!(gpu, by_chunk);

@@ -15,7 +15,7 @@ use crate::util::{rt, tessera, TestStore};
 crate::on_every_backend!(sigkill_during_ledger_writes_loses_and_duplicates_nothing);
 
 fn attempt(tenant: &str, job: &str, n: u32) -> AttemptRef {
-    AttemptRef { tenant_id: tenant.into(), tier: "mid".into(), job_id: job.into(), attempt: n }
+    AttemptRef { tenant_id: tenant.into(), tier: "mid".into(), job_id: job.into(), attempt: n, chunk: None }
 }
 
 /// Writes `n` distinct events as JSON lines.
@@ -90,7 +90,7 @@ fn sigkill_during_ledger_writes_loses_and_duplicates_nothing(store: &TestStore) 
 #[test]
 fn exposition_passes_promtool() {
     let m = Metrics::new("USD");
-    let a = AttemptRef { tenant_id: "t_1".into(), tier: "mid".into(), job_id: "j".into(), attempt: 1 };
+    let a = AttemptRef { tenant_id: "t_1".into(), tier: "mid".into(), job_id: "j".into(), attempt: 1, chunk: None };
     let mut t = tessera_metering::PassTimes::default();
     t.add(Pass::Render, 1_234_567_891);
     t.add(Pass::Stitch, 1);

@@ -34,7 +34,13 @@ async fn run_attempt(env: &Env<'_>, tenant: &Tenant, job: &str, attempt: u32, sp
     let r = Reservation { job: &id, request: &req, lane, frames, price: q.price };
     store.reserve(book, tenant, &r).await.unwrap();
     let timing = if ctx().timestamps { TimingSource::Gpu } else { TimingSource::Host };
-    let a = AttemptRef { tenant_id: tenant.id.to_string(), tier: tenant.tier.clone(), job_id: job.into(), attempt };
+    let a = AttemptRef {
+        tenant_id: tenant.id.to_string(),
+        tier: tenant.tier.clone(),
+        job_id: job.into(),
+        attempt,
+        chunk: None,
+    };
     let mut recorder = UsageRecorder::new(store, metrics, a, timing);
     let mut renderer = FrameRenderer::new(ctx(), spec.render_plan()).unwrap();
     let frames = fail_after.unwrap_or(spec.frames);

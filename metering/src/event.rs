@@ -109,6 +109,20 @@ pub struct AttemptRef {
     pub tier: String,
     pub job_id: String,
     pub attempt: u32,
+    /// The chunk of a clip split into chunks (its attempt ids name it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u32>,
+}
+
+impl AttemptRef {
+    /// What names the attempt in its events' ids: `JOB/ATTEMPT`, or
+    /// `JOB/cCHUNK/ATTEMPT` for a chunk of a split clip.
+    fn key(&self) -> String {
+        match self.chunk {
+            Some(c) => format!("{}/c{c}/{}", self.job_id, self.attempt),
+            None => format!("{}/{}", self.job_id, self.attempt),
+        }
+    }
 }
 
 /// One usage event.
@@ -176,7 +190,7 @@ impl UsageEvent {
     /// GPU time of `pass` over `frames` frames starting at frame `first`. The
     /// windows of one attempt never overlap, so the first frame names the event.
     pub fn gpu(a: &AttemptRef, pass: Pass, first: u64, frames: u32, ns: u64, timing: TimingSource) -> Self {
-        let id = format!("{}/{}/gpu/{}/{first}", a.job_id, a.attempt, pass.as_str());
+        let id = format!("{}/gpu/{}/{first}", a.key(), pass.as_str());
         let mut e = Self::base(a, id, EventKind::Gpu, first, i64::try_from(ns).unwrap_or(i64::MAX));
         e.pass = Some(pass);
         e.frames = frames;
@@ -195,7 +209,7 @@ impl UsageEvent {
     }
 
     pub fn attempt_end(a: &AttemptRef, outcome: Outcome) -> Self {
-        let mut e = Self::base(a, format!("{}/{}/end", a.job_id, a.attempt), EventKind::AttemptEnd, 0, 0);
+        let mut e = Self::base(a, format!("{}/end", a.key()), EventKind::AttemptEnd, 0, 0);
         e.outcome = Some(outcome);
         e
     }
@@ -254,6 +268,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_chunks_attempt_ids_name_the_chunk() {
+        let mut a =
+            AttemptRef { tenant_id: "t".into(), tier: "mid".into(), job_id: "j".into(), attempt: 7, chunk: None };
+        assert_eq!(UsageEvent::gpu(&a, Pass::Render, 48, 24, 9, TimingSource::Gpu).id, "j/7/gpu/render/48");
+        a.chunk = Some(2);
+        assert_eq!(UsageEvent::gpu(&a, Pass::Render, 48, 24, 9, TimingSource::Gpu).id, "j/c2/7/gpu/render/48");
+        assert_eq!(UsageEvent::attempt_end(&a, Outcome::Succeeded).id, "j/c2/7/end");
+        // One billable output per job, whichever chunk's attempt settles it.
+        assert_eq!(UsageEvent::output(&a, 1, 24, "720p", "general", Decimal::ONE).id, "j/output");
+    }
+
+    #[test]
     fn kinds_and_outcomes_round_trip_their_names() {
         for k in EventKind::ALL {
             assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
@@ -266,7 +292,7 @@ mod tests {
 
     #[test]
     fn ids_name_what_an_event_is() {
-        let a = AttemptRef { tenant_id: "t".into(), tier: "mid".into(), job_id: "j_1".into(), attempt: 3 };
+        let a = AttemptRef { tenant_id: "t".into(), tier: "mid".into(), job_id: "j_1".into(), attempt: 3, chunk: None };
         assert_eq!(UsageEvent::gpu(&a, Pass::Stitch, 48, 24, 5, TimingSource::Gpu).id, "j_1/3/gpu/stitch/48");
         assert_eq!(UsageEvent::output(&a, 1, 24, "720p", "general", Decimal::ONE).id, "j_1/output");
         assert_eq!(UsageEvent::attempt_end(&a, Outcome::Interrupted).id, "j_1/3/end");

@@ -250,6 +250,7 @@ impl Metrics {
                 tier: e.tier.clone(),
                 job_id: e.job_id.clone(),
                 attempt: e.attempt,
+                chunk: None,
             };
             match e.kind {
                 EventKind::Gpu => {

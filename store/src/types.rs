@@ -326,6 +326,12 @@ pub struct Chunk {
 }
 
 impl Chunk {
+    /// The chunk its attempts' usage event ids name (`JOB/cN/ATTEMPT/...`):
+    /// none for a clip in one piece, whose ids stay `JOB/ATTEMPT/...`.
+    pub fn event_index(&self) -> Option<u32> {
+        (self.kind != ChunkKind::Whole).then_some(self.index)
+    }
+
     /// The lease of its running attempt.
     pub fn lease(&self) -> Option<Lease> {
         match (self.state, &self.worker) {

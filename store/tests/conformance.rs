@@ -125,6 +125,7 @@ fn attempt(t: &Tenant, lease: &Lease) -> AttemptRef {
         tier: t.tier.clone(),
         job_id: lease.job.to_string(),
         attempt: lease.attempt,
+        chunk: None,
     }
 }
 
@@ -502,7 +503,7 @@ async fn cancel_a_queued_and_a_running_job(store: Store) {
 }
 
 async fn the_ledger_records_each_event_exactly_once(store: Store) {
-    let a = AttemptRef { tenant_id: "t_1".into(), tier: "mid".into(), job_id: "j_1".into(), attempt: 1 };
+    let a = AttemptRef { tenant_id: "t_1".into(), tier: "mid".into(), job_id: "j_1".into(), attempt: 1, chunk: None };
     let events: Vec<UsageEvent> = (0..10)
         .map(|i| UsageEvent::gpu(&a, Pass::ALL[i % 3], i as u64 * 24, 24, 1_000 + i as u64, TimingSource::Gpu))
         .collect();
@@ -638,7 +639,8 @@ async fn transactions_roll_back_after_an_injected_error(store: Store) {
     assert_eq!(leases(&store, &id).await, vec![lease.clone()]);
     assert_eq!(store.reap(&worker(), &[], 10).await.unwrap().len(), 1);
     // A failed append records nothing; its retry records everything once.
-    let a = AttemptRef { tenant_id: t.id.to_string(), tier: "mid".into(), job_id: id.to_string(), attempt: 1 };
+    let a =
+        AttemptRef { tenant_id: t.id.to_string(), tier: "mid".into(), job_id: id.to_string(), attempt: 1, chunk: None };
     let batch: Vec<_> = (0..5).map(|i| UsageEvent::gpu(&a, Pass::Stitch, i, 1, 9, TimingSource::Host)).collect();
     store.inject_fault("append");
     assert!(store.append(&batch).await.is_err());
@@ -668,7 +670,13 @@ async fn renders_outside_the_queue_reserve_and_bill_once(store: Store) {
         .await
         .unwrap();
     assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::from(20));
-    let a = AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: id.to_string(), attempt: 1 };
+    let a = AttemptRef {
+        tenant_id: t.id.to_string(),
+        tier: t.tier.clone(),
+        job_id: id.to_string(),
+        attempt: 1,
+        chunk: None,
+    };
     let events = vec![
         UsageEvent::gpu(&a, Pass::Render, 0, 480, 99, TimingSource::Host),
         UsageEvent::attempt_end(&a, Outcome::Succeeded),

@@ -641,7 +641,7 @@ impl Backend for PgBackend {
         let mut tx = self.begin().await?;
         let live: Vec<&str> = live.iter().map(JobId::as_str).collect();
         let expired = sqlx::query(
-            "SELECT c.job_id AS job_id, c.idx AS idx, c.attempt AS attempt, c.lease_owner AS lease_owner,
+            "SELECT c.job_id AS job_id, c.idx AS idx, c.kind AS kind, c.attempt AS attempt, c.lease_owner AS lease_owner,
                     j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier
              FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.id = j.tenant_id
              WHERE c.state = 'running' AND c.lease_until_ms < $1
@@ -681,6 +681,7 @@ impl Backend for PgBackend {
                 tier: tier.clone(),
                 job_id: lease.job.to_string(),
                 attempt: lease.attempt,
+                chunk: (row.text("kind")? != ChunkKind::Whole.as_str()).then_some(lease.chunk),
             };
             Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
             let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;

@@ -591,7 +591,7 @@ impl Backend for SqliteBackend {
         let mut tx = self.write().await?;
         let live = serde_json::to_string(&live).map_err(|e| StoreError::Query(e.to_string()))?;
         let expired = sqlx::query(
-            "SELECT c.job_id AS job_id, c.idx AS idx, c.attempt AS attempt, c.lease_owner AS lease_owner,
+            "SELECT c.job_id AS job_id, c.idx AS idx, c.kind AS kind, c.attempt AS attempt, c.lease_owner AS lease_owner,
                     j.tenant_id AS tenant_id, COALESCE(t.tier, '') AS tier
              FROM chunks c JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.id = j.tenant_id
              WHERE c.state = 'running' AND c.lease_until_ms < ?1
@@ -621,6 +621,7 @@ impl Backend for SqliteBackend {
                 tier: tier.clone(),
                 job_id: lease.job.to_string(),
                 attempt: lease.attempt,
+                chunk: (row.text("kind")? != ChunkKind::Whole.as_str()).then_some(lease.chunk),
             };
             Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
             let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;

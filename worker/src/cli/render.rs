@@ -125,6 +125,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         tier: m.tenant.tier.clone(),
         job_id: m.job.to_string(),
         attempt: 1,
+        chunk: None,
     };
     let mut recorder = UsageRecorder::new(&m.store, &metrics, attempt, timing);
     let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |i, times| {

@@ -504,8 +504,13 @@ async fn output(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): P
     };
     // Egress: metered in the ledger before the bytes go out, under an id that
     // names this worker, so two workers' downloads never share one.
-    let a =
-        AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: j.id.to_string(), attempt: j.attempts };
+    let a = AttemptRef {
+        tenant_id: t.id.to_string(),
+        tier: t.tier.clone(),
+        job_id: j.id.to_string(),
+        attempt: j.attempts,
+        chunk: None,
+    };
     let served = slice.len() as i64;
     let event = UsageEvent::egress(&a, svc.worker.as_str(), svc.next_seq(), served);
     if svc.store.append(&[event]).await.map_err(ApiError::store)?.first() == Some(&true) {

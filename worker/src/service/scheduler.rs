@@ -107,6 +107,7 @@ async fn reap(svc: &Service) {
             tier: r.tier.clone(),
             job_id: r.job.id.to_string(),
             attempt: r.lease.attempt,
+            chunk: None,
         };
         let mut totals = PassTimes::default();
         for (pass, ns) in &r.gpu_ns {

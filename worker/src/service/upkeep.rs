@@ -61,12 +61,18 @@ async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
             tier: r.tier.clone(),
             job_id: r.job.to_string(),
             attempt: r.attempt,
+            chunk: None,
         };
         stored.entry(r.job.clone()).or_insert((a, 0)).1 += r.bytes;
     }
     for s in &segments {
-        let a =
-            AttemptRef { tenant_id: s.tenant.to_string(), tier: s.tier.clone(), job_id: s.job.to_string(), attempt: 0 };
+        let a = AttemptRef {
+            tenant_id: s.tenant.to_string(),
+            tier: s.tier.clone(),
+            job_id: s.job.to_string(),
+            attempt: 0,
+            chunk: None,
+        };
         stored.entry(s.job.clone()).or_insert((a, 0)).1 += s.bytes;
     }
     let mut events: Vec<UsageEvent> = stored

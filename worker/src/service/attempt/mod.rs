@@ -182,6 +182,7 @@ async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, Quote, At
         tier: tenant.tier,
         job_id: job.id.to_string(),
         attempt: claimed.lease.attempt,
+        chunk: claimed.chunk.event_index(),
     };
     Ok((spec, q, attempt))
 }

@@ -57,6 +57,7 @@ pub(super) async fn unrendered(svc: &Service, claimed: &Claimed, e: AttemptError
         tier: tenant.map(|t| t.tier).unwrap_or_default(),
         job_id: lease.job.to_string(),
         attempt: lease.attempt,
+        chunk: claimed.chunk.event_index(),
     };
     let timing =
         if svc.ctx.timestamps { tessera_metering::TimingSource::Gpu } else { tessera_metering::TimingSource::Host };
