@@ -143,3 +143,15 @@ fn doctor_names_the_adapter() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no adapter name contains `no-such-gpu`"));
 }
+
+#[test]
+fn logs_written_to_a_file_carry_no_ansi_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = crate::util::TestStore::sqlite();
+    let mut s = crate::util::Server::start_on(&db, dir.path(), &[], &[]);
+    s.tenant("acme", "mid");
+    s.kill9();
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("INFO"), "the worker logged nothing at info level:\n{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file:\n{log}");
+}

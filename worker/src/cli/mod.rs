@@ -121,6 +121,9 @@ pub fn main() -> i32 {
                 .unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: log files and collectors
+        // get plain text, never ANSI escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
