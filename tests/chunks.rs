@@ -128,8 +128,10 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     assert!(listed[..4].iter().all(|c| ns(&c["usage_ns"]) > 0), "{meta}");
 
     // Billed once, at the join; the job's GPU time is its chunks' sum.
-    let store = rt().block_on(db.open(&data));
-    let events = rt().block_on(store.events(&Default::default())).unwrap();
+    // One runtime for the store: its pool lives as long as the runtime.
+    let rt = rt();
+    let store = rt.block_on(db.open(&data));
+    let events = rt.block_on(store.events(&Default::default())).unwrap();
     let outputs: Vec<_> = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).collect();
     assert_eq!(outputs.len(), 1, "billed {} times", outputs.len());
     assert_eq!(outputs[0].quantity, 96);
@@ -141,13 +143,12 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
         .map(|e| e.id.as_str())
         .collect();
     assert!(unnamed.is_empty(), "GPU events without their chunk: {unnamed:?}");
-    let by_chunk: i64 =
-        rt().block_on(store.chunk_gpu_ns(&tessera_store::JobId::new(id.clone()))).unwrap().values().sum();
+    let by_chunk: i64 = rt.block_on(store.chunk_gpu_ns(&tessera_store::JobId::new(id.clone()))).unwrap().values().sum();
     assert_eq!(gpu, by_chunk);
     assert!(per_chunk as i64 <= gpu, "the sidecar counts more GPU time than the ledger");
     // Segments are gone once joined (a killed worker's `.seg.partial` is
     // the upkeep sweep's, two leases later).
-    assert!(rt().block_on(store.segments()).unwrap().is_empty());
+    assert!(rt.block_on(store.segments()).unwrap().is_empty());
     let left: Vec<String> = std::fs::read_dir(data.join("clips"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -155,4 +156,35 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
         .filter(|n| n.ends_with(".seg"))
         .collect();
     assert!(left.is_empty(), "segments left after the join: {left:?}");
+}
+
+/// A segment damaged on the shared volume before the join reads it: the join
+/// finds it by its hash, removes it, and sends only that range back; the clip
+/// is still the whole render, billed once.
+#[test]
+fn a_damaged_segment_is_rendered_again_not_the_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestStore::sqlite();
+    let s = Server::start_on(&db, dir.path(), &["--chunk-frames", "6"], &[("TESSERA_FAULTS", "damage_segment")]);
+    let key = s.tenant("acme", "mid");
+    // 18 frames: 3 ranges of 6 and a join.
+    let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.75});
+    let id = s.submit(&key, &spec, None).json()["id"].as_str().unwrap().to_string();
+    let done = s.wait(&key, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log_tail(30));
+    assert_eq!((done["failures"].as_u64(), done["interruptions"].as_u64()), (Some(0), Some(1)), "{done}");
+    let attempts: Vec<u64> =
+        done["chunks"].as_array().unwrap().iter().map(|c| c["attempts"].as_u64().unwrap()).collect();
+    assert_eq!(attempts, vec![2, 1, 1, 2], "only the damaged range (and the join) ran again: {done}");
+    let errors = done["errors"].to_string();
+    assert!(errors.contains("does not match its recorded hash") && errors.contains("[0]"), "{errors}");
+    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let auth = format!("Bearer {key}");
+    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
+    let events = rt().block_on(async { db.open(dir.path()).await.events(&Default::default()).await.unwrap() });
+    assert_eq!(events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).count(), 1);
 }

@@ -69,6 +69,11 @@ pub(crate) const CLOSE_OTHERS: &str = "UPDATE chunks SET state = $2, lease_owner
 pub(crate) const UNBLOCK_JOIN: &str = "UPDATE chunks SET state = 'queued', not_before_ms = $2
     WHERE job_id = $1 AND kind = 'join' AND state = 'blocked'";
 
+/// A range whose segment is gone renders again (`$1` job, `$2` chunk, `$3` now).
+pub(crate) const REDO_RANGE: &str = "UPDATE chunks SET state = 'queued', frames_done = 0, not_before_ms = $3,
+        segment_path = NULL, segment_bytes = NULL, segment_sha256 = NULL
+    WHERE job_id = $1 AND idx = $2 AND kind = 'range' AND state = 'done'";
+
 /// Frames the job's ranges have done (`$1` job).
 pub(crate) const FRAMES_DONE: &str = "SELECT CAST(COALESCE(SUM(frames_done), 0) AS BIGINT) AS frames
     FROM chunks WHERE job_id = $1 AND kind <> 'join'";

@@ -31,6 +31,9 @@ pub enum AttemptEnd {
     Failed { error: String, retry_in_ms: i64, retryable: bool },
     /// Lost to something that was not the job's fault.
     Interrupted { reason: String, retry_in_ms: i64 },
+    /// A join found these ranges' segments damaged or gone: they are rendered
+    /// again and the join waits for them (an interruption of the join).
+    Redo { ranges: Vec<u32>, reason: String },
 }
 
 impl AttemptEnd {
@@ -40,7 +43,7 @@ impl AttemptEnd {
             AttemptEnd::Succeeded(_) | AttemptEnd::Segment(_) => Outcome::Succeeded,
             AttemptEnd::Cancelled { .. } => Outcome::Cancelled,
             AttemptEnd::Failed { .. } => Outcome::Failed,
-            AttemptEnd::Interrupted { .. } => Outcome::Interrupted,
+            AttemptEnd::Interrupted { .. } | AttemptEnd::Redo { .. } => Outcome::Interrupted,
         }
     }
 }
@@ -103,8 +106,8 @@ pub fn settle(now_ms: i64, cur: &Current, end: &AttemptEnd) -> JobUpdate {
             u.state = JobState::Cancelled;
             u.frames_done = *frames;
         }
-        // A segment is decided by `settle_chunk`; here it changes nothing of the job.
-        AttemptEnd::Segment(_) => {}
+        // Decided by `settle_chunk`; here they change nothing of the job.
+        AttemptEnd::Segment(_) | AttemptEnd::Redo { .. } => {}
         AttemptEnd::Failed { error, retry_in_ms, retryable } => {
             u.failures += 1;
             u.errors.push(format!("attempt {}: {error}", cur.attempts));
@@ -173,6 +176,8 @@ pub struct ChunkSettlement {
     /// The join may start: every range is done, or the job is cancelled and
     /// no range runs any more (the join then settles what was delivered).
     pub unblock_join: bool,
+    /// Ranges to render again (their segments are gone), queued at once.
+    pub redo: Vec<u32>,
 }
 
 /// Decides a chunk's settlement. The budgets: failures are the job's (summed
@@ -190,6 +195,9 @@ pub fn settle_chunk(
         }
         (ChunkKind::Whole | ChunkKind::Join, AttemptEnd::Segment(_)) => {
             return Err("only a range chunk ends with a segment".into())
+        }
+        (ChunkKind::Whole | ChunkKind::Range, AttemptEnd::Redo { .. }) => {
+            return Err("only a join sends ranges back to be rendered again".into())
         }
         _ => {}
     }
@@ -215,6 +223,24 @@ pub fn settle_chunk(
         segment: None,
     };
     let mut unblock_join = false;
+    let mut redo = Vec::new();
+    if let AttemptEnd::Redo { ranges, reason } = end {
+        // Counted on the join's interruption budget, so a volume that keeps
+        // losing segments still ends the job.
+        c.interruptions = chunk.interruptions + 1;
+        u.interruptions = job.interruptions + 1;
+        u.errors.push(format!("attempt {} interrupted: {reason}; rendering chunks {ranges:?} again", job.attempts));
+        if c.interruptions >= job.max_interruptions {
+            u.errors.push(format!("dead-lettered after {} interruptions of its join", c.interruptions));
+            u.state = JobState::Dead;
+            u.finished_at_ms = Some(now_ms);
+            u.release_reservation = true;
+            c.state = ChunkState::Dead;
+        } else {
+            c.state = ChunkState::Blocked;
+            redo = ranges.clone();
+        }
+    }
     if chunk.kind == ChunkKind::Range {
         let last_running = chunk.others_running == 0;
         if let AttemptEnd::Segment(seg) = end {
@@ -241,7 +267,7 @@ pub fn settle_chunk(
         JobState::Cancelled => Some(ChunkState::Cancelled),
         _ => None,
     };
-    Ok(ChunkSettlement { chunk: c, job: u, close_others, unblock_join })
+    Ok(ChunkSettlement { chunk: c, job: u, close_others, unblock_join, redo })
 }
 
 #[cfg(test)]
@@ -309,6 +335,14 @@ mod tests {
         let s = settle_chunk(5, &cur(), &join, &AttemptEnd::Succeeded(out)).unwrap();
         assert_eq!((s.job.state, s.chunk.state), (JobState::Succeeded, ChunkState::Done));
         assert!(s.job.release_reservation);
+        // A join that finds segments damaged sends their ranges back and waits.
+        let redo = AttemptEnd::Redo { ranges: vec![1], reason: "segment 1 damaged".into() };
+        let s = settle_chunk(5, &cur(), &join, &redo).unwrap();
+        assert_eq!((s.chunk.state, s.redo.clone(), s.job.state), (ChunkState::Blocked, vec![1], JobState::Queued));
+        assert_eq!((s.job.interruptions, s.chunk.interruptions, s.job.outcome), (1, 1, Outcome::Interrupted));
+        assert!(settle_chunk(5, &cur(), &range(0, 0), &redo).is_err());
+        let tired = ChunkCurrent { interruptions: 1, ..join.clone() };
+        assert_eq!(settle_chunk(5, &cur(), &tired, &redo).unwrap().job.state, JobState::Dead);
         // A join interrupted after a cancel runs again: it alone settles the job.
         let asked = Current { cancel_requested: true, ..cur() };
         let lost = AttemptEnd::Interrupted { reason: "drain".into(), retry_in_ms: 0 };

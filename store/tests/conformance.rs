@@ -929,4 +929,29 @@ async fn a_chunked_job_cancels_and_dies_as_one(store: Store) {
     submit(&store, &t, &job).await;
     assert_eq!(store.request_cancel(&job.id).await.unwrap().unwrap().state, JobState::Cancelled);
     assert!(store.claim(&w, 60_000).await.unwrap().is_none());
+
+    // A join that finds a segment damaged sends that range back and waits for it.
+    let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 48) };
+    submit(&store, &t, &job).await;
+    for _ in 0..2 {
+        let c = store.claim(&w, 60_000).await.unwrap().unwrap();
+        store.settle(&c.lease, &segment(&c.lease, 24), &[]).await.unwrap();
+    }
+    let join = store.claim(&w, 60_000).await.unwrap().unwrap();
+    let redo = AttemptEnd::Redo { ranges: vec![0], reason: "segment of chunk 0 does not match its hash".into() };
+    assert!(store.settle(&first.lease, &redo, &[]).await.is_err(), "a range's lease cannot send ranges back");
+    let s = store.settle(&join.lease, &redo, &[]).await.unwrap();
+    assert_eq!((s.job.interruptions, s.job.failures), (1, 0));
+    let chunks = store.chunks(&job.id).await.unwrap();
+    let states: Vec<_> = chunks.iter().map(|c| c.state).collect();
+    assert_eq!(states, vec![ChunkState::Queued, ChunkState::Done, ChunkState::Blocked]);
+    assert!(chunks[0].segment.is_none() && chunks[1].segment.is_some());
+    let again = store.claim(&w, 60_000).await.unwrap().unwrap();
+    assert_eq!((again.lease.chunk, again.chunk.attempts), (0, 2));
+    store.settle(&again.lease, &segment(&again.lease, 24), &[]).await.unwrap();
+    let join = store.claim(&w, 60_000).await.unwrap().expect("the join again");
+    assert_eq!(join.chunk.kind, ChunkKind::Join);
+    let events = success_events(&t, &join.lease, 48);
+    let done = store.settle(&join.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap().job;
+    assert_eq!((done.state, done.frames_done), (JobState::Succeeded, 48));
 }

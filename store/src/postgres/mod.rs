@@ -208,6 +208,10 @@ impl PgBackend {
         if s.unblock_join {
             sqlx::query(chunks::UNBLOCK_JOIN).bind(lease.job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
         }
+        for idx in &s.redo {
+            let redo = sqlx::query(chunks::REDO_RANGE).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
+            redo.execute(&mut *tx).await.db()?;
+        }
         if !s.job.state.is_final() {
             let done = sqlx::query(chunks::FRAMES_DONE).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
             s.job.frames_done = u32::try_from(done.int("frames")?).unwrap_or(0);
@@ -217,7 +221,7 @@ impl PgBackend {
         if s.job.release_reservation {
             Self::release_in(tx, lease.job.as_str()).await?;
         }
-        if s.chunk.state == ChunkState::Queued || s.unblock_join {
+        if s.chunk.state == ChunkState::Queued || s.unblock_join || !s.redo.is_empty() {
             Self::notify(tx).await?;
         }
         Ok(s)

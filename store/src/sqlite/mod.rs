@@ -235,6 +235,10 @@ impl SqliteBackend {
             let unblock = sqlx::query(q(chunks::UNBLOCK_JOIN)).bind(lease.job.as_str()).bind(now_ms);
             unblock.execute(&mut *tx).await.db()?;
         }
+        for idx in &s.redo {
+            let redo = sqlx::query(q(chunks::REDO_RANGE)).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
+            redo.execute(&mut *tx).await.db()?;
+        }
         if !s.job.state.is_final() {
             let done = sqlx::query(q(chunks::FRAMES_DONE)).bind(lease.job.as_str()).fetch_one(&mut *tx).await.db()?;
             s.job.frames_done = u32::try_from(done.int("frames")?).unwrap_or(0);

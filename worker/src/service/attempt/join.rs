@@ -54,13 +54,14 @@ pub(super) async fn join_and_settle(
     outcome
 }
 
-/// The segments of every range, in frame order; an error if one is missing.
-fn segments_of(chunks: &[Chunk]) -> Result<Vec<Segment>, AttemptError> {
+/// The segments of every range with its chunk index, in frame order; an
+/// error if a range is not done.
+fn segments_of(chunks: &[Chunk]) -> Result<Vec<(u32, Segment)>, AttemptError> {
     chunks
         .iter()
         .filter(|c| c.kind == ChunkKind::Range)
         .map(|c| match (&c.state, &c.segment) {
-            (ChunkState::Done, Some(s)) => Ok(s.clone()),
+            (ChunkState::Done, Some(s)) => Ok((c.index, s.clone())),
             (state, _) => Err(AttemptError::failed(format!("join: chunk {} is {state} without a segment", c.index))),
         })
         .collect()
@@ -118,7 +119,7 @@ struct Join {
     attempt: AttemptRef,
     chunks: Vec<Chunk>,
     gpu: std::collections::BTreeMap<(u32, Pass), i64>,
-    segments: Vec<Segment>,
+    segments: Vec<(u32, Segment)>,
 }
 
 impl Join {
@@ -142,14 +143,31 @@ impl Join {
         partial: &std::path::Path,
     ) -> Result<Rendered, AttemptError> {
         let (svc, spec) = (&self.svc, &self.spec);
-        for s in &self.segments {
-            let sha = archive::sha256_file(std::path::Path::new(&s.path))
-                .map_err(|e| AttemptError::io(&format!("join: reading segment {}", s.path), &e))?;
-            if sha != s.sha256 {
-                return Err(AttemptError::failed(format!("join: segment {} does not match its recorded hash", s.path)));
+        injected_damage(&self.claimed, &self.segments);
+        // Every segment as its range recorded it; a damaged or lost one is
+        // removed and its range rendered again, the others kept.
+        let mut damaged = Vec::new();
+        for (index, s) in &self.segments {
+            let path = std::path::Path::new(&s.path);
+            match archive::sha256_file(path) {
+                Ok(sha) if sha == s.sha256 => {}
+                Ok(_) => damaged.push((*index, format!("segment of chunk {index} does not match its recorded hash"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    damaged.push((*index, format!("segment of chunk {index} is gone ({})", s.path)))
+                }
+                Err(e) => return Err(AttemptError::io(&format!("join: reading segment {}", s.path), &e)),
             }
         }
-        let list: Vec<(PathBuf, u32)> = self.segments.iter().map(|s| (PathBuf::from(&s.path), s.frames)).collect();
+        if !damaged.is_empty() {
+            for (index, _) in &damaged {
+                if let Some((_, s)) = self.segments.iter().find(|(i, _)| i == index) {
+                    frames::remove(std::path::Path::new(&s.path));
+                }
+            }
+            let reason = damaged.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
+            return Ok(Rendered::Redo { ranges: damaged.into_iter().map(|(i, _)| i).collect(), reason });
+        }
+        let list: Vec<(PathBuf, u32)> = self.segments.iter().map(|(_, s)| (PathBuf::from(&s.path), s.frames)).collect();
         let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
         let sample_at = spec.frames / 2;
         let mut sampled = None;
@@ -235,6 +253,25 @@ fn add(mut a: PassTimes, b: &PassTimes) -> PassTimes {
     a.encode_ns += b.encode_ns;
     a
 }
+
+/// Test-only fault hook: `TESSERA_FAULTS=damage_segment` cuts the first
+/// range's segment short before a job's first join reads it, as a failing
+/// volume would. Compiled only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+fn injected_damage(claimed: &Claimed, segments: &[(u32, Segment)]) {
+    if std::env::var("TESSERA_FAULTS").as_deref() != Ok("damage_segment") || claimed.chunk.attempts != 1 {
+        return;
+    }
+    if let Some((_, s)) = segments.first() {
+        if let Ok(bytes) = std::fs::read(&s.path) {
+            let written = std::fs::write(&s.path, &bytes[..bytes.len().saturating_sub(10)]);
+            tracing::warn!(path = %s.path, ok = written.is_ok(), "injected fault: segment cut short");
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn injected_damage(_claimed: &Claimed, _segments: &[(u32, Segment)]) {}
 
 /// A cancelled chunked job: billed for the frames its ranges delivered
 /// (finished ranges whole, cancelled ones up to their last frame).

@@ -114,6 +114,9 @@ pub enum Rendered {
     Cancelled { frames: u32, bill: Option<Bill> },
     /// A range chunk's frames are in their segment.
     Segment { segment: Segment },
+    /// A join found the segments of these ranges damaged or gone (and removed
+    /// what was left of them): they are rendered again, then joined.
+    Redo { ranges: Vec<u32>, reason: String },
 }
 
 /// An attempt's frames are done: how, and what is left of its metering.

@@ -38,6 +38,10 @@ pub(super) async fn settle(svc: &Service, claimed: &Claimed, bill: &Bill, finish
             (AttemptEnd::Segment(segment), None, files)
         }
         Ok(Rendered::Cancelled { frames, bill }) => (AttemptEnd::Cancelled { frames }, bill, Vec::new()),
+        Ok(Rendered::Redo { ranges, reason }) => {
+            tracing::warn!(lease = %claimed.lease, %reason, ?ranges, "segments damaged: their ranges render again");
+            (AttemptEnd::Redo { ranges, reason }, None, Vec::new())
+        }
         Err(AttemptError::LeaseLost) => return abandon(svc, &claimed.lease, &closing).await,
         Err(e) => (end_of_error(svc, &claimed.job, &claimed.lease, &e), None, Vec::new()),
     };
@@ -202,6 +206,7 @@ fn settled_by(job: &Job, chunks: &[Chunk], claimed: &Claimed, end: &AttemptEnd) 
             ours || (over && job.state == JobState::Cancelled && job.frames_done == *frames)
         }
         AttemptEnd::Interrupted { .. } => false,
+        AttemptEnd::Redo { .. } => over && chunk.state == ChunkState::Blocked,
     }
 }
 
