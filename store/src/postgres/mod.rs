@@ -693,7 +693,12 @@ impl Backend for PgBackend {
                 Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
             reaped.push(Reaped { lease, tier, job, gpu_ns });
         }
-        self.faults.check("reap")?;
+        if let Err(e) = self.faults.check("reap") {
+            // Rolled back now, not when the pool next uses the connection: the
+            // next reaper skips rows this one still holds.
+            tx.rollback().await.db()?;
+            return Err(e);
+        }
         tx.commit().await.db()?;
         Ok(reaped)
     }
