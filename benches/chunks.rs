@@ -9,27 +9,17 @@
 //! `cargo bench --bench chunks`; `TESSERA_BENCH_SIZE=WxH` (default 640x360),
 //! `TESSERA_BENCH_SECONDS` (default 8), `TESSERA_BENCH_ROUNDS` (default 3).
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use anyhow::{ensure, Context};
 use tessera_metering::PriceBook;
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::service::{self, ServeConfig, Service};
 
-fn request(addr: &str, method: &str, path: &str, key: &str, body: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let json = raw.split_once("\r\n\r\n").context("no body")?.1;
-    Ok(serde_json::from_str(json)?)
-}
+use common::request;
 
 /// One in-process worker on its own data directory, with `chunk_frames`.
 struct Worker {

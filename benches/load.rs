@@ -8,29 +8,19 @@
 //! Grouping needs GPU timestamps: on a software adapter (lavapipe) run it with
 //! `TESSERA_TIMING=gpu` to measure it (its timestamps then meter too little).
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 use anyhow::{ensure, Context};
 use tessera_metering::PriceBook;
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::service::{self, ServeConfig, Service};
-use tessera_worker::spec::{RawSpec, SpecLimits};
 
-fn request(addr: &str, method: &str, path: &str, key: &str, body: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let json = raw.split_once("\r\n\r\n").context("no body")?.1;
-    Ok(serde_json::from_str(json)?)
-}
+use common::request;
+use tessera_worker::spec::{RawSpec, SpecLimits};
 
 fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(f64::total_cmp);

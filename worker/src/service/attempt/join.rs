@@ -16,13 +16,12 @@
 //! joined and delivered.)
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tessera_metering::{quote, AttemptRef, Pass, PassTimes, Quote, TimingSource};
 use tessera_store::{AttemptEnd, Chunk, ChunkKind, ChunkState, Claimed, Segment};
 
-use super::{archive, frames, heartbeat, settle, AttemptError, Finished, Heartbeat, Rendered};
+use super::{archive, frames, settle, AttemptError, Beating, Finished, Rendered};
 use crate::encode::mux::{segment, StreamInfo, RIFF_LIMIT};
 use crate::render::{FrameRenderer, Readback};
 use crate::service::Service;
@@ -37,9 +36,8 @@ pub(super) async fn join_and_settle(
     quote: Quote,
     attempt: AttemptRef,
 ) -> &'static str {
-    let beat = Heartbeat::default();
-    let finished = Arc::new(AtomicBool::new(false));
-    let heartbeat = tokio::spawn(heartbeat(svc.clone(), claimed.lease.clone(), beat.clone(), finished.clone()));
+    // The join reads no cancel or loss mid-way: its settlement is fenced.
+    let (beating, _beat) = Beating::start(svc, &claimed.lease);
     let outcome = match svc.store.chunks(&claimed.job.id).await {
         Err(e) => settle::unrendered(svc, &claimed, AttemptError::store(e)).await,
         // A cancel that came after every frame was rendered is too late to
@@ -49,8 +47,7 @@ pub(super) async fn join_and_settle(
         }
         Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks).await,
     };
-    finished.store(true, Ordering::Relaxed);
-    heartbeat.abort();
+    beating.stop();
     outcome
 }
 

@@ -197,9 +197,7 @@ async fn render_and_settle(
     quote: Quote,
     attempt: AttemptRef,
 ) -> &'static str {
-    let beat = Heartbeat::default();
-    let finished = Arc::new(AtomicBool::new(false));
-    let heartbeat = tokio::spawn(heartbeat(svc.clone(), claimed.lease.clone(), beat.clone(), finished.clone()));
+    let (beating, beat) = Beating::start(svc, &claimed.lease);
     let (reply, result) = tokio::sync::oneshot::channel();
     let bill = Bill::new(&svc.book, &spec, &quote);
     let member = Member {
@@ -225,9 +223,30 @@ async fn render_and_settle(
             settle::unrendered(svc, &claimed, e).await
         }
     };
-    finished.store(true, Ordering::Relaxed);
-    heartbeat.abort();
+    beating.stop();
     outcome
+}
+
+/// A lease's heartbeat task, from the claim until the settlement is written.
+struct Beating {
+    finished: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Beating {
+    /// Starts heartbeating `lease`; the [`Heartbeat`] carries what it learns.
+    fn start(svc: &Arc<Service>, lease: &Lease) -> (Self, Heartbeat) {
+        let beat = Heartbeat::default();
+        let finished = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(heartbeat(svc.clone(), lease.clone(), beat.clone(), finished.clone()));
+        (Self { finished, task }, beat)
+    }
+
+    /// The attempt is settled: its lease is spent, so a lost lease is no news.
+    fn stop(self) {
+        self.finished.store(true, Ordering::Relaxed);
+        self.task.abort();
+    }
 }
 
 /// What the heartbeat shares with the attempt's frames.
