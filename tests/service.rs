@@ -109,7 +109,7 @@ fn api_end_to_end_over_a_real_socket(db: &TestStore) {
         let r = http(&s.api, "GET", &path, &[("Authorization", &authb)], b"");
         assert_eq!(r.status, 404, "{path}");
     }
-    assert_eq!(http(&s.api, "DELETE", &format!("/v1/jobs/{id}"), &[("Authorization", &authb)], b"").status, 404);
+    assert_eq!(http(&s.api, "POST", &format!("/v1/jobs/{id}/cancel"), &[("Authorization", &authb)], b"").status, 404);
     let list = http(&s.api, "GET", "/v1/jobs?state=succeeded", &[("Authorization", &authb)], b"").json();
     assert!(list["jobs"].as_array().unwrap().iter().all(|j| j["id"] != id.as_str()));
     // Bad keys.
@@ -131,7 +131,7 @@ fn api_end_to_end_over_a_real_socket(db: &TestStore) {
     assert!(me[0]["adapter"].as_str().is_some_and(|a| !a.is_empty()));
     assert_eq!(done["worker"], ready["worker"], "the job names the worker that ran it");
     assert_eq!(http(&s.api, "GET", "/v1/workers", &[("Authorization", &auth)], b"").status, 403);
-    assert_eq!(http(&s.api, "GET", "/openapi.json", &[], b"").json()["openapi"], "3.0.3");
+    assert_eq!(http(&s.api, "GET", "/openapi.json", &[], b"").json()["openapi"], "3.1.0");
 }
 
 fn hostile_requests_get_a_json_4xx_and_never_a_5xx(db: &TestStore) {
@@ -162,7 +162,8 @@ fn hostile_requests_get_a_json_4xx_and_never_a_5xx(db: &TestStore) {
         ("GET", "/v1/jobs/j_0000000000000000".into(), vec![]),
         ("GET", "/v1/jobs/not-a-job".into(), vec![]),
         ("GET", format!("/v1/jobs/{}", "a".repeat(4000)), vec![]),
-        ("DELETE", "/v1/jobs/j_zzzzzzzzzzzzzzzz".into(), vec![]),
+        ("POST", "/v1/jobs/j_zzzzzzzzzzzzzzzz/cancel".into(), vec![]),
+        ("DELETE", "/v1/jobs/j_0000000000000000".into(), vec![]),
         ("GET", "/v1/jobs?state=exploded".into(), vec![]),
         ("GET", "/v1/jobs?limit=100000".into(), vec![]),
         ("GET", "/v1/jobs?cursor=abc".into(), vec![]),
@@ -218,9 +219,9 @@ fn cancel_a_queued_and_a_running_job(db: &TestStore) {
         assert!(start.elapsed() < T, "long job never got going: {j}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let c = http(&s.api, "DELETE", &format!("/v1/jobs/{queued}"), &[("Authorization", &auth)], b"").json();
+    let c = http(&s.api, "POST", &format!("/v1/jobs/{queued}/cancel"), &[("Authorization", &auth)], b"").json();
     assert_eq!(c["state"], "cancelled");
-    let c = http(&s.api, "DELETE", &format!("/v1/jobs/{long}"), &[("Authorization", &auth)], b"").json();
+    let c = http(&s.api, "POST", &format!("/v1/jobs/{long}/cancel"), &[("Authorization", &auth)], b"").json();
     assert_eq!(c["cancel_requested"], true);
     let l = s.wait(&k, &long, T);
     assert_eq!(l["state"], "cancelled", "{l}");

@@ -277,46 +277,56 @@ pub struct QuoteRequest {
 }
 
 /// One line of a quote.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LineItem {
     pub name: String,
     pub detail: String,
     /// Running amount after this line, unrounded.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub amount: Decimal,
 }
 
 /// The operator's expected cost of a clip.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CostBreakdown {
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub compute: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub encode: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub storage: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub egress: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub total: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub gpu_seconds: Decimal,
 }
 
 /// A price tag with its breakdown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Quote {
     pub currency: String,
     /// The price, rounded half-up to cents.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub price: Decimal,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub output_seconds: Decimal,
     pub resolution_bucket: String,
     pub line_items: Vec<LineItem>,
     pub cost: CostBreakdown,
     /// Price minus expected cost.
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
     pub margin: Decimal,
 }
 

@@ -45,7 +45,7 @@ pub struct Tier {
 pub const BUDGET_WARNING_PERCENT: u32 = 80;
 
 /// Why a job was refused; every message names the limit, the tier and the usage.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "limit", rename_all = "snake_case")]
 pub enum AdmissionError {
     #[error("unknown tenant `{tenant}`")]
@@ -59,13 +59,39 @@ pub enum AdmissionError {
     #[error("tier `{tier}` may use the {allowed} lane(s); the job asks for {lane}")]
     Lane { tier: String, allowed: String, lane: String },
     #[error("tier `{tier}` allows clips up to {max} s; the job is {seconds} s")]
-    ClipLength { tier: String, max: Decimal, seconds: Decimal },
+    ClipLength {
+        tier: String,
+        #[schema(value_type = String)]
+        max: Decimal,
+        #[schema(value_type = String)]
+        seconds: Decimal,
+    },
     #[error("tier `{tier}` does not include feature `{feature}` (included: {included})")]
     Feature { tier: String, feature: String, included: String },
     #[error("monthly output cap of tier `{tier}` is {cap} s: {used} s used and {reserved} s reserved this month, so {requested} s more would exceed it")]
-    OutputCap { tier: String, cap: Decimal, used: Decimal, reserved: Decimal, requested: Decimal },
+    OutputCap {
+        tier: String,
+        #[schema(value_type = String)]
+        cap: Decimal,
+        #[schema(value_type = String)]
+        used: Decimal,
+        #[schema(value_type = String)]
+        reserved: Decimal,
+        #[schema(value_type = String)]
+        requested: Decimal,
+    },
     #[error("monthly budget of tier `{tier}` is {budget}: {spent} spent and {reserved} reserved this month, so {requested} more would exceed it")]
-    Budget { tier: String, budget: Decimal, spent: Decimal, reserved: Decimal, requested: Decimal },
+    Budget {
+        tier: String,
+        #[schema(value_type = String)]
+        budget: Decimal,
+        #[schema(value_type = String)]
+        spent: Decimal,
+        #[schema(value_type = String)]
+        reserved: Decimal,
+        #[schema(value_type = String)]
+        requested: Decimal,
+    },
 }
 
 /// A tenant's use of the current month, for cap checks.

@@ -87,7 +87,7 @@ pub fn random_u64() -> u64 {
 /// (failure or interruption budget spent, or an error retrying cannot fix), or
 /// `cancelled`. A queued job can be cancelled at once; a running one is flagged
 /// and its attempt stops at its next frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -237,7 +237,7 @@ pub struct Claimed {
 }
 
 /// What a chunk does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkKind {
     /// The clip in one piece: renders and archives the final clip itself.
@@ -253,7 +253,7 @@ pub enum ChunkKind {
 ///
 /// `blocked` (a join waiting for its ranges) → `queued` → `running` →
 /// `done`, or back to `queued` (retry), or `cancelled` / `dead` with its job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkState {
     Blocked,

@@ -22,14 +22,19 @@ pub use tessera_metering::Lane;
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecLimits {
     pub allowed_fps: Vec<u32>,
+    /// One frame at the lowest offered rate, so every clip has a frame.
+    pub min_duration_s: f64,
     pub max_duration_s: f64,
     pub features: Vec<String>,
 }
 
 impl SpecLimits {
     pub fn from_price_book(book: &tessera_metering::PriceBook) -> Self {
+        let allowed_fps = book.frame_rates();
+        let min_fps = allowed_fps.iter().copied().min().unwrap_or(1);
         Self {
-            allowed_fps: book.frame_rates(),
+            allowed_fps,
+            min_duration_s: 1.0 / f64::from(min_fps),
             max_duration_s: 3600.0,
             features: book.price.addons.keys().cloned().collect(),
         }
@@ -457,8 +462,11 @@ fn validate_duration(d: f64, limits: &SpecLimits, err: &mut impl FnMut(&str, Str
     if !d.is_finite() {
         err("duration_s", format!("must be a finite number of seconds, got {d}"));
         None
-    } else if d <= 0.0 {
-        err("duration_s", format!("must be positive, got {d}"));
+    } else if d < limits.min_duration_s {
+        err(
+            "duration_s",
+            format!("must be at least {} s (one frame at the lowest offered rate), got {d}", limits.min_duration_s),
+        );
         None
     } else if d > limits.max_duration_s {
         err("duration_s", format!("{d} s is longer than the {} s limit", limits.max_duration_s));

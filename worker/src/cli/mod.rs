@@ -29,6 +29,32 @@ pub const DEFAULT_SPEC: &str = include_str!("../../../examples/orbit.json");
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines on stderr: `text` (colour only at a terminal) or `json`
+    /// (one object per line, for collectors). `TESSERA_LOG` sets the filter.
+    #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr. By default warnings and errors, plus the service's access
+/// log (one line per request, target `access`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| "warn,access=info,wgpu_hal=off,wgpu_core=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests calling `main` twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        // Colour only for a person at a terminal: log files and collectors
+        // get plain text, never ANSI escape codes.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+    };
 }
 
 /// Where the data directory, the store and the price book are.
@@ -115,16 +141,6 @@ pub(crate) fn runtime(error: impl Into<anyhow::Error>) -> CliError {
 
 /// Entry point: parses arguments, runs, prints errors; returns the exit code.
 pub fn main() -> i32 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-                .unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: log files and collectors
-        // get plain text, never ANSI escape codes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -132,6 +148,7 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => 0,
         Err(CliError { code, error }) => {

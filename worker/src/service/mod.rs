@@ -63,6 +63,8 @@ pub struct Service {
     drain_started: Mutex<Option<Instant>>,
     seq: AtomicU64,
     rate: http::RateLimiter,
+    /// `/openapi.json`, built on first request from the router and the price book.
+    openapi: std::sync::OnceLock<serde_json::Value>,
 }
 
 /// Errors starting the service.
@@ -110,6 +112,7 @@ impl Service {
             drain_started: Mutex::new(None),
             seq: AtomicU64::new(0),
             rate: http::RateLimiter::default(),
+            openapi: std::sync::OnceLock::new(),
         }))
     }
 

@@ -55,7 +55,15 @@ pub(super) async fn unrendered(svc: &Service, claimed: &Claimed, e: AttemptError
     if e == AttemptError::LeaseLost {
         return "abandoned";
     }
-    let tenant = svc.store.tenant(claimed.job.tenant_id.as_str()).await.ok().flatten();
+    // The tier only labels the attempt's closing events; a store that cannot
+    // name it must not keep the failure from being settled, but is logged.
+    let tenant = match svc.store.tenant(claimed.job.tenant_id.as_str()).await {
+        Ok(t) => t,
+        Err(err) => {
+            tracing::error!(job = %lease.job, error = %err, "reading the tenant of a failed attempt; its events carry no tier");
+            None
+        }
+    };
     let attempt = AttemptRef {
         tenant_id: claimed.job.tenant_id.to_string(),
         tier: tenant.map(|t| t.tier).unwrap_or_default(),
@@ -179,7 +187,10 @@ async fn landed(svc: &Service, claimed: &Claimed, end: &AttemptEnd) -> Landed {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
-            Err(_) => return Landed::Unknown,
+            Err(e) => {
+                tracing::error!(job = %claimed.lease.job, error = %e, "reading back a settlement failed; its outcome is unknown");
+                return Landed::Unknown;
+            }
         }
     }
     Landed::Unknown
