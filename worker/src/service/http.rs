@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tessera_metering::price::{from_micros, to_micros};
-use tessera_metering::{quote, AttemptRef, Lane, UsageEvent};
+use tessera_metering::{quote, Lane};
 use tessera_store::{tier_of, Chunk, Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
 
 use super::Service;
@@ -37,13 +37,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), fields: Vec::new() }
     }
     fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
-    fn internal(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
     }
@@ -93,7 +93,7 @@ pub fn app(svc: Arc<Service>) -> Router {
         .route("/v1/workers", get(workers))
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{id}", get(get_job).delete(cancel))
-        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/output", get(super::download::output))
         .route("/v1/jobs/{id}/metadata", get(metadata))
         .route("/v1/quote", post(quote_handler))
         .route("/v1/usage", get(usage))
@@ -149,7 +149,7 @@ fn bearer(headers: &HeaderMap) -> ApiResult<&str> {
 }
 
 /// The calling tenant, after the rate limit.
-async fn tenant(svc: &Service, headers: &HeaderMap) -> ApiResult<Tenant> {
+pub(crate) async fn tenant(svc: &Service, headers: &HeaderMap) -> ApiResult<Tenant> {
     let key = bearer(headers)?;
     if svc.config.admin_key.as_deref() == Some(key) {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the admin key cannot act as a tenant"));
@@ -382,7 +382,7 @@ async fn submit(
     }
 }
 
-async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Job> {
+pub(crate) async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Job> {
     let id = JobId::parse(id).ok_or_else(|| ApiError::not_found("job"))?;
     match svc.store.job(&id).await.map_err(ApiError::store)? {
         Some(j) if j.tenant_id == t.id => Ok(j),
@@ -454,77 +454,6 @@ async fn cancel(
     let j =
         svc.store.request_cancel(&j.id).await.map_err(ApiError::store)?.ok_or_else(|| ApiError::not_found("job"))?;
     Ok(Json(job_view(&svc, &j)))
-}
-
-/// Parses a single `bytes=` range against a length.
-fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
-    let spec = h.strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().ok()?;
-            if n == 0 {
-                return None;
-            }
-            (len.saturating_sub(n), len - 1)
-        }
-        (s, "") => (s.parse().ok()?, len - 1),
-        (s, e) => (s.parse().ok()?, e.parse::<u64>().ok()?.min(len - 1)),
-    };
-    (start <= end && start < len).then_some((start, end))
-}
-
-async fn output(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    let t = tenant(&svc, &headers).await?;
-    let j = own_job(&svc, &t, &id).await?;
-    let path =
-        j.output.as_ref().map(|o| o.path.clone()).ok_or_else(|| {
-            ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state))
-        })?;
-    let data = tokio::fs::read(&path)
-        .await
-        .map_err(|_| ApiError::new(StatusCode::GONE, "expired", "output is no longer retained"))?;
-    let len = data.len() as u64;
-    let (status, slice, range) = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        None => (StatusCode::OK, &data[..], None),
-        Some(r) => match (len > 0).then(|| parse_range(r, len)).flatten() {
-            Some((s, e)) => (StatusCode::PARTIAL_CONTENT, &data[s as usize..=e as usize], Some((s, e))),
-            None => {
-                return Ok((
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-                    Json(json!({"error": {"code": "bad_range", "message": "range not satisfiable", "fields": []}})),
-                )
-                    .into_response())
-            }
-        },
-    };
-    // Egress: metered in the ledger before the bytes go out, under an id that
-    // names this worker, so two workers' downloads never share one.
-    let a = AttemptRef {
-        tenant_id: t.id.to_string(),
-        tier: t.tier.clone(),
-        job_id: j.id.to_string(),
-        attempt: j.attempts,
-        chunk: None,
-    };
-    let served = slice.len() as i64;
-    let event = UsageEvent::egress(&a, svc.worker.as_str(), svc.next_seq(), served);
-    if svc.store.append(&[event]).await.map_err(ApiError::store)?.first() == Some(&true) {
-        svc.metrics.record_egress(t.id.as_str(), served as u64);
-    }
-    let mut resp = Response::new(Body::from(slice.to_vec()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, "video/x-msvideo".parse().expect("static header"));
-    h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("static header"));
-    if let Some((s, e)) = range {
-        h.insert(header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}").parse().map_err(ApiError::internal)?);
-    }
-    Ok(resp)
 }
 
 async fn metadata(State(svc): State<Arc<Service>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
