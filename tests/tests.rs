@@ -11,6 +11,7 @@ mod billing;
 mod chunks;
 mod cli;
 mod determinism;
+mod download;
 mod encode;
 mod fleet;
 mod golden;

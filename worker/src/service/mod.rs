@@ -9,10 +9,12 @@
 //! worker also reaps the expired leases of any other worker, registers itself
 //! and heartbeats; one worker at a time does the fleet's [`upkeep`] (storage
 //! metering, retention). Every worker serves the whole API: the store is the
-//! truth, clips live in a data directory every worker can read.
+//! truth, clips live in a data directory every worker can read; [`download`]
+//! streams them from there, metered by the bytes sent.
 
 pub mod attempt;
 pub mod config;
+pub mod download;
 pub mod group;
 pub mod http;
 pub mod metrics;
@@ -55,6 +57,8 @@ pub struct Service {
     /// Repeated store errors, logged once a while instead of every tick.
     pub errors: ErrorLog,
     in_flight: AtomicUsize,
+    /// Egress writes of downloads that ended, which a shutdown waits for.
+    egress: download::EgressWrites,
     /// The jobs whose attempts this process is running: the reaper never
     /// takes these, but does take this worker's other expired leases.
     /// Jobs with an attempt running here, and how many (chunks of one job may run side by side).
@@ -107,6 +111,7 @@ impl Service {
             wake: Arc::new(tokio::sync::Notify::new()),
             errors: ErrorLog::default(),
             in_flight: AtomicUsize::new(0),
+            egress: download::EgressWrites::default(),
             live: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             drain_started: Mutex::new(None),
@@ -277,6 +282,9 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
             Err(e) => tracing::warn!(error = %e, "{name} server task failed"),
         }
     }
+    // The API server waited for its connections: every download has ended
+    // and spawned its egress write, which must land before the process exits.
+    download::settle(&svc, DRAIN).await;
     Ok(())
 }
 

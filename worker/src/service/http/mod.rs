@@ -9,7 +9,6 @@
 
 mod access_log;
 mod account;
-mod download;
 mod error;
 mod jobs;
 pub mod openapi;
@@ -50,7 +49,7 @@ fn api() -> OpenApiRouter<Arc<Service>> {
         .routes(routes!(jobs::submit, jobs::list))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel))
-        .routes(routes!(download::output))
+        .routes(routes!(super::download::output))
         .routes(routes!(jobs::metadata))
         .routes(routes!(account::quote_handler))
         .routes(routes!(account::usage))

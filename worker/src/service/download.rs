@@ -1,0 +1,374 @@
+//! Clip downloads, `GET /v1/jobs/{id}/output`: streamed from disk [`CHUNK`]
+//! bytes at a time, so a clip past a gigabyte costs the worker about a
+//! megabyte of memory, with single-range requests, and metered by the bytes
+//! actually handed to the connection.
+//!
+//! Metering: a download is one egress event in the ledger, named by this
+//! worker and a sequence number taken when the request arrives (unique per
+//! download, so a retried write is idempotent), written when the body ends:
+//! - a body sent whole is metered before its last chunk goes out, so a client
+//!   that has every byte also finds them in `/v1/usage`;
+//! - a body dropped part-way (the client hung up, the file shrank underneath,
+//!   the drain ran out of time) is metered for the bytes handed to hyper so
+//!   far, by a task spawned from the drop.
+//!
+//! "Handed to hyper" bounds what the client got from above: hyper's write
+//! buffer (under 400 KiB plus a chunk), the kernel's send buffer and the
+//! client's receive buffer may hold bytes it never read. A download that
+//! handed over nothing (a HEAD request, a client gone before the first chunk)
+//! writes no event: there is nothing to bill, and a zero row is noise. A
+//! failed write is retried with backoff; one that never lands is logged as an
+//! error with what it takes to bill it by hand. On shutdown `serve` waits for
+//! the writes in flight ([`settle`]).
+//!
+//! Ranges: one `bytes=` range (`a-b`, `a-`, `-n`), else 416. That includes
+//! several ranges: RFC 9110 would allow answering them with the whole clip,
+//! but that bills a client for a gigabyte it did not ask for. There is no
+//! `If-Range`: an attempt's clip is written once, under a name of its own.
+
+use std::io::SeekFrom;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use serde_json::json;
+use tessera_metering::{AttemptRef, UsageEvent};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::http::views::ErrorBody;
+use super::http::{own_job, tenant, ApiError};
+use super::Service;
+
+/// Bytes read from disk and handed to hyper at a time: large enough that a
+/// gigabyte is a few thousand reads, small enough that a download holds about
+/// a megabyte (this chunk, the file's read buffer, hyper's write buffer).
+pub const CHUNK: usize = 256 * 1024;
+
+/// Tries of an egress write: the first retry after 100 ms, each next one after
+/// twice as long (3 s in all), enough to ride out a store restart's blip.
+const WRITE_TRIES: u32 = 5;
+
+/// Egress writes in flight, for [`settle`].
+#[derive(Debug, Default)]
+pub struct EgressWrites(AtomicUsize);
+
+/// The clip of a finished job (MJPEG AVI), whole or one byte range, streamed
+/// from storage; egress is metered by the bytes sent.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/output", tag = "jobs", operation_id = "get_output",
+    params(
+        ("id" = String, Path, pattern = "^j_[0-9a-fA-F]{16}$", description = "Job id"),
+        ("Range" = Option<String>, Header, pattern = "^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$",
+            description = "One byte range: `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+    ),
+    responses(
+        (status = 200, description = "The whole clip", content_type = "video/x-msvideo", body = Vec<u8>,
+            headers(("Accept-Ranges" = String, description = "`bytes`"))),
+        (status = 206, description = "The requested range", content_type = "video/x-msvideo", body = Vec<u8>,
+            headers(("Content-Range" = String, description = "`bytes FIRST-LAST/LENGTH`"))),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
+        (status = 404, description = "No such job for this tenant", body = ErrorBody),
+        (status = 409, description = "The job has no output (yet)", body = ErrorBody),
+        (status = 410, description = "The output is no longer retained", body = ErrorBody),
+        (status = 416, description = "The range is not satisfiable, or several ranges were asked for", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+    ),
+    security(("tenant_key" = []))
+)]
+pub(crate) async fn output(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let t = tenant(&svc, &headers).await?;
+    let j = own_job(&svc, &t, &id).await?;
+    let path =
+        j.output.as_ref().map(|o| o.path.clone()).ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state))
+        })?;
+    let expired = || ApiError::new(StatusCode::GONE, "expired", "output is no longer retained");
+    let mut file = tokio::fs::File::open(&path).await.map_err(|_| expired())?;
+    let len = file.metadata().await.map_err(|_| expired())?.len();
+    // A Range header that is not text is no range, as before streaming.
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(r) => match parse_range(r, len) {
+            Some(r) => Some(r),
+            None => return Ok(unsatisfiable(len)),
+        },
+    };
+    let (start, count) = range.map_or((0, len), |(s, e)| (s, e - s + 1));
+    let content_range = match range {
+        Some((s, e)) => Some(HeaderValue::from_str(&format!("bytes {s}-{e}/{len}")).map_err(ApiError::internal)?),
+        None => None,
+    };
+    if start > 0 {
+        file.seek(SeekFrom::Start(start)).await.map_err(ApiError::internal)?;
+    }
+    let attempt = AttemptRef {
+        tenant_id: t.id.to_string(),
+        tier: t.tier.clone(),
+        job_id: j.id.to_string(),
+        attempt: j.attempts,
+        chunk: None,
+    };
+    let meter = Meter { seq: svc.next_seq(), svc, attempt, sent: 0, spawned: false };
+    let mut resp = Response::new(Body::from_stream(chunks(file, count, meter)));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-msvideo"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The body's length is not known to hyper (a stream): this header is.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Some(v) = content_range {
+        h.insert(header::CONTENT_RANGE, v);
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(resp)
+}
+
+/// 416, naming the clip's length so the client can ask again.
+fn unsatisfiable(len: u64) -> Response {
+    (
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+        Json(json!({"error": {"code": "bad_range", "message": "range not satisfiable", "fields": []}})),
+    )
+        .into_response()
+}
+
+/// One `bytes=` range of a representation of `len` bytes (exactly the
+/// document's pattern `^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$`), as inclusive
+/// `(first, last)` offsets: `a-b` (`b` past the end is the end), `a-`, or the
+/// last `n` bytes with `-n`. `None` for anything else (another unit, several
+/// ranges, a sign or a space inside a number, a range past the end, an empty
+/// representation): the caller answers 416.
+pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+    let (unit, spec) = h.split_once('=')?;
+    if !unit.eq_ignore_ascii_case("bytes") || spec.contains(',') || len == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a, b) {
+        ("", suffix) => {
+            let n = digits(suffix).filter(|n| *n > 0)?;
+            (len.saturating_sub(n), len - 1)
+        }
+        (first, "") => (digits(first)?, len - 1),
+        (first, last) => (digits(first)?, digits(last)?.min(len - 1)),
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+/// A decimal number of ASCII digits only (`u64::from_str` would take `+5`).
+fn digits(s: &str) -> Option<u64> {
+    s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+}
+
+/// A download's body: what is left to send of it and its meter.
+struct Sending {
+    file: tokio::fs::File,
+    left: u64,
+    meter: Meter,
+}
+
+/// `count` bytes of `file` from where it stands, in chunks of [`CHUNK`].
+fn chunks(file: tokio::fs::File, count: u64, meter: Meter) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
+    let sending = Sending { file, left: count, meter };
+    futures_util::stream::try_unfold(sending, |mut s| async move {
+        if s.left == 0 {
+            return Ok(None);
+        }
+        // `serve` waits for open connections: one that a slow client keeps
+        // open must not hold the worker past its drain (it resumes with Range).
+        if s.meter.svc.drain_expired() {
+            return Err(std::io::Error::other("the worker is shutting down; resume with a Range request"));
+        }
+        let mut chunk = vec![0; s.left.min(CHUNK as u64) as usize];
+        // A clip shorter than its length (deleted by retention underneath)
+        // ends in an error: hyper then closes the connection rather than
+        // sending fewer bytes than Content-Length promised.
+        s.file.read_exact(&mut chunk).await?;
+        s.left -= chunk.len() as u64;
+        s.meter.sent += chunk.len() as u64;
+        if s.left == 0 {
+            s.meter.finish().await;
+        }
+        Ok(Some((Bytes::from(chunk), s)))
+    })
+}
+
+/// One download's egress: the bytes handed to hyper, written to the ledger
+/// once, at the end of the body or when it is dropped.
+struct Meter {
+    svc: Arc<Service>,
+    attempt: AttemptRef,
+    seq: u64,
+    sent: u64,
+    spawned: bool,
+}
+
+impl Meter {
+    /// Spawns the ledger write of the bytes sent so far, the first time only,
+    /// and only if there are some.
+    fn spawn_write(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        if std::mem::replace(&mut self.spawned, true) || self.sent == 0 {
+            return None;
+        }
+        let bytes = i64::try_from(self.sent).unwrap_or(i64::MAX);
+        let event = UsageEvent::egress(&self.attempt, self.svc.worker.as_str(), self.seq, bytes);
+        let pending = Pending::new(self.svc.clone(), event);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Some(rt.spawn(pending.write())),
+            // Dropping `pending` logs the event as not metered.
+            Err(_) => None,
+        }
+    }
+
+    /// Writes the egress of a body sent whole, before its last chunk goes out.
+    async fn finish(&mut self) {
+        if let Some(task) = self.spawn_write() {
+            // The write is a task of its own: a client that hangs up now
+            // drops this future, not the write.
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "the egress write task failed");
+            }
+        }
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Detached: the write outlives the body; `serve` waits for it.
+        drop(self.spawn_write());
+    }
+}
+
+/// An egress event on its way to the ledger. It counts in [`EgressWrites`]
+/// from creation to drop, and one dropped unwritten (retries spent, or a
+/// runtime that stopped under it) is logged as an error.
+struct Pending {
+    svc: Arc<Service>,
+    event: UsageEvent,
+    written: bool,
+}
+
+impl Pending {
+    fn new(svc: Arc<Service>, event: UsageEvent) -> Self {
+        svc.egress.0.fetch_add(1, Ordering::SeqCst);
+        Self { svc, event, written: false }
+    }
+
+    async fn write(mut self) {
+        let mut delay = Duration::from_millis(100);
+        let mut failed = false;
+        for n in 1..=WRITE_TRIES {
+            match self.svc.store.append(std::slice::from_ref(&self.event)).await {
+                Ok(taken) => {
+                    // Already there after a failed try: that try committed
+                    // before its error came back, and was never counted.
+                    if taken.first() == Some(&true) || failed {
+                        let bytes = u64::try_from(self.event.quantity).unwrap_or(0);
+                        self.svc.metrics.record_egress(&self.event.tenant_id, bytes);
+                    }
+                    self.written = true;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, id = %self.event.id, "egress write failed (try {n} of {WRITE_TRIES})");
+                    failed = true;
+                    if n < WRITE_TRIES {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.written {
+            let e = &self.event;
+            tracing::error!(
+                id = %e.id, tenant = %e.tenant_id, job = %e.job_id, bytes = e.quantity,
+                "egress NOT METERED: the ledger write never landed; bill it by hand"
+            );
+        }
+        self.svc.egress.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits, up to `limit`, for the egress writes in flight. `serve` calls it
+/// once the API server has stopped, so no download can start another.
+pub(crate) async fn settle(svc: &Service, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let pending = svc.egress.0.load(Ordering::SeqCst);
+        if pending == 0 {
+            return;
+        }
+        if start.elapsed() > limit {
+            tracing::error!(pending, "exiting with egress writes in flight; each is logged as not metered");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn one_range_in_each_form() {
+        assert_eq!(parse_range("bytes=0-11", 100), Some((0, 11)));
+        assert_eq!(parse_range("bytes=10-", 100), Some((10, 99)));
+        assert_eq!(parse_range("bytes=-4", 100), Some((96, 99)));
+        assert_eq!(parse_range("bytes=99-99", 100), Some((99, 99)));
+        // Units are case-insensitive; spaces around the numbers are tolerated.
+        assert_eq!(parse_range("Bytes=5-6", 100), Some((5, 6)));
+        assert_eq!(parse_range("bytes= 5 - 6", 100), None, "no white space inside, as the document's pattern says");
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_clamped_or_refused() {
+        assert_eq!(parse_range("bytes=50-1000", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=-1000", 100), Some((0, 99)), "a suffix longer than the clip is all of it");
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=100-200", 100), None);
+        let big = 1u64 << 40;
+        assert_eq!(parse_range(&format!("bytes={}-", big / 2), big), Some((big / 2, big - 1)));
+    }
+
+    #[test]
+    fn anything_else_is_unsatisfiable() {
+        for h in [
+            "bytes=0-1,5-6",
+            "bytes=-0",
+            "bytes=5-3",
+            "bytes=",
+            "bytes=-",
+            "bytes=abc-",
+            "bytes=+5-",
+            "bytes=5--6",
+            "bytes=18446744073709551616-",
+            "items=0-1",
+            "bytes 0-1",
+            "0-1",
+        ] {
+            assert_eq!(parse_range(h, 100), None, "{h}");
+        }
+        assert_eq!(parse_range("bytes=0-", 0), None, "an empty clip has no bytes to range over");
+        assert_eq!(parse_range("bytes=-5", 0), None);
+    }
+}
