@@ -4,7 +4,8 @@
 //! runs again, more than one worker renders the clip, the joined AVI is the
 //! same file (and the same JPEG bytes, frame by frame) as `tessera render` of
 //! the spec in one piece, it decodes in ffmpeg with every frame, and the job
-//! is billed once.
+//! is billed once. A preview split into chunks renders each range at its
+//! place in the clip.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tessera_metering::EventKind;
 
-use crate::util::{http, rt, tessera, Server, TestStore};
+use crate::util::{frame_md5s, http, rt, tessera, Server, TestStore};
 
 const ARGS: &[&str] =
     &["--lease-s", "2", "--concurrency", "1", "--max-concurrency", "1", "--chunk-frames", "24", "--group-max", "1"];
@@ -27,19 +28,6 @@ fn start(db: &TestStore, data: &Path, n: usize) -> Server {
 
 fn worker_id(s: &Server) -> String {
     http(&s.api, "GET", "/readyz", &[], b"").json()["worker"].as_str().unwrap().to_string()
-}
-
-/// The MD5 of every packet (JPEG frame) of a clip, as ffmpeg reads them.
-fn frame_md5s(path: &Path) -> Vec<String> {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-map", "0:v", "-c", "copy", "-f", "framemd5", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines().filter(|l| !l.starts_with('#')).map(|l| l.rsplit(',').next().unwrap().trim().to_string()).collect()
 }
 
 #[test]
@@ -187,4 +175,47 @@ fn a_damaged_segment_is_rendered_again_not_the_clip() {
     assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
     let events = rt().block_on(async { db.open(dir.path()).await.events(&Default::default()).await.unwrap() });
     assert_eq!(events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).count(), 1);
+}
+
+/// A preview (`frame_range`) long enough to be split into chunks: every range
+/// renders its frames at their place in the clip and the join's check (its
+/// sample frame rendered again) agrees, so the joined clip is the whole
+/// clip's frames 4..9, billed once as 5 frames.
+#[test]
+fn a_preview_in_chunks_is_the_clips_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestStore::sqlite();
+    let s = Server::start_on(&db, dir.path(), &["--chunk-frames", "2"], &[]);
+    let key = s.tenant("acme", "mid");
+    // 18 frames; the preview is 5 of them: ranges of 2, 2 and 1, and a join.
+    let whole = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.75});
+    let mut preview = whole.clone();
+    preview["frame_range"] = json!({"first": 4, "count": 5});
+    let id = s.submit(&key, &preview, None).json()["id"].as_str().unwrap().to_string();
+    let done = s.wait(&key, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log_tail(30));
+    let chunks: Vec<(u64, u64)> = done["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["first_frame"].as_u64().unwrap(), c["frames"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(chunks[..3], [(0, 2), (2, 2), (4, 1)], "chunk frames count from the preview's first: {done}");
+    assert_eq!(chunks.len(), 4, "{done}");
+
+    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
+    std::fs::write(&file, whole.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let auth = format!("Bearer {key}");
+    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    let joined = dir.path().join("joined.avi");
+    std::fs::write(&joined, &got.body).unwrap();
+    let (part, all) = (frame_md5s(&joined), frame_md5s(&solo));
+    assert_eq!(all.len(), 18);
+    assert_eq!(part, all[4..9], "the chunked preview's frames are not clip frames 4..9");
+    let events = rt().block_on(async { db.open(dir.path()).await.events(&Default::default()).await.unwrap() });
+    let outputs: Vec<i64> =
+        events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).map(|e| e.quantity).collect();
+    assert_eq!(outputs, [5], "billed other than once for 5 frames");
 }

@@ -1,9 +1,16 @@
 //! The `tessera` command line, run as a user would: y4m output read by ffprobe,
-//! PNG output, summaries, and exit code 2 with a message for bad input.
+//! PNG output, summaries, previews (`--frame`, `--frames`) billed as the frames
+//! they deliver, and exit code 2 with a message for bad input.
 
 use std::process::Output;
+use std::str::FromStr;
 
-use crate::util::tessera;
+use rust_decimal::Decimal;
+use serde_json::json;
+use tessera_metering::price::{quote, QuoteRequest};
+use tessera_metering::{EventKind, Pass};
+
+use crate::util::{cents_per_frame_book, frame_md5s, http, psnr, render_rgba, rt, tessera, Server, TestStore};
 
 fn run(args: &[&str]) -> Output {
     tessera().args(args).output().expect("tessera runs")
@@ -89,8 +96,14 @@ fn bad_input_exits_2_with_a_message_and_no_panic() {
     let bad = write_spec(dir.path(), "bad.json", r#"{"template": "orbit", "fps": 25}"#);
     let garbage = write_spec(dir.path(), "garbage.json", "{{{{");
     let yaml = write_spec(dir.path(), "spec.yaml", "template: orbit");
+    let past_end = write_spec(
+        dir.path(),
+        "past.json",
+        r#"{"template": "orbit", "fps": 24, "duration_s": 0.25, "frame_range": {"first": 6, "count": 1}}"#,
+    );
     let out = dir.path().join("x.png");
     let out = out.to_str().unwrap();
+    let clip = dir.path().join("x.y4m").to_string_lossy().into_owned();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["render", &bad, "-o", out], "fps: 25 is not an offered frame rate"),
         (vec!["render", &garbage, "-o", out], "not valid JSON"),
@@ -98,6 +111,14 @@ fn bad_input_exits_2_with_a_message_and_no_panic() {
         (vec!["render", "/nonexistent/spec.json", "-o", out], "reading spec /nonexistent/spec.json"),
         (vec!["render", &good, "-o", "clip.mp4"], "unsupported output extension `mp4`"),
         (vec!["render", &good, "-o", out, "--frame", "99"], "frame 99 is past the clip's last frame 5"),
+        (vec!["render", &good, "-o", out, "--frame", "6"], "--frame 6 asks for frames the clip does not have"),
+        (vec!["render", &good, "-o", &clip, "--frames", "2..9"], "frames 2..9 go past the clip's last frame 5"),
+        (vec!["render", &good, "-o", &clip, "--frames", "3..3"], "`3..3` holds no frame"),
+        (vec!["render", &good, "-o", &clip, "--frames", "3-5"], "`3-5` is not a frame range"),
+        (vec!["render", &good, "-o", &clip, "--frame", "2"], "--frame picks the frame of a single-frame output"),
+        (vec!["render", &good, "-o", out, "--frames", "0..1"], "--frames is for clip outputs"),
+        (vec!["render", &good, "-o", out, "--frame", "1", "--frames", "0..1"], "cannot be used with"),
+        (vec!["check", &past_end], "frame_range: frame 6 is past the clip's last frame 5"),
         (vec!["render", &good, "-o", out, "--tiles", "2by2"], "not a tile plan"),
         (vec!["render", &good, "-o", out, "--tiles", "9x1"], "tile columns do not fit"),
         (vec!["render", &good, "-o", out, "--tiles", "2x1", "--overlap", "1"], "below the post-process radius"),
@@ -154,4 +175,86 @@ fn logs_written_to_a_file_carry_no_ansi_codes() {
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(log.contains("INFO"), "the worker logged nothing at info level:\n{log}");
     assert!(!log.contains('\u{1b}'), "ANSI escape codes in a log file:\n{log}");
+}
+
+/// The issue's case: `tessera render SPEC -o f.png --frame 3 --tenant T` of a
+/// 10 s clip at 24 fps renders and bills one frame, 1/24 s at the one-frame
+/// price, in the ledger and in `/v1/usage` of a worker on the same store; the
+/// PNG is frame 3 of the whole clip.
+#[test]
+fn one_frame_of_a_clip_is_billed_as_one_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (book_path, book) = cents_per_frame_book(dir.path());
+    let one_frame = Decimal::from_str("0.37").unwrap();
+    let second_24th = Decimal::ONE / Decimal::from(24);
+    let req =
+        QuoteRequest { width: 64, height: 36, fps: 24, output_seconds: second_24th, advanced: false, addons: vec![] };
+    assert_eq!(quote(&book, &req).unwrap().price, one_frame, "the book's own quote of 1/24 s");
+
+    let db = TestStore::sqlite();
+    let s = Server::start_on(&db, &data, &["--price-book", &book_path], &[]);
+    let key = s.tenant("acme", "mid");
+    let clip = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 10,
+                      "seed": 3});
+    let spec = write_spec(dir.path(), "clip.json", &clip.to_string());
+    let png = dir.path().join("f.png");
+    let url = db.url(&data);
+    let args = ["render", &spec, "-o", png.to_str().unwrap(), "--frame", "3", "--tenant", "acme"];
+    let o = run(&[&args[..], &["--db", &url, "--price-book", &book_path]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.starts_with("1 frame (clip frames 3..4 of 240) 64x36 of orbit@2"), "summary: {line}");
+    assert!(line.contains("; billed 1 frame (0.041667 s) 0.37 USD to tenant acme as job j_"), "summary: {line}");
+
+    // The ledger: one billable output of one frame at 24 fps, priced 0.37;
+    // GPU time for one frame.
+    let events = rt().block_on(async { db.open(&data).await.events(&Default::default()).await.unwrap() });
+    let outputs: Vec<_> = events.iter().filter(|e| e.kind == EventKind::Output).collect();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!((outputs[0].quantity, outputs[0].fps), (1, Some(24)), "{outputs:?}");
+    assert_eq!(outputs[0].amount_micros, 370_000);
+    let rendered: u32 =
+        events.iter().filter(|e| e.kind == EventKind::Gpu && e.pass == Some(Pass::Render)).map(|e| e.frames).sum();
+    assert_eq!(rendered, 1, "GPU time was metered for {rendered} frames");
+
+    // What the tenant sees through the API of a worker on that store.
+    let auth = format!("Bearer {key}");
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
+    let seconds = second_24th.normalize().to_string();
+    assert_eq!(usage["output_seconds"], seconds.as_str(), "{usage}");
+    assert_eq!(usage["charges"], one_frame.to_string(), "{usage}");
+    assert_eq!(usage["this_month"]["output_seconds"], seconds.as_str(), "{usage}");
+    assert_eq!(usage["this_month"]["reserved_seconds"], "0", "the reservation was not released: {usage}");
+
+    // The picture is clip frame 3 (and frame 0 looks different enough for
+    // the comparison to tell them apart).
+    let full = crate::util::spec(clip);
+    let got = image::open(&png).unwrap().to_rgba8();
+    assert_eq!(got.dimensions(), (64, 36));
+    assert!(psnr(got.as_raw(), &render_rgba(&full, 3)) >= 50.0, "the PNG is not frame 3 of the clip");
+    assert!(psnr(got.as_raw(), &render_rgba(&full, 0)) < 50.0, "frame 0 matches frame 3 too");
+}
+
+/// `--frames FIRST..END` writes that part of the clip: the same JPEG frames
+/// as the whole clip's, nothing else.
+#[test]
+fn a_clip_preview_holds_the_clips_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "clip.json",
+        r#"{"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.5}"#,
+    );
+    let (whole, part) = (dir.path().join("whole.avi"), dir.path().join("part.avi"));
+    let o = run(&["render", &spec, "-o", whole.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["render", &spec, "-o", part.to_str().unwrap(), "--frames", "5..8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = String::from_utf8_lossy(&o.stdout);
+    assert!(line.starts_with("3 frames (clip frames 5..8 of 12) 64x36"), "summary: {line}");
+    let (whole, part) = (frame_md5s(&whole), frame_md5s(&part));
+    assert_eq!(whole.len(), 12);
+    assert_eq!(part, whole[5..8], "the preview's frames are not clip frames 5..8");
+    assert_ne!(part, whole[..3], "the clip's first frames look like frames 5..8: the test could not fail");
 }

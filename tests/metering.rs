@@ -273,7 +273,7 @@ fn cli_metered_render_bills_and_exports(db: &TestStore) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("billed 0.00 USD to tenant acme"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("; billed 6 frames (0.25 s) 0.00 USD to tenant acme as job j_"));
     let o =
         tessera().args(["quote", spec.to_str().unwrap(), "--tenant", "acme", "--db", url, "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::util::{http, rt, Server, TestStore};
+use crate::util::{cents_per_frame_book, frame_md5s, http, rt, tessera, Server, TestStore};
 
 crate::on_every_backend!(
     sigterm_drains_and_the_next_worker_finishes_the_job,
@@ -20,6 +20,7 @@ crate::on_every_backend!(
     kill9_mid_render_then_restart_completes_every_job_exactly_once,
     metrics_endpoint_passes_promtool,
     jobs_sharing_a_template_share_gpu_submissions_and_match_a_solo_render,
+    a_frame_range_preview_delivers_and_bills_only_its_frames,
 );
 
 fn tiny(lane: &str) -> serde_json::Value {
@@ -463,4 +464,88 @@ fn sigterm_drains_and_the_next_worker_finishes_the_job(db: &TestStore) {
     let workers = http(&s.api, "GET", "/v1/workers", &[("Authorization", "Bearer admin-secret")], b"").json();
     let stopped = workers["workers"].as_array().unwrap().iter().filter(|w| w["stopped_at_ms"].is_number()).count();
     assert_eq!(stopped, 1, "{workers}");
+}
+
+/// A preview through the API: a spec with `frame_range` is quoted, rendered,
+/// delivered and billed as those frames only, and they are the whole clip's
+/// (the same JPEG frames as `tessera render` of the whole spec). A range past
+/// the clip's end is a 422 naming `frame_range`, from both endpoints.
+fn a_frame_range_preview_delivers_and_bills_only_its_frames(db: &TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let (book, _) = cents_per_frame_book(dir.path());
+    let s = Server::start_on(db, &dir.path().join("data"), &["--price-book", &book], &[]);
+    let key = s.tenant("acme", "mid");
+    let auth = format!("Bearer {key}");
+    let post = |path: &str, body: &serde_json::Value| {
+        http(&s.api, "POST", path, &[("Authorization", &auth)], body.to_string().as_bytes())
+    };
+    // 12 frames; the preview is frames 5, 6, 7: 3/24 s at 8.88/s = 1.11.
+    let whole = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.5});
+    let mut preview = whole.clone();
+    preview["frame_range"] = json!({"first": 5, "count": 3});
+    let q = post("/v1/quote", &preview);
+    assert_eq!(q.status, 200, "{}", String::from_utf8_lossy(&q.body));
+    assert_eq!((&q.json()["price"], &q.json()["admission"]["admissible"]), (&json!("1.11"), &json!(true)));
+
+    let r = s.submit(&key, &preview, None);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!((&r.json()["frames_total"], &r.json()["price"]), (&json!(3), &json!("1.11")));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let done = s.wait(&key, &id, T);
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log_tail(30));
+    assert_eq!((&done["frames_done"], &done["frames_total"]), (&json!(3), &json!(3)));
+
+    let out = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(out.status, 200);
+    let got = dir.path().join("preview.avi");
+    std::fs::write(&got, &out.body).unwrap();
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&got)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "3", "{}", String::from_utf8_lossy(&probe.stderr));
+    let (spec, solo) = (dir.path().join("whole.json"), dir.path().join("whole.avi"));
+    std::fs::write(&spec, whole.to_string()).unwrap();
+    let o = tessera().args(["render", spec.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (part, all) = (frame_md5s(&got), frame_md5s(&solo));
+    assert_eq!(all.len(), 12);
+    assert_eq!(part, all[5..8], "the preview's frames are not clip frames 5..8");
+    assert_ne!(part, all[..3], "the clip's first frames look like frames 5..8: the test could not fail");
+    let meta = http(&s.api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(meta["frame_range"], json!({"first": 5, "count": 3}), "{meta}");
+    assert_eq!((&meta["frames"], &meta["clip_frames"]), (&json!(3), &json!(12)), "{meta}");
+
+    // Billed 3/24 s, in the ledger and in /v1/usage.
+    let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
+    assert_eq!((&usage["output_seconds"], &usage["charges"]), (&json!("0.125"), &json!("1.11")), "{usage}");
+    let events = rt().block_on(async { db.open(&dir.path().join("data")).await.events(&Default::default()).await });
+    let outputs: Vec<_> =
+        events.unwrap().into_iter().filter(|e| e.kind == tessera_metering::EventKind::Output).collect();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!((outputs[0].quantity, outputs[0].fps, outputs[0].amount_micros), (3, Some(24), 1_110_000));
+
+    // Ranges the clip does not have, refused before anything is queued.
+    for (range, field, message) in [
+        (json!({"first": 10, "count": 5}), "frame_range", "frames 10..15 go past the clip's last frame 11"),
+        (json!({"first": 12, "count": 1}), "frame_range", "frame 12 is past the clip's last frame 11"),
+        (json!({"count": 0}), "frame_range.count", "must be at least 1 frame, got 0"),
+        (json!({"first": -1, "count": 2}), "frame_range.first", "must be a frame index, 0 or more, got -1"),
+    ] {
+        let mut bad = whole.clone();
+        bad["frame_range"] = range;
+        for r in [s.submit(&key, &bad, None), post("/v1/quote", &bad)] {
+            assert_eq!(r.status, 422, "{bad}: {}", String::from_utf8_lossy(&r.body));
+            let fields = r.json()["error"]["fields"].clone();
+            let named = fields
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["field"] == field && f["message"].as_str().unwrap().contains(message));
+            assert!(named, "{bad}: no `{field}` error saying `{message}`: {fields}");
+        }
+    }
+    let list = http(&s.api, "GET", "/v1/jobs", &[("Authorization", &auth)], b"").json();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "a refused preview was queued: {list}");
 }

@@ -1,6 +1,8 @@
 //! Spec validation: a table of invalid specs, each refused with its own message
-//! naming the field; and valid specs in both formats.
+//! naming the field; valid specs in both formats; and frame ranges
+//! (previews), whose frames are the whole clip's.
 
+use rust_decimal::Decimal;
 use tessera_worker::spec::{parse, SpecError, SpecFormat, SpecLimits};
 
 fn check(text: &str, format: SpecFormat) -> Result<tessera_worker::spec::JobSpec, SpecError> {
@@ -8,6 +10,8 @@ fn check(text: &str, format: SpecFormat) -> Result<tessera_worker::spec::JobSpec
 }
 
 const BASE: &str = r#""template": "orbit", "resolution": {"width": 320, "height": 180}"#;
+/// One second at 24 fps: 24 frames, the last is frame 23.
+const SECOND: &str = r#""template": "orbit", "fps": 24, "duration_s": 1"#;
 
 #[test]
 fn invalid_specs_each_get_a_specific_message() {
@@ -152,6 +156,55 @@ fn invalid_specs_each_get_a_specific_message() {
             "tiles",
             "unknown field `columns`",
         ),
+        (
+            "frame range past the end",
+            format!("{{{SECOND}, \"frame_range\": {{\"first\": 20, \"count\": 5}}}}"),
+            Json,
+            "frame_range",
+            "frames 20..25 go past the clip's last frame 23 (24 frames: 1 s at 24 fps); first + count must be at most 24",
+        ),
+        (
+            "frame past the end",
+            format!("{{{SECOND}, \"frame_range\": {{\"first\": 24, \"count\": 1}}}}"),
+            Json,
+            "frame_range",
+            "frame 24 is past the clip's last frame 23",
+        ),
+        (
+            "empty frame range",
+            format!("{{{SECOND}, \"frame_range\": {{\"first\": 2, \"count\": 0}}}}"),
+            Json,
+            "frame_range.count",
+            "must be at least 1 frame, got 0",
+        ),
+        (
+            "negative first frame",
+            "template = \"orbit\"\n[frame_range]\nfirst = -1\ncount = 3\n".into(),
+            Toml,
+            "frame_range.first",
+            "must be a frame index, 0 or more, got -1",
+        ),
+        (
+            "frame range without count",
+            format!("{{{SECOND}, \"frame_range\": {{\"first\": 2}}}}"),
+            Json,
+            "frame_range",
+            "missing field `count`",
+        ),
+        (
+            "unknown frame range field",
+            format!("{{{SECOND}, \"frame_range\": {{\"count\": 2, \"step\": 2}}}}"),
+            Json,
+            "frame_range",
+            "unknown field `step`",
+        ),
+        (
+            "frame range wrong type",
+            format!("{{{SECOND}, \"frame_range\": {{\"count\": \"3\"}}}}"),
+            Json,
+            "frame_range.count",
+            "invalid type: string",
+        ),
     ];
     assert!(cases.len() >= 15);
     let mut messages = std::collections::BTreeSet::new();
@@ -195,4 +248,43 @@ fn valid_specs_parse_in_both_formats_with_defaults() {
         let format = if example.ends_with("toml") { SpecFormat::Toml } else { SpecFormat::Json };
         check(&std::fs::read_to_string(path).unwrap(), format).unwrap_or_else(|e| panic!("{example}: {e}"));
     }
+}
+
+#[test]
+fn a_frame_range_delivers_part_of_the_clip() {
+    let whole = check(&format!("{{{SECOND}}}"), SpecFormat::Json).unwrap();
+    assert_eq!((whole.frames, whole.first_frame, whole.clip_frames, whole.is_partial()), (24, 0, 24, false));
+    let part =
+        check(&format!("{{{SECOND}, \"frame_range\": {{\"first\": 3, \"count\": 2}}}}"), SpecFormat::Json).unwrap();
+    assert_eq!((part.frames, part.first_frame, part.clip_frames, part.is_partial()), (2, 3, 24, true));
+    // Priced and billed as its frames, exactly 2/24 s.
+    assert_eq!(part.output_seconds(), Decimal::from(2) / Decimal::from(24));
+    assert_eq!(part.quote_request().output_seconds, part.output_seconds());
+    assert_eq!(part.delivered_duration_s(), 2.0 / 24.0);
+    assert_eq!(part.render_plan().first_frame, 3);
+    // `first` defaults to 0; TOML says the same; the last frame alone is fine.
+    let toml =
+        check("template = \"orbit\"\nfps = 24\nduration_s = 1\n[frame_range]\ncount = 24\n", SpecFormat::Toml).unwrap();
+    assert_eq!((toml.frames, toml.first_frame, toml.is_partial()), (24, 0, false));
+    let last =
+        check(&format!("{{{SECOND}, \"frame_range\": {{\"first\": 23, \"count\": 1}}}}"), SpecFormat::Json).unwrap();
+    assert_eq!((last.frames, last.first_frame), (1, 23));
+    // A spec without a range is written back without one: its body hash (and
+    // the job id of an idempotency key) is what it was before ranges existed.
+    let raw = parse(&format!("{{{SECOND}}}"), SpecFormat::Json).unwrap();
+    assert!(serde_json::to_value(&raw).unwrap().get("frame_range").is_none());
+}
+
+/// Frame i of a preview is clip frame first + i, bit for bit (same process,
+/// same adapter): the render plan times and seeds it on the clip's timeline.
+#[test]
+fn a_previews_frames_are_the_clips_frames() {
+    use crate::util::{render_rgba, spec};
+    let clip = serde_json::json!({"template": "dunes", "resolution": {"width": 64, "height": 36}, "fps": 24,
+                                  "duration_s": 0.5, "seed": 9});
+    let mut preview = clip.clone();
+    preview["frame_range"] = serde_json::json!({"first": 7, "count": 2});
+    let (clip, preview) = (spec(clip), spec(preview));
+    assert!(render_rgba(&preview, 1) == render_rgba(&clip, 8), "preview frame 1 is not clip frame 8");
+    assert!(render_rgba(&preview, 0) != render_rgba(&clip, 0), "frame 7 looks like frame 0: the test could not fail");
 }

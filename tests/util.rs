@@ -168,6 +168,34 @@ pub fn tessera() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
 }
 
+/// The MD5 of every packet (JPEG frame) of a clip, as ffmpeg reads them.
+pub fn frame_md5s(path: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v", "-c", "copy", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg is installed (apt-get install ffmpeg)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines().filter(|l| !l.starts_with('#')).map(|l| l.rsplit(',').next().unwrap().trim().to_string()).collect()
+}
+
+/// The built-in price book with a base rate at which one frame costs whole
+/// cents: 8.88/s × 1/24 s = 0.37 (R = 1.0 up to 720p, F = 1.0 at 24 fps,
+/// M = 1.0 general), so a preview's price tells its frames apart (a 10 s clip
+/// would cost 88.80). Written to `dir/book.toml`; its path and the book.
+pub fn cents_per_frame_book(dir: &std::path::Path) -> (String, tessera_metering::PriceBook) {
+    use tessera_metering::price::DEFAULT_PRICE_BOOK;
+    let from = "base_per_output_second = \"0.012\"";
+    assert!(DEFAULT_PRICE_BOOK.contains(from), "fixture drifted: {from}");
+    let text = DEFAULT_PRICE_BOOK.replacen(from, "base_per_output_second = \"8.88\"", 1);
+    let path = dir.join("book.toml");
+    std::fs::write(&path, &text).expect("writing the price book");
+    let book = tessera_metering::PriceBook::parse(&text, "book.toml").expect("the edited book is valid");
+    (path.to_string_lossy().into_owned(), book)
+}
+
 /// A minimal HTTP/1.1 client for the real-socket tests: one request per connection.
 pub struct HttpResponse {
     pub status: u16,

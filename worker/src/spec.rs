@@ -5,6 +5,11 @@
 //! errors reported with the field's path); [`RawSpec::validate`] checks every
 //! field against the catalog and [`SpecLimits`] and returns a [`JobSpec`], or
 //! every problem found, one message per field.
+//!
+//! A spec may ask for part of its clip, `frame_range` (a preview): the clip's
+//! timeline is still `duration_s` × `fps`, but the job renders, delivers and
+//! bills only frames `first .. first + count` of it, each the same picture as
+//! in the whole clip.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,6 +105,15 @@ impl Default for RawTiles {
     }
 }
 
+/// Part of a clip, as written: frames `first .. first + count` of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrameRange {
+    #[serde(default)]
+    pub first: i64,
+    pub count: i64,
+}
+
 fn one() -> i64 {
     1
 }
@@ -145,6 +159,11 @@ pub struct RawSpec {
     /// Independently billable features the job uses (price book `price.addons`).
     #[serde(default)]
     pub features: Vec<String>,
+    /// Only these frames of the clip are rendered, delivered and billed. Not
+    /// written out when absent, so a whole clip's spec (and its body hash, its
+    /// idempotency key's job id) is what it was before previews existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_range: Option<RawFrameRange>,
 }
 
 fn variant_general() -> Variant {
@@ -238,7 +257,13 @@ pub struct JobSpec {
     pub height: u32,
     pub fps: u32,
     pub duration_s: f64,
+    /// Frames delivered and billed: the whole clip, or a frame range's count.
     pub frames: u32,
+    /// The clip frame the output starts at: output frame i is clip frame
+    /// `first_frame + i` (0 for a whole clip).
+    pub first_frame: u32,
+    /// Frames of the whole clip, `duration_s` × `fps` rounded.
+    pub clip_frames: u32,
     pub variant: Variant,
     pub lane: Lane,
     pub tiler: Tiler,
@@ -252,6 +277,21 @@ fn template_id<S: serde::Serializer>(t: &&'static Template, s: S) -> Result<S::O
 }
 
 impl JobSpec {
+    /// Whether the job delivers only part of its clip.
+    pub fn is_partial(&self) -> bool {
+        self.frames < self.clip_frames
+    }
+
+    /// How long the delivered output lasts, for the clip-length quality gate:
+    /// the spec's duration for a whole clip, frames / fps for part of one.
+    pub fn delivered_duration_s(&self) -> f64 {
+        if self.is_partial() {
+            f64::from(self.frames) / f64::from(self.fps)
+        } else {
+            self.duration_s
+        }
+    }
+
     /// Seconds of output, exactly frames / fps.
     pub fn output_seconds(&self) -> rust_decimal::Decimal {
         rust_decimal::Decimal::from(self.frames) / rust_decimal::Decimal::from(self.fps)
@@ -279,6 +319,7 @@ impl JobSpec {
             advanced: self.variant == Variant::Advanced,
             seed: self.seed,
             fps: self.fps,
+            first_frame: self.first_frame,
             quality: self.quality,
         }
     }
@@ -314,11 +355,16 @@ impl RawSpec {
                 err(&format!("features[{i}]"), format!("feature `{f}` is listed twice"));
             }
         }
-        let frames = match (fps, duration) {
+        let clip_frames = match (fps, duration) {
             (Some(f), Some(d)) => frame_count(f, d, &mut err),
             _ => None,
         };
-        match (template, params, size, fps, duration, quality, tiler, frames) {
+        let clip = clip_frames.zip(fps).zip(duration).map(|((n, f), d)| ClipLength { frames: n, fps: f, seconds: d });
+        let range = match &self.frame_range {
+            None => clip.map(|c| (0, c.frames)),
+            Some(r) => validate_frame_range(r, clip, &mut err),
+        };
+        match (template, params, size, fps, duration, quality, tiler, clip_frames, range) {
             (
                 Some(template),
                 Some(params),
@@ -327,7 +373,8 @@ impl RawSpec {
                 Some(duration_s),
                 Some(quality),
                 Some(tiler),
-                Some(frames),
+                Some(clip_frames),
+                Some((first_frame, frames)),
             ) if errors.is_empty() => Ok(JobSpec {
                 template,
                 params,
@@ -336,6 +383,8 @@ impl RawSpec {
                 fps,
                 duration_s,
                 frames,
+                first_frame,
+                clip_frames,
                 variant: self.variant,
                 lane: self.lane,
                 tiler,
@@ -483,6 +532,46 @@ fn frame_count(fps: u32, duration: f64, err: &mut impl FnMut(&str, String)) -> O
         return None;
     }
     Some(frames as u32)
+}
+
+/// How long a clip is, for checking a frame range against it.
+#[derive(Debug, Clone, Copy)]
+struct ClipLength {
+    frames: u32,
+    fps: u32,
+    seconds: f64,
+}
+
+/// `(first, count)` of a frame range: its own bounds first, then (when the
+/// clip's length is known) that it ends within the clip.
+fn validate_frame_range(
+    r: &RawFrameRange,
+    clip: Option<ClipLength>,
+    err: &mut impl FnMut(&str, String),
+) -> Option<(u32, u32)> {
+    let first = u64::try_from(r.first).ok();
+    if first.is_none() {
+        err("frame_range.first", format!("must be a frame index, 0 or more, got {}", r.first));
+    }
+    let count = u64::try_from(r.count).ok().filter(|c| *c >= 1);
+    if count.is_none() {
+        err("frame_range.count", format!("must be at least 1 frame, got {}", r.count));
+    }
+    let (first, count, clip) = (first?, count?, clip?);
+    let end = first.saturating_add(count);
+    if end > u64::from(clip.frames) {
+        let (last, length) =
+            (clip.frames - 1, format!("{} frames: {} s at {} fps", clip.frames, clip.seconds, clip.fps));
+        let message = if count == 1 {
+            format!("frame {first} is past the clip's last frame {last} ({length})")
+        } else {
+            format!("frames {first}..{end} go past the clip's last frame {last} ({length}); first + count must be at most {}", clip.frames)
+        };
+        err("frame_range", message);
+        return None;
+    }
+    // Both fit: first + count is at most the clip's frame count, a u32.
+    Some((first as u32, count as u32))
 }
 
 fn validate_tiles(t: &RawTiles, width: u32, height: u32, err: &mut impl FnMut(&str, String)) -> Option<Tiler> {

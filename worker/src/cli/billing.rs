@@ -37,7 +37,7 @@ pub(super) fn quote(args: QuoteArgs) -> Result<(), CliError> {
         }
         book.price.base_per_output_second = b;
     }
-    let spec = load_spec(Some(&args.spec), None, None, &book)?;
+    let spec = load_spec(Some(&args.spec), &book)?;
     let req = spec.quote_request();
     let q = price_quote(&book, &req).map_err(usage)?;
     let admission = match &args.tenant {

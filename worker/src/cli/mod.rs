@@ -166,7 +166,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Render(args) => render::render(args),
         Command::Check { spec, price_book } => {
             let book = load_price_book(price_book.as_deref())?;
-            let spec = load_spec(Some(&spec), None, None, &book)?;
+            let spec = load_spec(Some(&spec), &book)?;
             println!("{}", serde_json::to_string_pretty(&spec).map_err(runtime)?);
             Ok(())
         }
@@ -187,13 +187,15 @@ pub fn load_price_book(path: Option<&Path>) -> Result<PriceBook, CliError> {
     }
 }
 
-/// Reads, parses, overrides and validates a spec.
-pub fn load_spec(
-    path: Option<&Path>,
-    tiles: Option<(u32, u32)>,
-    overlap: Option<u32>,
-    book: &PriceBook,
-) -> Result<JobSpec, CliError> {
+/// Reads, parses and validates a spec against the price book's frame rates
+/// and features.
+pub fn load_spec(path: Option<&Path>, book: &PriceBook) -> Result<JobSpec, CliError> {
+    read_spec(path)?.validate(&SpecLimits::from_price_book(book)).map_err(usage)
+}
+
+/// Reads and parses a spec: a .json or .toml file, `-` for JSON on stdin, or
+/// the built-in demo when there is none.
+pub fn read_spec(path: Option<&Path>) -> Result<RawSpec, CliError> {
     let (text, format) = match path {
         None => (DEFAULT_SPEC.to_string(), SpecFormat::Json),
         Some(p) if p == Path::new("-") => {
@@ -217,15 +219,7 @@ pub fn load_spec(
             (text, format)
         }
     };
-    let mut raw: RawSpec = spec::parse(&text, format).map_err(usage)?;
-    if let Some((cols, rows)) = tiles {
-        raw.tiles.cols = i64::from(cols);
-        raw.tiles.rows = i64::from(rows);
-    }
-    if let Some(px) = overlap {
-        raw.tiles.overlap_px = i64::from(px);
-    }
-    raw.validate(&SpecLimits::from_price_book(book)).map_err(usage)
+    spec::parse(&text, format).map_err(usage)
 }
 
 /// A Tokio runtime for the store's async API.

@@ -1,4 +1,8 @@
 //! `tessera render`: a clip or a frame, metered for a tenant when `--tenant` is given.
+//!
+//! `--frame N` (single-frame outputs) and `--frames FIRST..END` (clips) become
+//! the spec's `frame_range`, the same preview a spec sent to the API asks for:
+//! only those frames are rendered, reserved, quoted and billed.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,11 +13,11 @@ use tessera_metering::event::now_ms;
 use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
 use tessera_store::{JobId, Reservation, Store, StoreError, Tenant};
 
-use super::{load_price_book, load_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
+use super::{load_price_book, read_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
 use crate::encode::mux;
 use crate::gpu::GpuContext;
 use crate::render::clip::{self, ClipSummary};
-use crate::spec::JobSpec;
+use crate::spec::{JobSpec, RawFrameRange, RawSpec, SpecLimits};
 use crate::usage::{job_id, Bill, UsageRecorder};
 
 #[derive(Debug, clap::Args)]
@@ -23,9 +27,16 @@ pub struct RenderArgs {
     /// Output: .avi (MJPEG, GPU-encoded) or .y4m write every frame; .jpg or .png one frame.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Frame to write for single-frame outputs.
-    #[arg(long, default_value_t = 0)]
-    pub frame: u32,
+    /// Single-frame outputs (.png, .jpg): the clip frame to write, counted
+    /// from 0 (default: the spec's frame_range.first, else 0). Only that frame
+    /// is rendered; with --tenant only it is billed (1/fps s of output).
+    #[arg(long, value_name = "N", conflicts_with = "frames")]
+    pub frame: Option<u32>,
+    /// Clip outputs (.avi, .y4m): only clip frames FIRST..END (END exclusive,
+    /// like 48..72), a preview rendered and billed as those frames alone. It
+    /// replaces the spec's frame_range.
+    #[arg(long, value_name = "FIRST..END", value_parser = parse_frames)]
+    pub frames: Option<(u32, u32)>,
     /// Tile plan override, COLSxROWS (1x1 renders untiled).
     #[arg(long, value_parser = parse_tiles)]
     pub tiles: Option<(u32, u32)>,
@@ -43,6 +54,65 @@ fn parse_tiles(s: &str) -> Result<(u32, u32), String> {
     let err = || format!("`{s}` is not a tile plan; write COLSxROWS, like 2x2");
     let (c, r) = s.split_once(['x', 'X']).ok_or_else(err)?;
     Ok((c.trim().parse().map_err(|_| err())?, r.trim().parse().map_err(|_| err())?))
+}
+
+fn parse_frames(s: &str) -> Result<(u32, u32), String> {
+    let err = || format!("`{s}` is not a frame range; write FIRST..END (END exclusive), like 0..24");
+    let (a, b) = s.split_once("..").ok_or_else(err)?;
+    let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| err())?, b.trim().parse().map_err(|_| err())?);
+    if b <= a {
+        return Err(format!("`{s}` holds no frame: END must be past FIRST (END is exclusive)"));
+    }
+    Ok((a, b))
+}
+
+/// The spec of this render: the file's, with the command line's tile plan
+/// and frame selection, validated. An invalid frame selection is reported
+/// under the flag that made it.
+fn spec_for(args: &RenderArgs, book: &PriceBook, clip_output: bool) -> Result<JobSpec, CliError> {
+    let mut raw = read_spec(args.spec.as_deref())?;
+    if let Some((cols, rows)) = args.tiles {
+        raw.tiles.cols = i64::from(cols);
+        raw.tiles.rows = i64::from(rows);
+    }
+    if let Some(px) = args.overlap {
+        raw.tiles.overlap_px = i64::from(px);
+    }
+    let flag = select_frames(args, &mut raw, clip_output)?;
+    raw.validate(&SpecLimits::from_price_book(book)).map_err(|e| {
+        let by_flag = flag.filter(|_| e.field_errors().iter().any(|f| f.field.starts_with("frame_range")));
+        match by_flag {
+            Some(flag) => {
+                usage(anyhow::Error::new(e).context(format!("{flag} asks for frames the clip does not have")))
+            }
+            None => usage(e),
+        }
+    })
+}
+
+/// Writes the output's frame selection into the spec's frame range, and
+/// returns the flag that set it. A single-frame output always renders exactly
+/// one frame: `--frame`, else the first of the spec's range, else frame 0.
+fn select_frames(args: &RenderArgs, raw: &mut RawSpec, clip_output: bool) -> Result<Option<String>, CliError> {
+    match (clip_output, args.frame, args.frames) {
+        (false, _, Some(_)) => Err(usage(anyhow::anyhow!(
+            "--frames is for clip outputs (.avi, .y4m); {} holds one frame: pick it with --frame N",
+            args.output.display()
+        ))),
+        (true, Some(_), _) => Err(usage(anyhow::anyhow!(
+            "--frame picks the frame of a single-frame output (.png, .jpg); for part of a clip use --frames FIRST..END"
+        ))),
+        (false, frame, None) => {
+            let first = frame.map(i64::from).or(raw.frame_range.as_ref().map(|r| r.first)).unwrap_or(0);
+            raw.frame_range = Some(RawFrameRange { first, count: 1 });
+            Ok(frame.map(|n| format!("--frame {n}")))
+        }
+        (true, None, Some((first, end))) => {
+            raw.frame_range = Some(RawFrameRange { first: i64::from(first), count: i64::from(end - first) });
+            Ok(Some(format!("--frames {first}..{end}")))
+        }
+        (true, None, None) => Ok(None),
+    }
 }
 
 /// A tenant's metering context for one render.
@@ -89,15 +159,14 @@ fn admit(args: &RenderArgs, spec: &JobSpec, book: PriceBook, name: &str) -> Resu
 
 pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     let book = load_price_book(args.store.price_book.as_deref())?;
-    let spec = load_spec(args.spec.as_deref(), args.tiles, args.overlap, &book)?;
     let mut muxer = mux::for_path(&args.output).map_err(usage)?;
-    let frames = clip::frame_range(&spec, muxer.as_ref(), args.frame).map_err(usage)?;
+    let spec = spec_for(&args, &book, muxer.is_clip())?;
     let q = quote(&book, &spec.quote_request()).map_err(usage)?;
     let metered = match &args.tenant {
         Some(name) => Some(admit(&args, &spec, book, name)?),
         None => None,
     };
-    let (ctx, bar) = match prepare(&args.output, frames.len() as u64) {
+    let (ctx, bar) = match prepare(&args.output, u64::from(spec.frames)) {
         Ok(prepared) => prepared,
         Err(e) => {
             // Admitted but never rendered: the reservation must not hold the caps.
@@ -109,7 +178,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     };
     let timing = if ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
     let Some(m) = metered else {
-        let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |_, _| {
+        let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), &mut |_, _| {
             bar.inc(1);
             Ok(())
         })
@@ -128,7 +197,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         chunk: None,
     };
     let mut recorder = UsageRecorder::new(&m.store, &metrics, attempt, timing);
-    let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), frames, &mut |i, times| {
+    let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), &mut |i, times| {
         bar.inc(1);
         m.rt.block_on(recorder.frame(i, times)).map_err(Into::into)
     });
@@ -145,8 +214,11 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     closing.record(&metrics, &m.book, outcome, &events, &inserted);
     let summary = result.with_context(|| format!("rendering {}", args.output.display())).map_err(runtime)?;
     println!(
-        "{}; billed {} {} to tenant {} as job {}",
+        "{}; billed {} ({} s) {} {} to tenant {} as job {}",
         summary_line(&spec, &summary, &args.output),
+        frame_count(spec.frames),
+        // Exact seconds are in the ledger; six places are plenty to read.
+        spec.output_seconds().round_dp(6).normalize(),
         q.price,
         m.book.currency,
         m.tenant.name,
@@ -193,9 +265,15 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
     } else {
         String::new()
     };
+    // A preview says which part of the clip it is.
+    let part = if spec.is_partial() {
+        format!(" (clip frames {}..{} of {})", spec.first_frame, spec.first_frame + spec.frames, spec.clip_frames)
+    } else {
+        String::new()
+    };
     format!(
-        "{} frames {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {})",
-        s.frames,
+        "{}{part} {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {})",
+        frame_count(s.frames),
         spec.width,
         spec.height,
         spec.template,
@@ -207,4 +285,13 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         format_seconds(s.gpu.encode_ns),
         s.timing.as_str(),
     )
+}
+
+/// "1 frame", "12 frames".
+fn frame_count(n: u32) -> String {
+    if n == 1 {
+        "1 frame".to_string()
+    } else {
+        format!("{n} frames")
+    }
 }

@@ -1,6 +1,6 @@
-//! Rendering a whole clip (or one frame of it) into a muxer.
+//! Rendering the frames a spec delivers into a muxer: the whole clip, or the
+//! part its frame range asks for (one frame, for a single-frame output).
 
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -30,39 +30,31 @@ pub enum ClipError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Mux(#[from] MuxError),
-    #[error("frame {frame} is past the clip's last frame {last} ({frames} frames)")]
-    FrameOutOfRange { frame: u32, last: u32, frames: u32 },
+    #[error("a single-frame output takes a spec that delivers one frame; this one delivers {frames}")]
+    NotOneFrame { frames: u32 },
     #[error("recording usage failed: {0}")]
     Usage(#[from] tessera_store::StoreError),
 }
 
-/// The frames a muxer wants: every frame for a clip, `single` for one-frame outputs.
-pub fn frame_range(spec: &JobSpec, muxer: &dyn Muxer, single: u32) -> Result<Range<u32>, ClipError> {
-    if muxer.is_clip() {
-        return Ok(0..spec.frames);
-    }
-    if single >= spec.frames {
-        return Err(ClipError::FrameOutOfRange { frame: single, last: spec.frames - 1, frames: spec.frames });
-    }
-    Ok(single..single + 1)
-}
-
-/// Renders `frames` of `spec` into `muxer`, calling `on_frame` with each frame's
-/// index and pass times after it is written; an error from it stops the render.
+/// Renders the frames `spec` delivers into `muxer`, calling `on_frame` with
+/// each frame's index in the output and its pass times after it is written; an
+/// error from it stops the render.
 pub fn render_clip(
     ctx: &GpuContext,
     spec: &JobSpec,
     muxer: &mut dyn Muxer,
-    frames: Range<u32>,
     on_frame: &mut dyn FnMut(u32, &PassTimes) -> Result<(), ClipError>,
 ) -> Result<ClipSummary, ClipError> {
+    if !muxer.is_clip() && spec.frames != 1 {
+        return Err(ClipError::NotOneFrame { frames: spec.frames });
+    }
     let start = Instant::now();
     let mut renderer = FrameRenderer::new(ctx, spec.render_plan())?;
-    let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: frames.len() as u32 };
+    let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
     muxer.write_header(&info)?;
     let mut gpu = PassTimes::default();
     let mut cpu_encode_ns = 0u64;
-    for index in frames.clone() {
+    for index in 0..spec.frames {
         let frame = renderer.render_frame(index, muxer.input())?;
         muxer.write_frame(&frame.data)?;
         gpu.merge(&frame.times);
@@ -71,7 +63,7 @@ pub fn render_clip(
     }
     muxer.finish()?;
     Ok(ClipSummary {
-        frames: frames.len() as u32,
+        frames: spec.frames,
         tiles: spec.tiler.len(),
         wall: start.elapsed(),
         gpu,

@@ -85,6 +85,9 @@ pub struct RenderPlan {
     pub advanced: bool,
     pub seed: u64,
     pub fps: u32,
+    /// The clip frame of the plan's frame 0: frame i is timed and seeded as
+    /// clip frame `first_frame + i`, so a preview's frames are the whole clip's.
+    pub first_frame: u32,
     /// JPEG quality 1–100 for encoded outputs.
     pub quality: u8,
 }
@@ -226,7 +229,8 @@ impl<'a> FrameRenderer<'a> {
         &self.frame
     }
 
-    /// Renders frame `index` and reads back what `readback` asks for.
+    /// Renders frame `index` of the output (clip frame `first_frame + index`)
+    /// and reads back what `readback` asks for.
     pub fn render_frame(&mut self, index: u32, readback: Readback) -> Result<RenderedFrame, RenderError> {
         Ok(self.render_sampled(index, readback, false)?.frame)
     }
@@ -350,6 +354,8 @@ impl<'a> FrameRenderer<'a> {
     fn write_uniforms(&self, index: u32) {
         let plan = &self.plan;
         let seed = (plan.seed ^ (plan.seed >> 32)) as u32;
+        // Where the frame is on the clip's timeline, not in the output.
+        let index = plan.first_frame.saturating_add(index);
         let time_s = (f64::from(index) / f64::from(plan.fps)) as f32;
         let p = &plan.params;
         for t in &self.tiles {

@@ -4,6 +4,9 @@
 //! stale worker's late clip never replaces the clip of the attempt that won;
 //! the settlement records which one the job's output is, and the loser's
 //! files are removed.
+//!
+//! The sidecar records which frames of the spec's clip the file holds
+//! (`frame_range`, `clip_frames`): a preview's are a part of it.
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +79,9 @@ pub(super) fn archive(
                    "sha256": sha256, "codec": "mjpeg", "container": "avi"},
         "width": spec.width, "height": spec.height, "fps": spec.fps, "frames": spec.frames,
         "duration_s": f64::from(spec.frames) / f64::from(spec.fps),
+        // Which frames of the clip these are: all of them, or a preview's.
+        "frame_range": {"first": spec.first_frame, "count": spec.frames},
+        "clip_frames": spec.clip_frames, "clip_duration_s": spec.duration_s,
         "usage_ns": {"render": gpu.render_ns, "stitch": gpu.stitch_ns, "encode": gpu.encode_ns},
         "price": q.price.to_string(), "currency": q.currency,
         "attempt": clip.claimed.lease.attempt,

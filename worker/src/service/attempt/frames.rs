@@ -131,11 +131,10 @@ impl<'s> ActiveJob<'s> {
             return Ok(Rendered::Cancelled { frames, bill: Some(Bill::new(&svc.book, &delivered, &q)) });
         }
         let duration = f64::from(frames) / f64::from(spec.fps);
-        if (duration - spec.duration_s).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
-            return Err(AttemptError::failed(format!(
-                "quality gate: clip lasts {duration} s, spec asked {} s",
-                spec.duration_s
-            )));
+        // A preview lasts its frames, not the whole clip's duration.
+        let asked = spec.delivered_duration_s();
+        if (duration - asked).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
+            return Err(AttemptError::failed(format!("quality gate: clip lasts {duration} s, spec asked {asked} s")));
         }
         let output =
             archive::archive(svc, &archive::ClipOf::member(&self.member), &self.partial, &self.recorder.totals())?;

@@ -226,7 +226,8 @@ fn template_spec_schema(t: &Template, limits: &SpecLimits) -> Value {
                         "description": "JPEG quality"},
             "seed": {"type": "integer", "minimum": 0, "maximum": u64::MAX, "default": 0},
             "features": features,
-            "frame_range": {"$ref": "#/components/schemas/FrameRange"},
+            "frame_range": {"anyOf": [{"$ref": "#/components/schemas/FrameRange"}, {"type": "null"}],
+                            "description": "A preview of these frames only; null or absent: the whole clip"},
         },
     })
 }
@@ -268,8 +269,8 @@ fn frame_range_schema() -> Value {
         "description": "A preview: render and bill only frames first..first+count of the clip that \
                         `duration_s` x `fps` defines. It must lie within the clip (a 422 naming `frame_range` otherwise).",
         "properties": {
-            "first": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "default": 0},
-            "count": {"type": "integer", "minimum": 1, "maximum": u32::MAX},
+            "first": {"type": "integer", "minimum": 0, "maximum": i64::MAX, "default": 0},
+            "count": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
         },
     })
 }
