@@ -219,15 +219,35 @@ pub enum SpecFormat {
 pub fn parse(text: &str, format: SpecFormat) -> Result<RawSpec, SpecError> {
     match format {
         SpecFormat::Json => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let raw: RawSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("JSON", e))?;
-            de.end().map_err(|e| SpecError::Syntax { format: "JSON", message: e.to_string() })?;
-            Ok(raw)
+            let mut value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| SpecError::Syntax { format: "JSON", message: e.to_string() })?;
+            whole_numbers_as_integers(&mut value);
+            serde_path_to_error::deserialize(value).map_err(|e| path_error("JSON", e))
         }
         SpecFormat::Toml => {
             let de = toml::Deserializer::new(text);
             serde_path_to_error::deserialize(de).map_err(|e| path_error("TOML", e))
         }
+    }
+}
+
+/// JSON has one number type: `32.0` is the integer 32 (as JSON Schema's
+/// `integer` says), so a client that writes whole numbers with a fraction is
+/// not refused. Integral numbers in range become integers.
+fn whole_numbers_as_integers(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
+                *v = Value::from(f as i64);
+            } else if f.fract() == 0.0 && f >= 0.0 && f < 2f64.powi(64) {
+                *v = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
     }
 }
 
