@@ -14,6 +14,7 @@ mod determinism;
 mod encode;
 mod fleet;
 mod golden;
+mod gpu_errors;
 mod ledger;
 mod metering;
 mod recovery;
