@@ -15,6 +15,7 @@ mod common;
 
 use anyhow::{ensure, Context};
 use tessera_metering::PriceBook;
+use tessera_worker::gpu::scope::submit_shared;
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::service::{self, ServeConfig, Service};
@@ -191,13 +192,10 @@ fn submission_overhead(ctx: &GpuContext) -> anyhow::Result<()> {
                 alone = alone.min(per_job_frame(t));
                 let t = Instant::now();
                 for i in 0..24 {
-                    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-                    for r in &mut jobs {
-                        r.record_frame(&mut encoder, i, Readback::Jpeg, false)?;
-                    }
-                    let submission = ctx.queue.submit([encoder.finish()]);
-                    for r in &mut jobs {
-                        r.collect_frame(&submission)?;
+                    // As the worker's render groups do: a command buffer per job, one submit.
+                    let shared = submit_shared(ctx, &mut jobs, |r| r.record_commands(i, Readback::Jpeg, false));
+                    for (r, submitted) in jobs.iter_mut().zip(shared.jobs) {
+                        r.collect_frame(&submitted?)?;
                     }
                 }
                 shared = shared.min(per_job_frame(t));

@@ -15,6 +15,7 @@ mod download;
 mod encode;
 mod fleet;
 mod golden;
+mod gpu_errors;
 mod ledger;
 mod metering;
 mod recovery;

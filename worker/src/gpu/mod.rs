@@ -1,6 +1,12 @@
 //! GPU context: adapter selection, device creation and the helpers every pass
 //! shares (error capture, readback, timing).
 //!
+//! GPU errors belong to the job whose commands raised them: each job's work
+//! runs inside error scopes on the thread doing it ([`scope`]), so one job's
+//! bad commands fail its attempt and nobody else's. Only a lost device is
+//! device-wide: it fails every job's GPU work from then on and the worker
+//! reports itself not ready.
+//!
 //! The Vulkan backend is the default because it is what GPU nodes (NVIDIA) and
 //! CI (Mesa lavapipe) both offer; `TESSERA_BACKEND` picks another and
 //! `TESSERA_ADAPTER` picks an adapter by case-insensitive name substring.
@@ -8,10 +14,12 @@
 pub mod binding;
 pub mod pipeline_cache;
 pub mod readback;
+pub mod scope;
 pub mod timing;
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -31,6 +39,18 @@ pub enum GpuError {
     Device(String),
     #[error("GPU readback failed: {0}")]
     Readback(String),
+    /// Caught by a job's error scope: that job's commands were invalid.
+    #[error("GPU validation error: {0}")]
+    Validation(String),
+    /// Caught by a job's error scope: an allocation for that job failed.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    /// Caught by a job's error scope: the driver failed that job's work.
+    #[error("internal GPU error: {0}")]
+    Internal(String),
+    /// The device is gone, for every job: nothing more runs on it.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
 }
 
 /// One adapter as `tessera doctor` reports it.
@@ -65,7 +85,10 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     /// Whether passes are timed with GPU timestamp queries (else host timing).
     pub timestamps: bool,
-    errors: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it is: sticky, device-wide.
+    lost: Arc<Mutex<Option<String>>>,
+    /// GPU errors no job's scope caught (see [`GpuContext::uncaptured_errors`]).
+    uncaptured: Arc<AtomicU64>,
     /// Compiled pipelines by key, reused across clips: compiling a ray-marching
     /// template takes seconds on some drivers.
     pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
@@ -193,21 +216,24 @@ impl GpuContext {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
-        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-        let sink = errors.clone();
-        // The default handler panics; a worker must turn GPU errors into failed
-        // attempts instead, so they are collected and checked after each submit.
+        let uncaptured: Arc<AtomicU64> = Arc::default();
+        let count = uncaptured.clone();
+        // Every job's GPU work runs inside its own error scopes (see `scope`), so
+        // an error that reaches this handler was raised outside any job: shared
+        // setup such as the pipeline cache, or a call site that forgot its scope.
+        // It cannot be attributed, and failing whichever job happens to check
+        // next would fail an innocent one (the bug this replaced): it is logged
+        // and counted, and fails nothing. The default handler would panic.
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            tracing::error!(error = %e, "uncaptured GPU error");
-            if let Ok(mut v) = sink.lock() {
-                v.push(e.to_string());
-            }
+            count.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "GPU error outside any job's error scope; no job is failed for it");
         }));
-        let lost = errors.clone();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = lost.clone();
         device.set_device_lost_callback(move |reason, msg| {
-            if let Ok(mut v) = lost.lock() {
-                v.push(format!("device lost ({reason:?}): {msg}"));
-            }
+            tracing::error!(?reason, %msg, "GPU device lost: every job on it fails");
+            let mut lost = sink.lock().unwrap_or_else(|e| e.into_inner());
+            lost.get_or_insert_with(|| format!("{reason:?}: {msg}"));
         });
         Ok(Self {
             adapter: AdapterReport::from_info(&info),
@@ -219,7 +245,8 @@ impl GpuContext {
             queue,
             features,
             limits,
-            errors,
+            lost,
+            uncaptured,
             pipelines: Mutex::default(),
             pipeline_reuse: std::sync::atomic::AtomicBool::new(true),
         })
@@ -270,23 +297,37 @@ impl GpuContext {
         self.pipeline_reuse.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Fails with the first GPU error recorded since the last check.
+    /// Why the device was lost, if it was. A lost device stays lost: every
+    /// job's GPU work fails from then on.
+    pub fn device_lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the GPU can still take work (readiness): fails once the device
+    /// is lost, for good. A job's own GPU errors are its attempt's business
+    /// ([`GpuContext::scoped`]), and errors outside any job are only logged
+    /// ([`GpuContext::uncaptured_errors`]): neither makes the worker unready.
     pub fn check_errors(&self) -> Result<(), GpuError> {
-        let mut errors = self.errors.lock().map_err(|_| GpuError::Device("error log poisoned".into()))?;
-        if errors.is_empty() {
-            return Ok(());
+        match self.device_lost() {
+            Some(why) => Err(GpuError::DeviceLost(why)),
+            None => Ok(()),
         }
-        let first = errors.remove(0);
-        errors.clear();
-        Err(GpuError::Device(first))
+    }
+
+    /// How many GPU errors were raised outside every job's error scopes (logged, failing nothing).
+    pub fn uncaptured_errors(&self) -> u64 {
+        self.uncaptured.load(Ordering::Relaxed)
     }
 
     /// Blocks until submission `index` is done (`None`: the latest submission),
-    /// not waiting for work that other jobs submitted after it.
+    /// not waiting for work that other jobs submitted after it. Fails only when
+    /// the device is lost: errors in the work waited for are caught by the
+    /// error scopes of the job that recorded it.
     pub fn wait_for(&self, index: Option<&wgpu::SubmissionIndex>) -> Result<(), GpuError> {
         let poll = wgpu::PollType::Wait { submission_index: index.cloned(), timeout: None };
-        self.device.poll(poll).map_err(|e| GpuError::Device(e.to_string()))?;
-        self.check_errors()
+        let polled = self.device.poll(poll);
+        self.check_errors()?;
+        polled.map(drop).map_err(|e| GpuError::Device(e.to_string()))
     }
 
     /// The GPU to oneself, for host timing: a pass timed on the host from submit

@@ -12,6 +12,14 @@
 //! [`FrameRenderer::collect_frame`] after the one shared submission): this is how
 //! the worker groups jobs. Each renderer owns its query set, so every job's
 //! passes are still timed on their own.
+//!
+//! Each renderer is one job's: everything it does on the GPU runs inside that
+//! job's error scopes ([`GpuContext::scoped`]), so a GPU error comes back from
+//! the call whose commands raised it and from no other renderer's. A frame
+//! meant to share a submission is best recorded with
+//! [`FrameRenderer::record_commands`], into a command buffer of its own: wgpu
+//! validates commands when their encoder is finished, and an encoder that
+//! several jobs recorded into fails as a whole.
 
 use std::time::Instant;
 
@@ -169,10 +177,19 @@ pub struct FrameRenderer<'a> {
     recorded: Option<Recorded>,
     /// The submission holding the latest copies out; reads wait for it alone.
     submitted: Option<wgpu::SubmissionIndex>,
+    /// Test-only: the next frame's commands carry an invalid copy.
+    #[cfg(feature = "fault-injection")]
+    poisoned: bool,
 }
 
 impl<'a> FrameRenderer<'a> {
+    /// Compiles (or reuses) the plan's pipelines and makes its buffers; an
+    /// allocation or pipeline that fails is this renderer's error.
     pub fn new(ctx: &'a GpuContext, plan: RenderPlan) -> Result<Self, RenderError> {
+        ctx.scoped(|| Self::create(ctx, plan))
+    }
+
+    fn create(ctx: &'a GpuContext, plan: RenderPlan) -> Result<Self, RenderError> {
         let (width, height) = (plan.tiler.width, plan.tiler.height);
         let max_side = ctx.limits.max_texture_dimension_2d;
         if width > max_side || height > max_side {
@@ -213,6 +230,8 @@ impl<'a> FrameRenderer<'a> {
             timer,
             recorded: None,
             submitted: None,
+            #[cfg(feature = "fault-injection")]
+            poisoned: false,
         })
     }
 
@@ -243,22 +262,45 @@ impl<'a> FrameRenderer<'a> {
         readback: Readback,
         sample_rgba: bool,
     ) -> Result<SampledFrame, RenderError> {
-        if self.timer.is_some() {
-            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        let ctx = self.ctx;
+        ctx.scoped(|| {
+            if self.timer.is_some() {
+                let commands = self.record_commands(index, readback, sample_rgba)?;
+                let submission = ctx.queue.submit([commands]);
+                return self.collect_frame(&submission);
+            }
+            self.write_uniforms(index);
+            self.prepare_encoder(readback);
+            let times = self.submit_host_timed(readback, sample_rgba)?;
+            self.collect(times, Recorded { readback, sample_rgba })
+        })
+    }
+
+    /// Records frame `index` like [`FrameRenderer::record_frame`], into a
+    /// command buffer of its own, finished inside this job's error scopes: a
+    /// frame whose commands are invalid fails here, and the buffer returned is
+    /// valid to submit beside other jobs' buffers.
+    pub fn record_commands(
+        &mut self,
+        index: u32,
+        readback: Readback,
+        sample_rgba: bool,
+    ) -> Result<wgpu::CommandBuffer, RenderError> {
+        let ctx = self.ctx;
+        ctx.scoped(|| {
+            let mut encoder =
+                ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("frame") });
             self.record_frame(&mut encoder, index, readback, sample_rgba)?;
-            let submission = self.ctx.queue.submit([encoder.finish()]);
-            return self.collect_frame(&submission);
-        }
-        self.write_uniforms(index);
-        self.prepare_encoder(readback);
-        let times = self.submit_host_timed(readback, sample_rgba)?;
-        self.collect(times, Recorded { readback, sample_rgba })
+            Ok(encoder.finish())
+        })
     }
 
     /// Records frame `index` (uniforms, passes, copies, timestamp resolve) into
     /// `encoder` for a submission that other renderers' frames may share; after
     /// it is submitted and done, [`FrameRenderer::collect_frame`] reads it back.
     /// Needs GPU timestamps: host timing cannot tell the jobs of one submission apart.
+    /// wgpu validates what is recorded here when `encoder` is finished: an
+    /// error then goes to the scopes of whoever finishes it, for every job in it.
     pub fn record_frame(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -271,6 +313,7 @@ impl<'a> FrameRenderer<'a> {
         }
         self.write_uniforms(index);
         self.prepare_encoder(readback);
+        self.record_poison(encoder);
         for &kind in Self::passes(readback) {
             self.record_pass(encoder, kind);
         }
@@ -287,12 +330,16 @@ impl<'a> FrameRenderer<'a> {
 
     /// Reads back the frame [`FrameRenderer::record_frame`] recorded, with its
     /// pass times, once `submission` (the one that held it) is done.
+    /// Errors mapping the readbacks are this job's (caught by its scopes on the calling thread).
     pub fn collect_frame(&mut self, submission: &wgpu::SubmissionIndex) -> Result<SampledFrame, RenderError> {
-        let recorded = self.recorded.take().ok_or(RenderError::NothingRecorded)?;
-        self.submitted = Some(submission.clone());
-        let timer = self.timer.as_mut().ok_or(RenderError::GroupNeedsTimestamps)?;
-        let times = timer.collect(self.ctx, Some(submission))?;
-        self.collect(times, recorded)
+        let ctx = self.ctx;
+        ctx.scoped(|| {
+            let recorded = self.recorded.take().ok_or(RenderError::NothingRecorded)?;
+            self.submitted = Some(submission.clone());
+            let timer = self.timer.as_mut().ok_or(RenderError::GroupNeedsTimestamps)?;
+            let times = timer.collect(ctx, Some(submission))?;
+            self.collect(times, recorded)
+        })
     }
 
     fn collect(&mut self, times: PassTimes, recorded: Recorded) -> Result<SampledFrame, RenderError> {
@@ -310,6 +357,11 @@ impl<'a> FrameRenderer<'a> {
     /// Encodes the frame already in the frame texture again, without rendering:
     /// what encode benchmarks time. Only `Yuv420` and `Jpeg` run a pass.
     pub fn encode_current(&mut self, readback: Readback) -> Result<RenderedFrame, RenderError> {
+        let ctx = self.ctx;
+        ctx.scoped(|| self.encode_again(readback))
+    }
+
+    fn encode_again(&mut self, readback: Readback) -> Result<RenderedFrame, RenderError> {
         self.prepare_encoder(readback);
         let mut times = PassTimes::default();
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
@@ -444,6 +496,7 @@ impl<'a> FrameRenderer<'a> {
         let _exclusive = self.ctx.exclusive();
         for &kind in Self::passes(readback) {
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            self.record_poison(&mut encoder);
             self.record_pass(&mut encoder, kind);
             let start = Instant::now();
             let submission = self.ctx.queue.submit([encoder.finish()]);
@@ -515,6 +568,11 @@ impl<'a> FrameRenderer<'a> {
     /// tile's rect, tiles in [`Tiler::tiles`] order) and returns the RGBA8 frame.
     /// This is how the GPU stitch is diffed against [`super::stitch::cpu_stitch`].
     pub fn stitch_tiles(&mut self, contents: &[Vec<[f32; 4]>]) -> Result<Vec<u8>, RenderError> {
+        let ctx = self.ctx;
+        ctx.scoped(|| self.stitch_only(contents))
+    }
+
+    fn stitch_only(&mut self, contents: &[Vec<[f32; 4]>]) -> Result<Vec<u8>, RenderError> {
         for (index, (t, data)) in self.tiles.iter().zip(contents).enumerate() {
             let want = t.tile.rect.area() as usize;
             if data.len() != want {
@@ -532,6 +590,35 @@ impl<'a> FrameRenderer<'a> {
         self.submitted = Some(self.ctx.queue.submit([encoder.finish()]));
         self.read(Readback::Rgba8)
     }
+
+    /// Test-only GPU fault: the next frame's commands carry a buffer copy past
+    /// the end of its buffers, a genuine wgpu validation error raised when
+    /// the encoder holding it is finished. Compiled only with `fault-injection`.
+    #[cfg(feature = "fault-injection")]
+    pub fn poison_next_frame(&mut self) {
+        self.poisoned = true;
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn record_poison(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        if !std::mem::take(&mut self.poisoned) {
+            return;
+        }
+        let buffer = |label, usage| {
+            self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 4,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let src = buffer("injected fault: source", wgpu::BufferUsages::COPY_SRC);
+        let dst = buffer("injected fault: destination", wgpu::BufferUsages::COPY_DST);
+        encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, 256);
+    }
+
+    #[cfg(not(feature = "fault-injection"))]
+    fn record_poison(&mut self, _encoder: &mut wgpu::CommandEncoder) {}
 }
 
 fn check_tile_sizes(ctx: &GpuContext, tiler: &Tiler) -> Result<(), RenderError> {

@@ -12,6 +12,12 @@
 //! passes are timed on the host (software adapters), a submission cannot be
 //! split between jobs, so `group_max` is 1 there.
 //!
+//! A GPU error in one member's commands ends that member's attempt only: each
+//! member's frame is a command buffer of its own, finished inside its own
+//! error scopes, and the others' buffers are submitted without it
+//! ([`crate::gpu::scope::submit_shared`], which also says what happens when
+//! the shared submit itself fails).
+//!
 //! Lanes never share a group: an urgent job's frames do not wait for bulk frames.
 
 use std::collections::HashMap;
@@ -20,7 +26,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::runtime::Handle;
 
-use super::attempt::frames::{ActiveJob, Step};
+use crate::gpu::scope::submit_shared;
+
+use super::attempt::frames::{gpu, ActiveJob, Step};
 use super::attempt::{AttemptError, Member};
 use super::Service;
 
@@ -175,24 +183,26 @@ fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<A
 
 /// Renders, reads back and accepts the next frame of every job: alone when
 /// there is one, else recorded into one submission and read back in parallel
-/// (JPEG entropy coding is CPU work).
+/// (JPEG entropy coding is CPU work; each job's readback runs in its own
+/// error scopes on its own thread).
 fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<Result<(), AttemptError>> {
     if let [job] = jobs {
         svc.svc_metrics.submission_jobs.observe(1.0);
         return vec![job.render_alone().and_then(|frame| job.accept(svc, rt, frame))];
     }
-    let mut encoder =
-        svc.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("grouped frames") });
-    let recorded: Vec<Result<(), AttemptError>> = jobs.iter_mut().map(|job| job.record(&mut encoder)).collect();
-    let submission = svc.ctx.queue.submit([encoder.finish()]);
-    let submission = &submission;
-    svc.svc_metrics.submission_jobs.observe(recorded.iter().filter(|r| r.is_ok()).count() as f64);
+    let shared = submit_shared(&svc.ctx, jobs, |job| job.record());
+    for &n in &shared.submissions {
+        svc.svc_metrics.submission_jobs.observe(n as f64);
+    }
     std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .iter_mut()
-            .zip(recorded)
-            .map(|(job, rec)| {
-                scope.spawn(move || rec.and_then(|()| job.collect(submission)).and_then(|f| job.accept(svc, rt, f)))
+            .zip(shared.jobs)
+            .map(|(job, submitted)| {
+                scope.spawn(move || {
+                    let submission = submitted.map_err(gpu)?;
+                    job.collect(&submission).and_then(|f| job.accept(svc, rt, f))
+                })
             })
             .collect();
         handles

@@ -2,6 +2,11 @@
 //! partial clip, the usage recorder, the per-frame quality gates; at the end,
 //! the clip-level gates and the archive. What happens in the store afterwards
 //! is [`super::settle`]'s business, on the async side.
+//!
+//! A GPU error in this attempt's commands fails this attempt alone: the
+//! renderer runs each frame's GPU work inside the attempt's own error scopes
+//! (see [`crate::gpu::scope`]), on the group's thread or, for readbacks, on
+//! the frame's own thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -37,7 +42,7 @@ pub(in crate::service) struct ActiveJob<'s> {
     next: u32,
 }
 
-fn gpu(e: crate::render::RenderError) -> AttemptError {
+pub(in crate::service) fn gpu(e: crate::render::RenderError) -> AttemptError {
     AttemptError::failed(format!("GPU: {e}"))
 }
 
@@ -107,10 +112,12 @@ impl<'s> ActiveJob<'s> {
         if svc.shutting_down() {
             return Step::Ended(self, Err(AttemptError::drain()));
         }
-        match injected_fault(m, self.next - self.first) {
-            Ok(()) => Step::Continue(self),
-            Err(e) => Step::Ended(self, Err(e)),
+        let frame = self.next - self.first;
+        if let Err(e) = injected_fault(m, frame) {
+            return Step::Ended(self, Err(e));
         }
+        arm_gpu_fault(m, frame, &mut self.renderer);
+        Step::Continue(self)
     }
 
     fn end_clip(&mut self, svc: &Service, cancelled: bool) -> Result<Rendered, AttemptError> {
@@ -162,10 +169,12 @@ impl<'s> ActiveJob<'s> {
         self.renderer.render_sampled(self.next, Readback::Jpeg, self.sample()).map_err(gpu)
     }
 
-    /// Records the next frame into a submission shared with other jobs.
-    pub fn record(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<(), AttemptError> {
+    /// Records the next frame into a command buffer of its own, for a
+    /// submission shared with other jobs; invalid commands fail here, this
+    /// attempt's alone.
+    pub fn record(&mut self) -> Result<wgpu::CommandBuffer, crate::render::RenderError> {
         let sample = self.sample();
-        self.renderer.record_frame(encoder, self.next, Readback::Jpeg, sample).map_err(gpu)
+        self.renderer.record_commands(self.next, Readback::Jpeg, sample)
     }
 
     /// Reads back the recorded frame once the shared submission is done.
@@ -272,3 +281,21 @@ fn injected_fault(member: &Member, frame: u32) -> Result<(), AttemptError> {
 fn injected_fault(_member: &Member, _frame: u32) -> Result<(), AttemptError> {
     Ok(())
 }
+
+/// Test-only GPU fault hook: with `TESSERA_FAULTS=gpu_error=KEY` (one item of
+/// a comma-separated list), the second frame of every attempt of the job
+/// submitted with `Idempotency-Key: KEY` records a buffer copy out of bounds
+/// into its commands: a real wgpu validation error, which must fail that
+/// attempt and no other job's. Compiled only with the `fault-injection` feature.
+#[cfg(feature = "fault-injection")]
+fn arm_gpu_fault(member: &Member, frame: u32, renderer: &mut FrameRenderer<'_>) {
+    let Ok(faults) = std::env::var("TESSERA_FAULTS") else { return };
+    let wanted = faults.split(',').find_map(|f| f.trim().strip_prefix("gpu_error="));
+    if frame == 1 && wanted.is_some() && member.claimed.job.idempotency_key.as_deref() == wanted {
+        tracing::warn!(job = %member.claimed.job.id, "injected GPU fault: an out-of-bounds copy in this job's commands");
+        renderer.poison_next_frame();
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn arm_gpu_fault(_member: &Member, _frame: u32, _renderer: &mut FrameRenderer<'_>) {}
