@@ -53,7 +53,8 @@ def main():
                    "run", base + "/openapi.json", "--checks", "all",
                    "--phases", "examples,coverage,fuzzing,stateful", "--max-examples", examples, "--workers", "1"]
             print("+ " + " ".join(cmd), flush=True)
-            code = subprocess.call(cmd, env=st_env)
+            # In the scratch directory: schemathesis keeps a cache where it runs.
+            code = subprocess.call(cmd, env=st_env, cwd=data)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:

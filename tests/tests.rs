@@ -6,6 +6,7 @@
 
 mod util;
 
+mod api;
 mod avi;
 mod billing;
 mod chunks;

@@ -23,13 +23,24 @@ POST_RADIUS = 8
 SPEC_OPERATIONS = {"submit_job", "quote"}
 
 
+def _whole(v):
+    """A JSON number as an integer (`4.0` is 4, as JSON Schema reads it), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
 def _size(resolution):
     if resolution is None:
         return NAMED["1080p"]
     if isinstance(resolution, str):
         return NAMED.get(resolution.lower())
     if isinstance(resolution, dict):
-        return resolution.get("width"), resolution.get("height")
+        return _whole(resolution.get("width")), _whole(resolution.get("height"))
     return None
 
 
@@ -38,9 +49,9 @@ def _tiles_fit(spec):
     tiles = spec.get("tiles") or {}
     if size is None or not isinstance(tiles, dict):
         return True
-    cols, rows = tiles.get("cols", 1), tiles.get("rows", 1)
-    overlap = tiles.get("overlap_px", 32)
-    if not all(isinstance(v, int) for v in (*size, cols, rows, overlap)):
+    cols, rows = _whole(tiles.get("cols", 1)), _whole(tiles.get("rows", 1))
+    overlap = _whole(tiles.get("overlap_px", 32))
+    if any(v is None for v in (*size, cols, rows, overlap)):
         return True
     if cols * rows == 1:
         return True
@@ -55,8 +66,8 @@ def _range_fits(spec):
     if not isinstance(frame_range, dict):
         return True
     fps, duration = spec.get("fps", 30), spec.get("duration_s", 4.0)
-    first, count = frame_range.get("first", 0), frame_range.get("count")
-    if not all(isinstance(v, (int, float)) for v in (fps, duration, first, count)):
+    first, count = _whole(frame_range.get("first", 0)), _whole(frame_range.get("count"))
+    if first is None or count is None or not all(isinstance(v, (int, float)) for v in (fps, duration)):
         return True
     # Rust's f64::round rounds halves away from zero; Python's round() to even.
     product = duration * fps

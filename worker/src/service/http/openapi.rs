@@ -106,6 +106,8 @@ pub fn document(doc: utoipa::openapi::OpenApi, book: &PriceBook) -> Value {
     for (name, schema) in spec_schemas(book) {
         schemas[name] = schema;
     }
+    add_examples(&mut v, book);
+    let schemas = &mut v["components"]["schemas"];
     let tiers: Vec<&String> = book.tiers.keys().collect();
     let name_pattern = format!("^{NAME_CHAR}*{NAME_VISIBLE}{NAME_CHAR}*$");
     schemas["NewTenant"] = json!({
@@ -117,6 +119,29 @@ pub fn document(doc: utoipa::openapi::OpenApi, book: &PriceBook) -> Value {
         },
     });
     v
+}
+
+/// Request examples (the examples phase of a contract test sends them): a
+/// small clip any tier admits, a tenant, a job id, a page query.
+fn add_examples(v: &mut Value, book: &PriceBook) {
+    let fps = book.frame_rates().first().copied().unwrap_or(24);
+    let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": fps,
+                      "duration_s": 0.25, "lane": "standard", "params": {"speed": 1.5}});
+    for path in ["/v1/jobs", "/v1/quote"] {
+        v["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"] = spec.clone();
+    }
+    let tier = book.tiers.keys().next().cloned().unwrap_or_default();
+    v["paths"]["/v1/tenants"]["post"]["requestBody"]["content"]["application/json"]["example"] =
+        json!({"name": "Example Studio", "tier": tier});
+    let examples = [("id", json!("j_0123456789abcdef")), ("state", json!("succeeded")), ("limit", json!(10))];
+    let Some(paths) = v.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for op in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut()) {
+        for param in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some((_, example)) = examples.iter().find(|(name, _)| param["name"] == *name) {
+                param["example"] = example.clone();
+            }
+        }
+    }
 }
 
 /// Corrects what utoipa writes unlike OpenAPI 3.1: link fields in snake
