@@ -17,7 +17,7 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v cargo >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 st_venv="$(cd "$(dirname "$0")/.." && pwd)/target/st-venv"
-if ! command -v st >/dev/null 2>&1 && [[ ! -x "$st_venv/bin/st" ]]; then
+if [[ ! -x "$st_venv/bin/st" ]]; then
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
   python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
@@ -30,12 +30,13 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# schemathesis (the API contract run), from PyPI, in a venv of its own:
-# Debian's Python refuses system-wide pip installs.
-if ! command -v st >/dev/null 2>&1 && [[ ! -x "$st_venv/bin/st" ]]; then
+# schemathesis (the API contract run), from PyPI, in a venv of its own
+# (Debian's Python refuses system-wide pip installs), at one pinned version so
+# a new release cannot change what the contract run checks.
+if [[ ! -x "$st_venv/bin/st" ]]; then
   echo "setup: installing schemathesis into $st_venv" >&2
   python3 -m venv "$st_venv"
-  "$st_venv/bin/pip" install -q 'schemathesis>=4.3,<5'
+  "$st_venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then

@@ -288,3 +288,24 @@ fn a_previews_frames_are_the_clips_frames() {
     assert!(render_rgba(&preview, 1) == render_rgba(&clip, 8), "preview frame 1 is not clip frame 8");
     assert!(render_rgba(&preview, 0) != render_rgba(&clip, 0), "frame 7 looks like frame 0: the test could not fail");
 }
+
+#[test]
+fn whole_numbers_written_with_a_fraction_are_integers_and_specs_keep_their_form() {
+    // JSON Schema's `integer` takes 24.0, so the API must too (the contract run checks it).
+    let text = r#"{"template": "orbit", "fps": 24.0, "duration_s": 1, "quality": 80.0, "seed": 7.0,
+                   "resolution": {"width": 320.0, "height": 180}, "tiles": {"cols": 2.0, "rows": 1, "overlap_px": 16.0},
+                   "params": {"objects": 9.0, "speed": 2.0}}"#;
+    let js = check(text, SpecFormat::Json).expect("whole numbers are integers");
+    assert_eq!((js.fps, js.quality, js.seed, js.width, js.tiler.cols), (24, 80, 7, 320, 2));
+    for bad in [r#""quality": 80.5"#, r#""seed": -1"#, r#""fps": 1e300"#] {
+        let e = check(&format!("{{{SECOND}, {bad}}}"), SpecFormat::Json).unwrap_err();
+        assert!(!e.field_errors().is_empty(), "{bad}: {e}");
+    }
+    // The stored spec (and so an Idempotency-Key's body hash) keeps parameters as written.
+    let raw = parse(text, SpecFormat::Json).unwrap();
+    let stored = serde_json::to_string(&raw).unwrap();
+    assert!(stored.contains(r#""speed":2.0"#) && stored.contains(r#""objects":9.0"#), "{stored}");
+    // A key given twice is still refused, not silently the last one.
+    let e = check(&format!("{{{SECOND}, \"fps\": 30}}"), SpecFormat::Json).unwrap_err();
+    assert!(e.to_string().contains("duplicate field"), "{e}");
+}

@@ -68,7 +68,9 @@ pub enum RawResolution {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSize {
+    #[serde(deserialize_with = "whole::i64")]
     pub width: i64,
+    #[serde(deserialize_with = "whole::i64")]
     pub height: i64,
 }
 
@@ -91,11 +93,11 @@ impl Variant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTiles {
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole::i64")]
     pub cols: i64,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole::i64")]
     pub rows: i64,
-    #[serde(default = "default_overlap")]
+    #[serde(default = "default_overlap", deserialize_with = "whole::i64")]
     pub overlap_px: i64,
 }
 
@@ -109,8 +111,9 @@ impl Default for RawTiles {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFrameRange {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::i64")]
     pub first: i64,
+    #[serde(deserialize_with = "whole::i64")]
     pub count: i64,
 }
 
@@ -143,6 +146,7 @@ pub struct RawSpec {
     #[serde(default = "default_resolution")]
     pub resolution: RawResolution,
     #[serde(default = "default_fps")]
+    #[serde(deserialize_with = "whole::i64")]
     pub fps: i64,
     #[serde(default = "default_duration")]
     pub duration_s: f64,
@@ -153,8 +157,9 @@ pub struct RawSpec {
     #[serde(default)]
     pub tiles: RawTiles,
     #[serde(default = "default_quality")]
+    #[serde(deserialize_with = "whole::i64")]
     pub quality: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::u64")]
     pub seed: u64,
     /// Independently billable features the job uses (price book `price.addons`).
     #[serde(default)]
@@ -219,10 +224,10 @@ pub enum SpecFormat {
 pub fn parse(text: &str, format: SpecFormat) -> Result<RawSpec, SpecError> {
     match format {
         SpecFormat::Json => {
-            let mut value: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| SpecError::Syntax { format: "JSON", message: e.to_string() })?;
-            whole_numbers_as_integers(&mut value);
-            serde_path_to_error::deserialize(value).map_err(|e| path_error("JSON", e))
+            let mut de = serde_json::Deserializer::from_str(text);
+            let raw: RawSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| path_error("JSON", e))?;
+            de.end().map_err(|e| SpecError::Syntax { format: "JSON", message: e.to_string() })?;
+            Ok(raw)
         }
         SpecFormat::Toml => {
             let de = toml::Deserializer::new(text);
@@ -231,23 +236,44 @@ pub fn parse(text: &str, format: SpecFormat) -> Result<RawSpec, SpecError> {
     }
 }
 
-/// JSON has one number type: `32.0` is the integer 32 (as JSON Schema's
-/// `integer` says), so a client that writes whole numbers with a fraction is
-/// not refused. Integral numbers in range become integers.
-fn whole_numbers_as_integers(v: &mut serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or(f64::NAN);
-            if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) {
-                *v = Value::from(f as i64);
-            } else if f.fract() == 0.0 && f >= 0.0 && f < 2f64.powi(64) {
-                *v = Value::from(f as u64);
+/// Whole-number fields: JSON has one number type, so `32.0` is the integer
+/// 32 (as JSON Schema's `integer` says) and a client that writes whole numbers
+/// with a fraction is not refused. The value keeps its place in the spec, so
+/// duplicate keys are still refused and stored specs hash as before.
+mod whole {
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = i128;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i128, E> {
+            Ok(v.into())
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i128, E> {
+            Ok(v.into())
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<i128, E> {
+            // Exactly representable and in range of both targets' union.
+            if v.fract() == 0.0 && v.abs() < 2f64.powi(64) {
+                Ok(v as i128)
+            } else {
+                Err(E::invalid_type(de::Unexpected::Float(v), &self))
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
-        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
-        _ => {}
+    }
+
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let v = d.deserialize_any(Whole)?;
+        i64::try_from(v).map_err(|_| de::Error::custom(format!("{v} is out of range for a 64-bit integer")))
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let v = d.deserialize_any(Whole)?;
+        u64::try_from(v).map_err(|_| de::Error::custom(format!("{v} is out of range 0..=18446744073709551615")))
     }
 }
 
@@ -467,7 +493,10 @@ fn param_value(kind: ParamKind, v: &serde_json::Value) -> Result<ParamValue, Str
                 .ok_or_else(|| format!("`{s}` is not a colour; write six hex digits like \"#ff6a00\""))
         }
         ParamKind::Int { min, max, .. } => {
-            let n = v.as_i64().ok_or_else(|| format!("expected a whole number from {min} to {max}, got {v}"))?;
+            // `9.0` is the whole number 9 in JSON; the spec keeps it as written.
+            let whole = v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 2f64.powi(63)).map(|f| f as i64);
+            let n =
+                v.as_i64().or(whole).ok_or_else(|| format!("expected a whole number from {min} to {max}, got {v}"))?;
             if (min..=max).contains(&n) {
                 Ok(ParamValue::Int(n))
             } else {

@@ -231,7 +231,10 @@ pub fn lookup(reference: &str) -> Result<&'static Template, CatalogError> {
     let Some(version) = version else {
         return Ok(versions.iter().max_by_key(|t| t.version).copied().unwrap_or(versions[0]));
     };
-    let found = version.parse::<u32>().ok().and_then(|v| versions.iter().find(|t| t.version == v));
+    // Exactly the digits `Template::id` writes: no sign, no leading zero.
+    let canonical = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+    let found =
+        canonical.then(|| version.parse::<u32>().ok()).flatten().and_then(|v| versions.iter().find(|t| t.version == v));
     found.copied().ok_or_else(|| CatalogError::UnknownVersion {
         name: name.to_string(),
         version: version.to_string(),

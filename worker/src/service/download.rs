@@ -32,16 +32,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures_util::Stream;
-use serde_json::json;
 use tessera_metering::{AttemptRef, UsageEvent};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::http::views::ErrorBody;
+use super::http::views::{ErrorBody, TenantErrors};
 use super::http::{own_job, tenant, ApiError};
 use super::Service;
 
@@ -72,25 +71,22 @@ pub struct EgressWrites(AtomicUsize);
             headers(("Accept-Ranges" = String, description = "`bytes`"))),
         (status = 206, description = "The requested range", content_type = "video/x-msvideo", body = Vec<u8>,
             headers(("Content-Range" = String, description = "`bytes FIRST-LAST/LENGTH`"))),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
         (status = 409, description = "The job has no output (yet)", body = ErrorBody),
         (status = 410, description = "The output is no longer retained", body = ErrorBody),
         (status = 416, description = "The range is not satisfiable, or several ranges were asked for", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
 pub(crate) async fn output(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let t = tenant(&svc, &headers).await?;
-    let j = own_job(&svc, &t, &id).await?;
+    let j = own_job(&svc, &t, id).await?;
     let path =
         j.output.as_ref().map(|o| o.path.clone()).ok_or_else(|| {
             ApiError::new(StatusCode::CONFLICT, "not_ready", format!("job is {}, no output", j.state))
@@ -98,10 +94,11 @@ pub(crate) async fn output(
     let expired = || ApiError::new(StatusCode::GONE, "expired", "output is no longer retained");
     let mut file = tokio::fs::File::open(&path).await.map_err(|_| expired())?;
     let len = file.metadata().await.map_err(|_| expired())?.len();
-    // A Range header that is not text is no range, as before streaming.
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    // A Range the client sent but that cannot be served (not text, several
+    // ranges, past the end) is a 416, never the whole clip billed in full.
+    let range = match headers.get(header::RANGE) {
         None => None,
-        Some(r) => match parse_range(r, len) {
+        Some(r) => match r.to_str().ok().and_then(|r| parse_range(r, len)) {
             Some(r) => Some(r),
             None => return Ok(unsatisfiable(len)),
         },
@@ -137,12 +134,12 @@ pub(crate) async fn output(
 
 /// 416, naming the clip's length so the client can ask again.
 fn unsatisfiable(len: u64) -> Response {
-    (
-        StatusCode::RANGE_NOT_SATISFIABLE,
-        [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-        Json(json!({"error": {"code": "bad_range", "message": "range not satisfiable", "fields": []}})),
-    )
-        .into_response()
+    let message = format!("range not satisfiable: one range of bytes 0-{} may be asked for", len.saturating_sub(1));
+    let mut resp = ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "bad_range", message).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
 }
 
 /// One `bytes=` range of a representation of `len` bytes (exactly the
@@ -335,7 +332,7 @@ mod tests {
         assert_eq!(parse_range("bytes=10-", 100), Some((10, 99)));
         assert_eq!(parse_range("bytes=-4", 100), Some((96, 99)));
         assert_eq!(parse_range("bytes=99-99", 100), Some((99, 99)));
-        // Units are case-insensitive; spaces around the numbers are tolerated.
+        // Units are case-insensitive; no white space inside.
         assert_eq!(parse_range("Bytes=5-6", 100), Some((5, 6)));
         assert_eq!(parse_range("bytes= 5 - 6", 100), None, "no white space inside, as the document's pattern says");
     }

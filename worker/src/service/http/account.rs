@@ -16,7 +16,10 @@ use tessera_store::{tier_of, StoreError};
 
 use super::error::{ApiError, ApiResult};
 use super::openapi::{NewTenantBody, SpecBody};
-use super::views::{Admission, ErrorBody, MonthView, QuoteView, TenantCreated, UsageView, WorkerList, WorkerView};
+use super::views::{
+    AdminErrors, Admission, ErrorBody, MonthView, QuoteView, TenantCreated, TenantErrors, UsageView, WorkerList,
+    WorkerView,
+};
 use super::{admin, body, hash_key, tenant, utf8};
 use crate::service::Service;
 use crate::spec::{self, SpecFormat, SpecLimits};
@@ -26,9 +29,7 @@ use crate::spec::{self, SpecFormat, SpecLimits};
     get, path = "/v1/workers", tag = "admin", operation_id = "list_workers",
     responses(
         (status = 200, description = "Every registered worker", body = WorkerList),
-        (status = 401, description = "Missing Authorization", body = ErrorBody),
-        (status = 403, description = "Not the admin key, or no admin key is configured", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        AdminErrors,
     ),
     security(("admin_key" = []))
 )]
@@ -64,12 +65,10 @@ fn tenant_name(v: &Value) -> ApiResult<String> {
     responses(
         (status = 201, description = "Created; the API key is shown only now", body = TenantCreated),
         (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 401, description = "Missing Authorization", body = ErrorBody),
-        (status = 403, description = "Not the admin key, or no admin key is configured", body = ErrorBody),
         (status = 409, description = "A tenant of that name exists", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid; `fields` names it", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        AdminErrors,
     ),
     security(("admin_key" = []))
 )]
@@ -109,13 +108,10 @@ pub(super) async fn create_tenant(
     responses(
         (status = 200, description = "The price, its breakdown and the admission verdict", body = QuoteView),
         (status = 400, description = "Not JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
         (status = 409, description = "The tenant's tier left the price book", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "The spec is invalid; `fields` names each problem", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
@@ -149,10 +145,7 @@ pub(super) async fn quote_handler(
     get, path = "/v1/usage", tag = "billing", operation_id = "usage",
     responses(
         (status = 200, description = "Totals over the ledger and this month's use", body = UsageView),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]

@@ -85,7 +85,8 @@ impl IntoResponse for ApiError {
                 fields: self.fields.iter().map(FieldErrorView::from).collect(),
             },
         };
-        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        // A busy store and a rate limit both pass: say when to try again.
+        let retry = matches!(self.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS);
         let mut resp = (self.status, Json(body)).into_response();
         if retry {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 
 use super::error::{ApiError, ApiResult};
 use super::openapi::SpecBody;
-use super::views::{ChunkView, ErrorBody, JobPage, JobView};
+use super::views::{ChunkView, ErrorBody, JobPage, JobView, TenantErrors};
 use super::{body, tenant, utf8};
 use crate::service::Service;
 use crate::spec::{self, SpecFormat, SpecLimits};
@@ -57,13 +57,10 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
             )),
         (status = 200, description = "The job this Idempotency-Key and body already made", body = JobView),
         (status = 400, description = "Not JSON, or a bad Idempotency-Key", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The tier does not admit this job (`admission_refused`), or the admin key was used", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body, or the tenant's tier left the price book", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "The spec is invalid; `fields` names each problem", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
@@ -141,9 +138,10 @@ pub(super) async fn submit(
     }
 }
 
-/// The calling tenant's job `id`, or 404.
-pub(crate) async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Job> {
-    let id = JobId::parse(id).ok_or_else(|| ApiError::not_found("job"))?;
+/// The calling tenant's job `id`, or 404 (also for an id that is not even
+/// text: axum's own answer would be a plain-text 400).
+pub(crate) async fn own_job(svc: &Service, t: &Tenant, id: Result<Path<String>, PathRejection>) -> ApiResult<Job> {
+    let id = id.ok().and_then(|Path(id)| JobId::parse(&id)).ok_or_else(|| ApiError::not_found("job"))?;
     match svc.store.job(&id).await.map_err(ApiError::store)? {
         Some(j) if j.tenant_id == t.id => {
             super::access_log::note_job(j.id.as_str());
@@ -159,21 +157,18 @@ pub(crate) async fn own_job(svc: &Service, t: &Tenant, id: &str) -> ApiResult<Jo
     params(("id" = String, Path, pattern = "^j_[0-9a-fA-F]{16}$", description = "Job id")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
 pub(super) async fn get_job(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let t = tenant(&svc, &headers).await?;
-    let j = own_job(&svc, &t, &id).await?;
+    let j = own_job(&svc, &t, id).await?;
     let mut v = JobView::new(&j, &svc.book.currency);
     let chunks = svc.store.chunks(&j.id).await.map_err(ApiError::store)?;
     v.chunks = Some(chunks.iter().map(ChunkView::from).collect());
@@ -216,10 +211,7 @@ fn parse_cursor(c: &str) -> Option<(i64, JobId)> {
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "A bad query parameter", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
@@ -250,21 +242,18 @@ pub(super) async fn list(
     params(("id" = String, Path, pattern = "^j_[0-9a-fA-F]{16}$", description = "Job id")),
     responses(
         (status = 200, description = "The job after the request", body = JobView),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
 pub(super) async fn cancel(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     let t = tenant(&svc, &headers).await?;
-    let j = own_job(&svc, &t, &id).await?;
+    let j = own_job(&svc, &t, id).await?;
     let j =
         svc.store.request_cancel(&j.id).await.map_err(ApiError::store)?.ok_or_else(|| ApiError::not_found("job"))?;
     Ok(Json(JobView::new(&j, &svc.book.currency)))
@@ -277,23 +266,20 @@ pub(super) async fn cancel(
     responses(
         (status = 200, description = "The sidecar: spec, frames, chunks, GPU time per pass, checksums",
             content_type = "application/json", body = Object),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "The admin key cannot act as a tenant", body = ErrorBody),
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
         (status = 409, description = "The job has no output (yet)", body = ErrorBody),
         (status = 410, description = "The output is no longer retained", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Store unavailable; retry", body = ErrorBody),
+        TenantErrors,
     ),
     security(("tenant_key" = []))
 )]
 pub(super) async fn metadata(
     State(svc): State<Arc<Service>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
     let t = tenant(&svc, &headers).await?;
-    let j = own_job(&svc, &t, &id).await?;
+    let j = own_job(&svc, &t, id).await?;
     let path = j
         .output
         .map(|o| o.metadata_path)

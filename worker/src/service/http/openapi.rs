@@ -125,8 +125,9 @@ pub fn document(doc: utoipa::openapi::OpenApi, book: &PriceBook) -> Value {
 /// small clip any tier admits, a tenant, a job id, a page query.
 fn add_examples(v: &mut Value, book: &PriceBook) {
     let fps = book.frame_rates().first().copied().unwrap_or(24);
+    let duration_s = (4.0 / f64::from(fps.max(1))).max(0.25);
     let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": fps,
-                      "duration_s": 0.25, "lane": "standard", "params": {"speed": 1.5}});
+                      "duration_s": duration_s, "lane": "standard", "params": {"speed": 1.5}});
     for path in ["/v1/jobs", "/v1/quote"] {
         v["paths"][path]["post"]["requestBody"]["content"]["application/json"]["example"] = spec.clone();
     }
@@ -229,11 +230,16 @@ fn template_spec_schema(t: &Template, limits: &SpecLimits) -> Value {
                "description": "Billable features (price book add-ons), each at most once"})
     };
     let min_fps = limits.allowed_fps.iter().copied().min().unwrap_or(1);
+    // A spec without `fps` gets 30: where the book does not offer 30, it must be given.
+    let mut required = vec!["template"];
+    if !limits.allowed_fps.contains(&30) {
+        required.push("fps");
+    }
     json!({
         "type": "object",
         "description": t.description,
         "additionalProperties": false,
-        "required": ["template"],
+        "required": required,
         "properties": {
             "template": {"type": "string", "enum": template_refs(t),
                          "description": "`name` (latest version) or `name@version`"},
@@ -275,9 +281,9 @@ fn tile_plan_schema() -> Value {
         "type": "object",
         "additionalProperties": false,
         "description": format!(
-            "How each frame is split into overlapping tiles. The plan must fit the frame: along each axis, \
-             size >= count x max({TILE_ALIGN}, 2 x overlap_px); with more than one tile, overlap_px >= {POST_RADIUS} \
-             (a 422 naming `tiles` otherwise)."),
+            "How each frame is split into overlapping tiles. With one tile the overlap is ignored; with more, \
+             the plan must fit the frame: overlap_px >= {POST_RADIUS}, and along each axis \
+             size >= count x max({TILE_ALIGN}, 2 x overlap_px) (a 422 naming `tiles` otherwise)."),
         "properties": {
             "cols": {"type": "integer", "minimum": 1, "maximum": MAX_TILES_PER_AXIS, "default": 1},
             "rows": {"type": "integer", "minimum": 1, "maximum": MAX_TILES_PER_AXIS, "default": 1},

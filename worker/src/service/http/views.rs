@@ -289,3 +289,35 @@ pub struct UsageView {
     pub storage_byte_seconds: i64,
     pub this_month: MonthView,
 }
+
+/// The errors any tenant operation may answer, for its `#[utoipa::path]`.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum TenantErrors {
+    /// Missing or unknown API key
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// Refused: the admin key cannot act as a tenant, or (`POST /v1/jobs`) the
+    /// tier does not admit the job (`admission_refused`, naming the limit)
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Rate limited; `Retry-After` says when to try again
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The errors any operator operation may answer.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AdminErrors {
+    /// Missing Authorization
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// Not the admin key, or no admin key is configured
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The store is unavailable; retry after `Retry-After`
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
