@@ -94,13 +94,13 @@ fn invalid_specs_each_get_a_specific_message() {
         ),
         ("fps not offered", format!("{{{BASE}, \"fps\": 25}}"), Json, "fps", "25 is not an offered frame rate"),
         ("fps wrong type", format!("{{{BASE}, \"fps\": \"30\"}}"), Json, "fps", "invalid type: string"),
-        ("zero duration", format!("{{{BASE}, \"duration_s\": 0}}"), Json, "duration_s", "must be positive, got 0"),
+        ("zero duration", format!("{{{BASE}, \"duration_s\": 0}}"), Json, "duration_s", "must be at least 0.041666666666666664 s (one frame at the lowest offered rate), got 0"),
         (
             "negative duration",
             format!("{{{BASE}, \"duration_s\": -3}}"),
             Json,
             "duration_s",
-            "must be positive, got -3",
+            "(one frame at the lowest offered rate), got -3",
         ),
         (
             "absurd duration",
@@ -116,7 +116,7 @@ fn invalid_specs_each_get_a_specific_message() {
             "duration_s",
             "must be a finite number",
         ),
-        ("below one frame", format!("{{{BASE}, \"duration_s\": 0.001}}"), Json, "duration_s", "less than one frame"),
+        ("below one frame", format!("{{{BASE}, \"duration_s\": 0.001}}"), Json, "duration_s", "one frame at the lowest offered rate), got 0.001"),
         ("bad variant", format!("{{{BASE}, \"variant\": \"ultra\"}}"), Json, "variant", "unknown variant `ultra`"),
         ("bad lane", format!("{{{BASE}, \"lane\": \"asap\"}}"), Json, "lane", "unknown variant `asap`"),
         ("quality", format!("{{{BASE}, \"quality\": 0}}"), Json, "quality", "from 1 to 100, got 0"),
@@ -148,7 +148,7 @@ fn invalid_specs_each_get_a_specific_message() {
             "tiles",
             "below the post-process radius",
         ),
-        ("negative seed", format!("{{{BASE}, \"seed\": -1}}"), Json, "seed", "invalid value"),
+        ("negative seed", format!("{{{BASE}, \"seed\": -1}}"), Json, "seed", "-1 is out of range 0..=18446744073709551615"),
         (
             "unknown tiles field",
             format!("{{{BASE}, \"tiles\": {{\"columns\": 2}}}}"),

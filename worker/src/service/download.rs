@@ -74,7 +74,8 @@ pub struct EgressWrites(AtomicUsize);
         (status = 404, description = "No such job for this tenant", body = ErrorBody),
         (status = 409, description = "The job has no output (yet)", body = ErrorBody),
         (status = 410, description = "The output is no longer retained", body = ErrorBody),
-        (status = 416, description = "The range is not satisfiable, or several ranges were asked for", body = ErrorBody,
+        (status = 400, description = "A malformed Range header (one range only)", body = ErrorBody),
+        (status = 416, description = "The range is not satisfiable: past the clip's end, or empty", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
         TenantErrors,
     ),
@@ -96,12 +97,23 @@ pub(crate) async fn output(
     let len = file.metadata().await.map_err(|_| expired())?.len();
     // A Range the client sent but that cannot be served (not text, several
     // ranges, past the end) is a 416, never the whole clip billed in full.
-    let range = match headers.get(header::RANGE) {
+    // An empty Range header is no range (as if absent).
+    let range = match headers.get(header::RANGE).filter(|r| !r.is_empty()) {
         None => None,
-        Some(r) => match r.to_str().ok().and_then(|r| parse_range(r, len)) {
-            Some(r) => Some(r),
-            None => return Ok(unsatisfiable(len)),
-        },
+        Some(r) => {
+            let text = r.to_str().ok().filter(|t| well_formed(t)).ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "bad_range",
+                    "Range",
+                    "must be one range: bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX",
+                )
+            })?;
+            match parse_range(text, len) {
+                Some(r) => Some(r),
+                None => return Ok(unsatisfiable(len)),
+            }
+        }
     };
     let (start, count) = range.map_or((0, len), |(s, e)| (s, e - s + 1));
     let content_range = match range {
@@ -140,6 +152,21 @@ fn unsatisfiable(len: u64) -> Response {
         resp.headers_mut().insert(header::CONTENT_RANGE, v);
     }
     resp
+}
+
+/// Whether `h` is one byte range as the document's pattern writes it
+/// (`^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$`): a malformed header is
+/// a 400, a well-formed range the clip cannot serve a 416.
+fn well_formed(h: &str) -> bool {
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    match h.split_once('=') {
+        Some((unit, spec)) if unit.eq_ignore_ascii_case("bytes") => match spec.split_once('-') {
+            Some(("", last)) => !last.is_empty() && digits(last),
+            Some((first, last)) => !first.is_empty() && digits(first) && digits(last),
+            None => false,
+        },
+        _ => false,
+    }
 }
 
 /// One `bytes=` range of a representation of `len` bytes (exactly the
