@@ -130,6 +130,10 @@ fn a_lost_device_fails_every_job_and_readiness() {
     }
     assert!(matches!(ctx.check_errors(), Err(GpuError::DeviceLost(_))));
     assert!(ctx.device_lost().is_some());
+    // Counted once for `tessera_gpu_errors_total{kind="device_lost"}`, however many jobs it failed.
+    let kinds = tessera_worker::gpu::GpuErrorCounts::KINDS;
+    let counts: Vec<_> = kinds.iter().zip(ctx.error_counts().snapshot()).filter(|(_, n)| *n > 0).collect();
+    assert_eq!(counts, [(&"device_lost", 1)]);
 }
 
 fn clip() -> serde_json::Value {
@@ -201,4 +205,8 @@ fn a_poisoned_job_fails_alone_in_a_render_group(db: &TestStore) {
     };
     let shared = sample("tessera_submission_jobs_count") - sample("tessera_submission_jobs_bucket{le=\"1\"}");
     assert!(shared > 0.0, "no submission held both jobs");
+    // The poisoned job's error is counted, by kind, and nothing else is.
+    assert!(sample("tessera_gpu_errors_total{kind=\"validation\"}") >= 1.0);
+    assert_eq!(sample("tessera_gpu_errors_total{kind=\"uncaptured\"}"), 0.0);
+    assert_eq!(sample("tessera_gpu_errors_total{kind=\"device_lost\"}"), 0.0);
 }

@@ -98,9 +98,18 @@ fn exposition_passes_promtool() {
     m.record_attempt(&a, Outcome::Succeeded, TimingSource::Gpu, &t);
     m.record_output(&a, "1080p", 30, "general", 120, 2_380_000);
     m.record_charge(&a, "compute", 2469);
-    m.record_storage("t_1", 1 << 40);
-    m.record_egress("t_1", 123_456);
+    let book = tessera_metering::PriceBook::default_book();
+    m.record_storage(&book, "t_1", "mid", 1 << 40);
+    m.record_egress(&book, "t_1", "mid", 123_456);
     let text = m.render();
+    // The operator's storage and egress cost at the book's rates, rounded to
+    // micro-units: 1099.51 GB-s at 0.000000008 and 0.000123 GB at 0.09.
+    let cost = |bucket: &str| {
+        let series = format!("tessera_charges_total{{bucket=\"{bucket}\",currency=\"USD\",tenant=\"t_1\",tier=\"mid\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(cost("storage"), Some(0.000009), "{text}");
+    assert_eq!(cost("egress"), Some(0.000011), "{text}");
     for name in [
         tessera_metering::prom::GPU_SECONDS_TOTAL,
         tessera_metering::prom::GPU_ACCRUED_SECONDS_TOTAL,

@@ -358,11 +358,13 @@ fn kill9_mid_render_then_restart_completes_every_job_exactly_once(db: &TestStore
 
 fn metrics_endpoint_passes_promtool(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start_on(db, dir.path(), &[], &[]);
+    let s = Server::start_on(db, dir.path(), &["--ledger-metrics-s", "1"], &[]);
     let k = s.tenant("acme", "mid");
     let id = s.submit(&k, &tiny("standard"), None).json()["id"].as_str().unwrap().to_string();
-    s.wait(&k, &id, T);
-    std::thread::sleep(Duration::from_millis(1200));
+    let done = s.wait(&k, &id, T);
+    let charged: f64 = done["price"].as_str().map(|c| c.parse().unwrap()).unwrap_or_else(|| panic!("{done}"));
+    // The registry and the ledger are read every second here (the fleet metrics every 5 s).
+    std::thread::sleep(Duration::from_millis(5500));
     let text = String::from_utf8(http(&s.metrics, "GET", "/metrics", &[], b"").body).unwrap();
     for name in [
         "tessera_queue_depth",
@@ -373,6 +375,27 @@ fn metrics_endpoint_passes_promtool(db: &TestStore) {
     ] {
         assert!(text.contains(name), "{name} missing");
     }
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing from\n{text}"))
+    };
+    assert_eq!(value("tessera_jobs_submitted_total{lane=\"standard\"}"), 1.0);
+    assert_eq!(value("tessera_lane_max_wait_seconds{lane=\"urgent\"}"), 60.0);
+    assert_eq!(value("tessera_lane_max_wait_seconds{lane=\"bulk\"}"), 3600.0);
+    assert_eq!(value("tessera_fleet_workers{state=\"alive\"}"), 1.0);
+    assert_eq!(value("tessera_fleet_workers{state=\"missing\"}"), 0.0);
+    for kind in ["validation", "out_of_memory", "internal", "device_lost", "uncaptured"] {
+        assert_eq!(value(&format!("tessera_gpu_errors_total{{kind=\"{kind}\"}}")), 0.0);
+    }
+    // The ledger's total is the price counter's, and the tenant's other
+    // buckets exist at zero before they are ever used.
+    let price_line = text.lines().find(|l| l.starts_with("tessera_charges_total{bucket=\"price\"")).unwrap();
+    let tenant = price_line.split("tenant=\"").nth(1).and_then(|t| t.split('"').next()).unwrap();
+    let bucket = |b: &str| value(&format!("tessera_charges_total{{bucket=\"{b}\",currency=\"USD\",tenant=\"{tenant}\",tier=\"mid\"}}"));
+    assert_eq!(value("tessera_ledger_charges_total{currency=\"USD\"}"), charged);
+    assert_eq!(bucket("price"), charged);
+    assert_eq!(bucket("egress"), 0.0);
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

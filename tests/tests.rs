@@ -19,6 +19,7 @@ mod golden;
 mod gpu_errors;
 mod ledger;
 mod metering;
+mod prometheus;
 mod recovery;
 mod service;
 mod shaders;

@@ -47,6 +47,16 @@ pub const JOBS_IN_FLIGHT: &str = "tessera_jobs_in_flight";
 pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
 /// Histogram: jobs whose frames shared one GPU submission (grouping).
 pub const SUBMISSION_JOBS: &str = "tessera_submission_jobs";
+/// Jobs accepted by this worker's API, per lane.
+pub const JOBS_SUBMITTED_TOTAL: &str = "tessera_jobs_submitted_total";
+/// Each lane's wait SLO (gauge).
+pub const LANE_MAX_WAIT_SECONDS: &str = "tessera_lane_max_wait_seconds";
+/// The worker registry as this worker sees it, by state (alive, missing) (gauge).
+pub const FLEET_WORKERS: &str = "tessera_fleet_workers";
+/// GPU errors by kind (validation, out_of_memory, internal, device_lost, uncaptured).
+pub const GPU_ERRORS_TOTAL: &str = "tessera_gpu_errors_total";
+/// The fleet ledger's total price charged, read from the store.
+pub const LEDGER_CHARGES_TOTAL: &str = "tessera_ledger_charges_total";
 
 #[derive(Debug, Clone, Copy)]
 enum Scale {
@@ -147,6 +157,7 @@ pub struct Metrics {
     charges: Arc<ExactCounterVec>,
     storage: Arc<ExactCounterVec>,
     egress: Arc<ExactCounterVec>,
+    ledger_charges: Arc<ExactCounterVec>,
 }
 
 impl Metrics {
@@ -184,10 +195,17 @@ impl Metrics {
         );
         let egress =
             ExactCounterVec::new(EGRESS_BYTES_TOTAL, "Bytes of output served.", &["tenant"], Scale::Divide(1.0));
-        for c in [&gpu, &gpu_accrued, &output, &charges, &storage, &egress] {
+        let ledger_charges = ExactCounterVec::new(
+            LEDGER_CHARGES_TOTAL,
+            "The price charged over the fleet's whole ledger, as last read from the store.",
+            &["currency"],
+            Scale::Divide(1e6),
+        );
+        for c in [&gpu, &gpu_accrued, &output, &charges, &storage, &egress, &ledger_charges] {
             registry.register(Box::new(Exposed(c.clone()))).expect("metric names are unique");
         }
-        Self { registry, currency: currency.into(), gpu, gpu_accrued, output, charges, storage, egress }
+        let currency = currency.into();
+        Self { registry, currency, gpu, gpu_accrued, output, charges, storage, egress, ledger_charges }
     }
 
     /// The registry, for the worker's own metrics.
@@ -231,12 +249,45 @@ impl Metrics {
         self.charges.add(&[&a.tenant_id, &a.tier, bucket, &self.currency], u64::try_from(micros).unwrap_or(0));
     }
 
-    pub fn record_storage(&self, tenant_id: &str, byte_seconds: u64) {
+    /// Retained bytes over time, and their cost to the operator (bucket `storage`).
+    pub fn record_storage(&self, book: &crate::price::PriceBook, tenant_id: &str, tier: &str, byte_seconds: u64) {
         self.storage.add(&[tenant_id], byte_seconds);
+        let cost = per_gb_micros(byte_seconds, book.cost.storage_per_gb_second);
+        self.charges.add(&[tenant_id, tier, "storage", &self.currency], cost);
     }
 
-    pub fn record_egress(&self, tenant_id: &str, bytes: u64) {
+    /// Bytes served, and their cost to the operator (bucket `egress`).
+    pub fn record_egress(&self, book: &crate::price::PriceBook, tenant_id: &str, tier: &str, bytes: u64) {
         self.egress.add(&[tenant_id], bytes);
+        let cost = per_gb_micros(bytes, book.cost.egress_per_gb);
+        self.charges.add(&[tenant_id, tier, "egress", &self.currency], cost);
+    }
+
+    /// The ledger's total price as just read from the store. The ledger only
+    /// grows, so a smaller figure (a read racing a slower one) is ignored: the
+    /// counter never goes down.
+    pub fn set_ledger_charged(&self, micros: u64) {
+        let mut values = self.ledger_charges.values.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = values.entry(vec![self.currency.clone()]).or_insert(0);
+        *slot = (*slot).max(micros);
+    }
+
+    /// Creates a tenant's money and GPU-time series at zero, so that a
+    /// Prometheus `increase()` over a window sees its first job in full: a
+    /// series that appears with a value already on it loses that value to the
+    /// range functions (they only count increases between samples).
+    /// `timing` is this worker's timing source; labels no event would use are
+    /// not created.
+    pub fn touch_tenant(&self, tenant_id: &str, tier: &str, timing: TimingSource) {
+        for bucket in CHARGE_BUCKETS {
+            self.charges.add(&[tenant_id, tier, bucket, &self.currency], 0);
+        }
+        for pass in Pass::ALL {
+            for outcome in Outcome::ALL {
+                self.gpu.add(&[tenant_id, tier, pass.as_str(), outcome.as_str(), timing.as_str()], 0);
+            }
+            self.gpu_accrued.add(&[tenant_id, tier, pass.as_str(), timing.as_str()], 0);
+        }
     }
 
     /// Rebuilds the counters from ledger events (for example after a restart):
@@ -289,8 +340,12 @@ impl Metrics {
                         e.amount_micros,
                     );
                 }
-                EventKind::Storage => self.record_storage(&e.tenant_id, u64::try_from(e.quantity).unwrap_or(0)),
-                EventKind::Egress => self.record_egress(&e.tenant_id, u64::try_from(e.quantity).unwrap_or(0)),
+                EventKind::Storage => {
+                    self.record_storage(book, &e.tenant_id, &e.tier, u64::try_from(e.quantity).unwrap_or(0))
+                }
+                EventKind::Egress => {
+                    self.record_egress(book, &e.tenant_id, &e.tier, u64::try_from(e.quantity).unwrap_or(0))
+                }
             }
         }
         for (a, outcome, timing, totals) in attempts.into_values() {
@@ -321,6 +376,18 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The buckets of `tessera_charges_total`: the price tenants pay, then the
+/// operator's cost by what it pays for.
+pub const CHARGE_BUCKETS: [&str; 5] = ["price", "compute", "encode", "storage", "egress"];
+
+/// Operator cost in micro-units of `units` (bytes, or byte-seconds) at `rate` per 10^9 of them.
+fn per_gb_micros(units: u64, rate: rust_decimal::Decimal) -> u64 {
+    use rust_decimal::{Decimal, RoundingStrategy};
+    let cost = (Decimal::from(units) / Decimal::from(1_000_000_000u64) * rate)
+        .round_dp_with_strategy(6, RoundingStrategy::MidpointAwayFromZero);
+    u64::try_from(crate::price::to_micros(cost)).unwrap_or(0)
 }
 
 /// Operator cost in micro-units of an attempt's GPU time: (compute, encode).

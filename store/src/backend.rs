@@ -191,6 +191,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>>;
     async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals>;
     async fn gpu_ns_totals(&self) -> Result<GpuTotals>;
+    async fn ledger_charged_micros(&self) -> Result<i64>;
     async fn has_output(&self, job: &JobId) -> Result<bool>;
     /// Tries to change and delete recorded usage, which must fail: returns the
     /// errors of (update, delete), `None` where the ledger allowed it.

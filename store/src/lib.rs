@@ -366,6 +366,13 @@ impl Store {
         self.backend.gpu_ns_totals().await
     }
 
+    /// The price charged over the whole ledger, in micro-units (the sum of
+    /// every output event's amount): what the workers' `price` counters add
+    /// up to, and what the drift alert compares them with.
+    pub async fn ledger_charged_micros(&self) -> Result<i64> {
+        self.backend.ledger_charged_micros().await
+    }
+
     /// Whether the job already has its billable output.
     pub async fn has_output(&self, job: &JobId) -> Result<bool> {
         self.backend.has_output(job).await

@@ -747,6 +747,16 @@ impl Backend for SqliteBackend {
         rows.iter().map(|r| Ok(((r.text("tenant_id")?, r.text("pass")?, r.text("outcome")?), r.int("ns")?))).collect()
     }
 
+    async fn ledger_charged_micros(&self) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(amount_micros), 0) AS micros FROM usage_events WHERE kind = 'output'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .db()?;
+        row.int("micros")
+    }
+
     async fn has_output(&self, job: &JobId) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM usage_events WHERE id = ?")
             .bind(format!("{job}/output"))

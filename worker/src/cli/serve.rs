@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// How long archived clips are kept, hours.
     #[arg(long, default_value_t = 720)]
     pub retention_h: u64,
+    /// How often the ledger's total price is read for
+    /// `tessera_ledger_charges_total` (the drift alert's reference), seconds.
+    #[arg(long, default_value_t = 30)]
+    pub ledger_metrics_s: u64,
     /// Where this worker keeps its compiled pipelines (default:
     /// DATA/pipeline-cache/HOSTNAME, one per worker on a shared volume).
     #[arg(long, env = "TESSERA_PIPELINE_CACHE")]
@@ -65,9 +69,9 @@ pub struct ServeArgs {
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     let book = load_price_book(args.store.price_book.as_deref())?;
     let counts = [args.concurrency as u64, u64::from(args.max_attempts), u64::from(args.max_interruptions)];
-    if counts.contains(&0) || args.lease_s == 0 || args.group_max == 0 {
+    if counts.contains(&0) || args.lease_s == 0 || args.group_max == 0 || args.ledger_metrics_s == 0 {
         return Err(usage(anyhow::anyhow!(
-            "--concurrency, --max-attempts, --max-interruptions, --lease-s and --group-max must be at least 1"
+            "--concurrency, --max-attempts, --max-interruptions, --lease-s, --group-max and --ledger-metrics-s must be at least 1"
         )));
     }
     let mut config = ServeConfig::new(args.store.data.clone(), args.listen, args.metrics_listen);
@@ -86,6 +90,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.backoff_cap = Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms));
     config.bulk.max_wait = Duration::from_secs(args.bulk_max_wait_s);
     config.lease = Duration::from_secs(args.lease_s);
+    config.ledger_metrics_every = Duration::from_secs(args.ledger_metrics_s);
     config.retention = Duration::from_secs(args.retention_h * 3600);
     let ctx = Arc::new(GpuContext::open().map_err(runtime)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)?;

@@ -53,6 +53,38 @@ pub enum GpuError {
     DeviceLost(String),
 }
 
+/// GPU errors raised on one device since it was opened, by kind: what each
+/// job's error scopes caught ([`GpuContext::scoped`]), the device loss (at most
+/// one), and errors outside every scope. Exported as `tessera_gpu_errors_total`.
+#[derive(Debug, Default)]
+pub struct GpuErrorCounts {
+    pub validation: AtomicU64,
+    pub out_of_memory: AtomicU64,
+    pub internal: AtomicU64,
+    pub device_lost: AtomicU64,
+    pub uncaptured: AtomicU64,
+}
+
+impl GpuErrorCounts {
+    /// The label values of `kind`, in a fixed order.
+    pub const KINDS: [&'static str; 5] = ["validation", "out_of_memory", "internal", "device_lost", "uncaptured"];
+
+    /// The counts in the order of [`GpuErrorCounts::KINDS`].
+    pub fn snapshot(&self) -> [u64; 5] {
+        [&self.validation, &self.out_of_memory, &self.internal, &self.device_lost, &self.uncaptured]
+            .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn count(&self, e: &wgpu::Error) {
+        let counter = match e {
+            wgpu::Error::Validation { .. } => &self.validation,
+            wgpu::Error::OutOfMemory { .. } => &self.out_of_memory,
+            wgpu::Error::Internal { .. } => &self.internal,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One adapter as `tessera doctor` reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AdapterReport {
@@ -87,8 +119,8 @@ pub struct GpuContext {
     pub timestamps: bool,
     /// Why the device was lost, once it is: sticky, device-wide.
     lost: Arc<Mutex<Option<String>>>,
-    /// GPU errors no job's scope caught (see [`GpuContext::uncaptured_errors`]).
-    uncaptured: Arc<AtomicU64>,
+    /// GPU errors raised on this device, by kind (`tessera_gpu_errors_total`).
+    errors: Arc<GpuErrorCounts>,
     /// Compiled pipelines by key, reused across clips: compiling a ray-marching
     /// template takes seconds on some drivers.
     pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
@@ -216,8 +248,8 @@ impl GpuContext {
         };
         let (device, queue) = pollster::block_on(adapter.request_device(&desc))
             .map_err(|source| GpuError::RequestDevice { adapter: info.name.clone(), source })?;
-        let uncaptured: Arc<AtomicU64> = Arc::default();
-        let count = uncaptured.clone();
+        let errors: Arc<GpuErrorCounts> = Arc::default();
+        let count = errors.clone();
         // Every job's GPU work runs inside its own error scopes (see `scope`), so
         // an error that reaches this handler was raised outside any job: shared
         // setup such as the pipeline cache, or a call site that forgot its scope.
@@ -225,15 +257,19 @@ impl GpuContext {
         // next would fail an innocent one (the bug this replaced): it is logged
         // and counted, and fails nothing. The default handler would panic.
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            count.fetch_add(1, Ordering::Relaxed);
+            count.uncaptured.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "GPU error outside any job's error scope; no job is failed for it");
         }));
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let sink = lost.clone();
+        let count = errors.clone();
         device.set_device_lost_callback(move |reason, msg| {
             tracing::error!(?reason, %msg, "GPU device lost: every job on it fails");
             let mut lost = sink.lock().unwrap_or_else(|e| e.into_inner());
-            lost.get_or_insert_with(|| format!("{reason:?}: {msg}"));
+            if lost.is_none() {
+                count.device_lost.fetch_add(1, Ordering::Relaxed);
+                *lost = Some(format!("{reason:?}: {msg}"));
+            }
         });
         Ok(Self {
             adapter: AdapterReport::from_info(&info),
@@ -246,7 +282,7 @@ impl GpuContext {
             features,
             limits,
             lost,
-            uncaptured,
+            errors,
             pipelines: Mutex::default(),
             pipeline_reuse: std::sync::atomic::AtomicBool::new(true),
         })
@@ -316,7 +352,12 @@ impl GpuContext {
 
     /// How many GPU errors were raised outside every job's error scopes (logged, failing nothing).
     pub fn uncaptured_errors(&self) -> u64 {
-        self.uncaptured.load(Ordering::Relaxed)
+        self.errors.uncaptured.load(Ordering::Relaxed)
+    }
+
+    /// Every GPU error raised on this device so far, by kind.
+    pub fn error_counts(&self) -> &GpuErrorCounts {
+        &self.errors
     }
 
     /// Blocks until submission `index` is done (`None`: the latest submission),

@@ -65,7 +65,10 @@ impl GpuContext {
             return Err(GpuError::DeviceLost(why).into());
         }
         match caught {
-            Some(e) => Err(GpuError::from(e).into()),
+            Some(e) => {
+                self.errors.count(&e);
+                Err(GpuError::from(e).into())
+            }
             None => result,
         }
     }

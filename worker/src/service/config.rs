@@ -61,6 +61,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Lowest PSNR (dB) a clip's sampled frame may have after encoding.
     pub psnr_floor_db: f64,
+    /// How often the ledger's total price is read for its metric: a sum over
+    /// one index entry per job, so not every second.
+    pub ledger_metrics_every: Duration,
 }
 
 impl ServeConfig {
@@ -88,6 +91,7 @@ impl ServeConfig {
             rate_limit_per_s: 50,
             max_body_bytes: 64 * 1024,
             psnr_floor_db: 25.0,
+            ledger_metrics_every: Duration::from_secs(30),
         }
     }
 

@@ -301,7 +301,7 @@ impl Pending {
                     // before its error came back, and was never counted.
                     if taken.first() == Some(&true) || failed {
                         let bytes = u64::try_from(self.event.quantity).unwrap_or(0);
-                        self.svc.metrics.record_egress(&self.event.tenant_id, bytes);
+                        self.svc.metrics.record_egress(&self.svc.book, &self.event.tenant_id, &self.event.tier, bytes);
                     }
                     self.written = true;
                     return;

@@ -1,7 +1,18 @@
-//! The service's queue and job metrics, registered next to the usage counters.
+//! The service's queue, job, fleet and GPU-error metrics, registered next to
+//! the usage counters.
 
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{Counter, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus_names::*;
 use tessera_metering::prom as prometheus_names;
+
+use crate::gpu::{GpuContext, GpuErrorCounts};
+
+/// The `outcome` label values of `tessera_jobs_total`.
+pub const JOB_OUTCOMES: [&str; 7] =
+    ["succeeded", "cancelled", "dead", "retried", "interrupted", "abandoned", "unsettled"];
 
 /// Scheduler and runner metrics.
 #[derive(Debug, Clone)]
@@ -15,10 +26,14 @@ pub struct ServiceMetrics {
     pub in_flight: prometheus::IntGauge,
     pub concurrency_limit: prometheus::IntGauge,
     pub submission_jobs: prometheus::Histogram,
+    pub submitted: prometheus::IntCounterVec,
+    pub lane_max_wait: prometheus::GaugeVec,
+    pub fleet_workers: prometheus::IntGaugeVec,
 }
 
 impl ServiceMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    /// Registers the metrics; GPU errors are read from `ctx` when scraped.
+    pub fn register(registry: &prometheus::Registry, ctx: Arc<GpuContext>) -> prometheus::Result<Self> {
         let buckets = vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
         let m = Self {
             queue_depth: prometheus::IntGaugeVec::new(
@@ -52,6 +67,24 @@ impl ServiceMetrics {
                 prometheus::HistogramOpts::new(SUBMISSION_JOBS, "Jobs whose frames shared one GPU submission.")
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
             )?,
+            submitted: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(JOBS_SUBMITTED_TOTAL, "Jobs accepted by this worker's API, per lane."),
+                &["lane"],
+            )?,
+            lane_max_wait: prometheus::GaugeVec::new(
+                prometheus::Opts::new(
+                    LANE_MAX_WAIT_SECONDS,
+                    "Queue wait after which a lane's job goes ahead of every lane (its max wait).",
+                ),
+                &["lane"],
+            )?,
+            fleet_workers: prometheus::IntGaugeVec::new(
+                prometheus::Opts::new(
+                    FLEET_WORKERS,
+                    "Workers in the fleet's registry by state: alive, or missing (heartbeat overdue, not stopped).",
+                ),
+                &["state"],
+            )?,
         };
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.oldest_age.clone()))?;
@@ -62,7 +95,75 @@ impl ServiceMetrics {
         registry.register(Box::new(m.in_flight.clone()))?;
         registry.register(Box::new(m.concurrency_limit.clone()))?;
         registry.register(Box::new(m.submission_jobs.clone()))?;
+        registry.register(Box::new(m.submitted.clone()))?;
+        registry.register(Box::new(m.lane_max_wait.clone()))?;
+        registry.register(Box::new(m.fleet_workers.clone()))?;
+        registry.register(Box::new(GpuErrors::new(ctx)?))?;
+        // Every lane's series exist at zero from the start, so that range
+        // functions (`increase()` in the alerts) see a lane's first job,
+        // dead letter or breach instead of a series born at 1.
+        for lane in tessera_metering::Lane::ALL.map(|l| l.as_str()) {
+            for outcome in JOB_OUTCOMES {
+                m.jobs.with_label_values(&[lane, outcome]);
+            }
+            m.sla_breaches.with_label_values(&[lane]);
+            m.submitted.with_label_values(&[lane]);
+            m.queue_wait.with_label_values(&[lane]);
+            m.run_time.with_label_values(&[lane]);
+        }
         Ok(m)
+    }
+}
+
+/// `tessera_gpu_errors_total`, read from the device's own counts when scraped
+/// (they are kept where the errors are caught, in the GPU layer).
+struct GpuErrors {
+    desc: Desc,
+    ctx: Arc<GpuContext>,
+}
+
+impl std::fmt::Debug for GpuErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuErrors").finish_non_exhaustive()
+    }
+}
+
+impl GpuErrors {
+    const HELP: &'static str = "GPU errors by kind: caught by a job's error scope (validation, out_of_memory, internal), the device loss, or outside every scope (uncaptured).";
+
+    fn new(ctx: Arc<GpuContext>) -> prometheus::Result<Self> {
+        let desc = Desc::new(GPU_ERRORS_TOTAL.into(), Self::HELP.into(), vec!["kind".into()], Default::default())?;
+        Ok(Self { desc, ctx })
+    }
+}
+
+impl Collector for GpuErrors {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let counts = self.ctx.error_counts().snapshot();
+        let metrics = GpuErrorCounts::KINDS
+            .iter()
+            .zip(counts)
+            .map(|(kind, n)| {
+                let mut label = LabelPair::default();
+                label.set_name("kind".into());
+                label.set_value(kind.to_string());
+                let mut counter = Counter::default();
+                counter.set_value(n as f64);
+                let mut m = Metric::from_label(vec![label]);
+                m.set_counter(counter);
+                m
+            })
+            .collect();
+        let mut family = MetricFamily::default();
+        family.set_name(GPU_ERRORS_TOTAL.into());
+        family.set_help(Self::HELP.into());
+        family.set_field_type(MetricType::COUNTER);
+        family.set_metric(metrics);
+        vec![family]
     }
 }
 

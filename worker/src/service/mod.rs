@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_metering::event::now_ms;
-use tessera_metering::{Metrics, PriceBook};
+use tessera_metering::{Lane, Metrics, PriceBook};
 use tessera_store::{JobId, Store, StoreError, WorkerId, WorkerInfo};
 
 pub use config::ServeConfig;
@@ -90,7 +90,11 @@ impl Service {
             tracing::info!("compiled pipelines persist in {}", config.pipeline_cache.display());
         }
         let metrics = Metrics::new(&book.currency);
-        let svc_metrics = metrics::ServiceMetrics::register(metrics.registry())?;
+        let svc_metrics = metrics::ServiceMetrics::register(metrics.registry(), ctx.clone())?;
+        for lane in Lane::ALL {
+            let max_wait = config.lane(lane).max_wait.as_secs_f64();
+            svc_metrics.lane_max_wait.with_label_values(&[lane.as_str()]).set(max_wait);
+        }
         let controller = metrics::ConcurrencyController::new(config.initial_concurrency, config.max_concurrency);
         svc_metrics.concurrency_limit.set(controller.limit as i64);
         // One submission can be split between jobs only by GPU timestamps.
@@ -149,6 +153,22 @@ impl Service {
 
     fn limit(&self) -> usize {
         self.controller.lock().unwrap_or_else(|e| e.into_inner()).limit
+    }
+
+    /// Whether a registered worker counts as alive at `now_ms`: not stopped,
+    /// and heartbeating (every second) within a lease, or 3 s at least.
+    pub fn worker_alive(&self, w: &tessera_store::Worker, now_ms: i64) -> bool {
+        let alive_within = (self.config.lease.as_millis() as i64).max(3_000);
+        w.stopped_at_ms.is_none() && now_ms - w.last_heartbeat_ms <= alive_within
+    }
+
+    /// How this worker's GPU passes are timed (a label of the GPU-time metrics).
+    pub fn timing(&self) -> tessera_metering::TimingSource {
+        if self.ctx.timestamps {
+            tessera_metering::TimingSource::Gpu
+        } else {
+            tessera_metering::TimingSource::Host
+        }
     }
 
     pub fn in_flight(&self) -> usize {

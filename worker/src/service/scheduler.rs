@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_metering::event::now_ms;
-use tessera_metering::{AttemptRef, Lane, Outcome, PassTimes, TimingSource};
+use tessera_metering::{AttemptRef, Lane, Outcome, PassTimes};
 
 use super::{attempt, upkeep, Service};
 
@@ -38,6 +38,12 @@ pub(super) async fn run(svc: Arc<Service>) {
             heartbeat_worker(&svc).await;
             queue_metrics(&svc).await;
         }
+        if due.check("fleet", Duration::from_secs(5)) {
+            fleet_metrics(&svc).await;
+        }
+        if due.check("ledger", svc.config.ledger_metrics_every) {
+            ledger_metrics(&svc).await;
+        }
         if due.check("concurrency", Duration::from_secs(2)) {
             let limit = svc.controller.lock().unwrap_or_else(|e| e.into_inner()).adjust(svc.in_flight());
             svc.svc_metrics.concurrency_limit.set(limit as i64);
@@ -53,6 +59,37 @@ pub(super) async fn run(svc: Arc<Service>) {
         if due.check("sweep", sweep_every) {
             upkeep::sweep(&svc, lead_ttl).await;
         }
+    }
+}
+
+/// The registry's alive and missing workers, and a zero series for every
+/// tenant's money and GPU time (see `Metrics::touch_tenant`): tenants created
+/// through another worker show up here within one period.
+async fn fleet_metrics(svc: &Service) {
+    match svc.store.workers().await {
+        Ok(workers) => {
+            let now = now_ms();
+            let alive = workers.iter().filter(|w| svc.worker_alive(w, now)).count() as i64;
+            let missing = workers.iter().filter(|w| w.stopped_at_ms.is_none()).count() as i64 - alive;
+            svc.svc_metrics.fleet_workers.with_label_values(&["alive"]).set(alive);
+            svc.svc_metrics.fleet_workers.with_label_values(&["missing"]).set(missing);
+        }
+        Err(e) => svc.errors.warn("reading the worker registry", &e),
+    }
+    match svc.store.tenants().await {
+        Ok(tenants) => {
+            for t in &tenants {
+                svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.timing());
+            }
+        }
+        Err(e) => svc.errors.warn("listing tenants for their metrics", &e),
+    }
+}
+
+async fn ledger_metrics(svc: &Service) {
+    match svc.store.ledger_charged_micros().await {
+        Ok(micros) => svc.metrics.set_ledger_charged(u64::try_from(micros).unwrap_or(0)),
+        Err(e) => svc.errors.warn("reading the ledger's total charges", &e),
     }
 }
 
@@ -76,6 +113,11 @@ impl Due {
 
 /// Claims and starts attempts while there is room under the limit.
 async fn dispatch(svc: &Arc<Service>) {
+    // A lost device stays lost: claiming would only fail jobs that a healthy
+    // worker can run. They stay queued for the fleet; readiness is already 503.
+    if svc.ctx.device_lost().is_some() {
+        return;
+    }
     let lease_ms = svc.config.lease.as_millis() as i64;
     while !svc.shutting_down() && svc.in_flight() < svc.limit() {
         match svc.store.claim(&svc.worker, lease_ms).await {
@@ -99,7 +141,7 @@ async fn reap(svc: &Service) {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("reaping expired leases", &e),
     };
-    let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    let timing = svc.timing();
     for r in &reaped {
         tracing::warn!(lease = %r.lease, state = %r.job.state, "requeued the attempt of a lost worker");
         let a = AttemptRef {

@@ -84,7 +84,7 @@ async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
     match svc.store.append(&events).await {
         Ok(inserted) => {
             for (e, _) in events.iter().zip(inserted).filter(|(_, new)| *new) {
-                svc.metrics.record_storage(&e.tenant_id, u64::try_from(e.quantity).unwrap_or(0));
+                svc.metrics.record_storage(&svc.book, &e.tenant_id, &e.tier, u64::try_from(e.quantity).unwrap_or(0));
             }
         }
         Err(e) => svc.errors.warn("metering storage", &e),

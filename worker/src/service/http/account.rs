@@ -36,14 +36,10 @@ use crate::spec::{self, SpecFormat, SpecLimits};
 pub(super) async fn workers(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<WorkerList>> {
     admin(&svc, &headers, "listing workers")?;
     let now = tessera_metering::event::now_ms();
-    let alive_within = (svc.config.lease.as_millis() as i64).max(3_000);
     let workers = svc.store.workers().await.map_err(ApiError::store)?;
     let workers = workers
         .iter()
-        .map(|w| {
-            let alive = w.stopped_at_ms.is_none() && now - w.last_heartbeat_ms <= alive_within;
-            WorkerView::new(w, alive, w.info.id == svc.worker)
-        })
+        .map(|w| WorkerView::new(w, svc.worker_alive(w, now), w.info.id == svc.worker))
         .collect();
     Ok(Json(WorkerList { workers }))
 }
@@ -97,6 +93,7 @@ pub(super) async fn create_tenant(
         StoreError::UnknownTier { .. } => unprocessable("tier", &e.to_string()),
         other => ApiError::store(other),
     })?;
+    svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.timing());
     let created = TenantCreated { id: t.id.to_string(), name: t.name, tier: t.tier, api_key };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }

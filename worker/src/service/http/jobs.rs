@@ -124,6 +124,7 @@ pub(super) async fn submit(
     match submitted {
         Submitted::New { job, warnings } => {
             svc.wake.notify_one();
+            svc.svc_metrics.submitted.with_label_values(&[job.lane.as_str()]).inc();
             let mut v = JobView::new(&job, &svc.book.currency);
             v.warnings = Some(warnings);
             let location = format!("/v1/jobs/{}", job.id);
