@@ -47,6 +47,16 @@ pub const JOBS_IN_FLIGHT: &str = "tessera_jobs_in_flight";
 pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
 /// Histogram: jobs whose frames shared one GPU submission (grouping).
 pub const SUBMISSION_JOBS: &str = "tessera_submission_jobs";
+/// Jobs accepted by this worker's API, per lane.
+pub const JOBS_SUBMITTED_TOTAL: &str = "tessera_jobs_submitted_total";
+/// Each lane's wait SLO (gauge).
+pub const LANE_MAX_WAIT_SECONDS: &str = "tessera_lane_max_wait_seconds";
+/// The worker registry as this worker sees it, by state (alive, missing) (gauge).
+pub const FLEET_WORKERS: &str = "tessera_fleet_workers";
+/// GPU errors by kind (validation, out_of_memory, internal, device_lost, uncaptured).
+pub const GPU_ERRORS_TOTAL: &str = "tessera_gpu_errors_total";
+/// The fleet ledger's total price charged, read from the store.
+pub const LEDGER_CHARGES_TOTAL: &str = "tessera_ledger_charges_total";
 
 #[derive(Debug, Clone, Copy)]
 enum Scale {
