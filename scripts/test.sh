@@ -14,6 +14,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/check-ops.sh
 log=$(mktemp)
 pgdir=""
 cleanup() {
