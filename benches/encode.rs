@@ -3,7 +3,10 @@
 //! and `ffmpeg -c:v mjpeg` at the `-q:v` whose PSNR is closest to ours; at 1080p
 //! and 4K. Prints a Markdown table with frames per second, bytes and PSNR.
 //!
-//! `cargo bench --bench encode`; `TESSERA_BENCH_FRAMES` (default 10) frames per case.
+//! `cargo bench --bench encode`; `TESSERA_BENCH_FRAMES` (default 10) frames per
+//! case; `TESSERA_BENCH_SIZES=WxH[,WxH...]` (default `1920x1080,3840x2160`) the
+//! frame sizes, each rendered with 2x2 tiles below 2560 px wide and 3x3 from
+//! there (at least 128 px a side; 192 px with 3x3).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -135,8 +138,23 @@ fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyh
     Ok(rows)
 }
 
+/// `WxH[,WxH...]` from `TESSERA_BENCH_SIZES`, else 1080p and 4K; with the tiles
+/// each is rendered with (the frame encoded is the stitched whole).
+fn sizes_from_env() -> anyhow::Result<Vec<(u32, u32, u32)>> {
+    let raw = std::env::var("TESSERA_BENCH_SIZES").unwrap_or_else(|_| "1920x1080,3840x2160".into());
+    raw.split(',')
+        .map(|s| {
+            let (w, h) = s.trim().split_once('x').with_context(|| format!("`{s}` is not WxH"))?;
+            let (w, h): (u32, u32) = (w.parse()?, h.parse()?);
+            anyhow::Ok((w, h, if w >= 2560 { 3 } else { 2 }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("TESSERA_BENCH_SIZES=`{raw}`: expected WxH[,WxH...]"))
+}
+
 fn main() -> anyhow::Result<()> {
     let frames: u32 = std::env::var("TESSERA_BENCH_FRAMES").ok().map(|s| s.parse()).transpose()?.unwrap_or(10);
+    let sizes = sizes_from_env()?;
     let ctx = GpuContext::open().context("opening the GPU")?;
     println!(
         "adapter: {} ({}, {}), timing {}, {frames} frames per case, quality {QUALITY}\n",
@@ -147,7 +165,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| size | encoder | fps | vs GPU | bytes | PSNR dB | notes |");
     println!("|---|---|---|---|---|---|---|");
-    for (w, h, tiles) in [(1920u32, 1080u32, 2u32), (3840, 2160, 3)] {
+    for (w, h, tiles) in sizes {
         let rows = bench_size(&ctx, w, h, tiles, frames)?;
         let gpu_fps = rows[0].fps;
         for r in rows {

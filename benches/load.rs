@@ -4,7 +4,11 @@
 //! per-job overhead with and without pipeline reuse and with and without
 //! grouping jobs into shared GPU submissions, all measured in the same run.
 //!
-//! `cargo bench --bench load`; `TESSERA_BENCH_JOBS` (default 60) jobs per round.
+//! `cargo bench --bench load`; `TESSERA_BENCH_JOBS` (default 60) jobs per round,
+//! `TESSERA_BENCH_CONCURRENCY` (default 8) the starting concurrency limit (the
+//! maximum is twice that), `TESSERA_BENCH_GROUP` (default 8) the most jobs per
+//! shared submission, `TESSERA_BENCH_SUBMIT_FRAMES` (default 24) frames per job
+//! in the GPU-level submissions table.
 //! Grouping needs GPU timestamps: on a software adapter (lavapipe) run it with
 //! `TESSERA_TIMING=gpu` to measure it (its timestamps then meter too little).
 
@@ -102,6 +106,8 @@ fn main() -> anyhow::Result<()> {
     let n = env("TESSERA_BENCH_JOBS", 60)?;
     let concurrency = env("TESSERA_BENCH_CONCURRENCY", 8)?;
     let group_max = env("TESSERA_BENCH_GROUP", 8)?;
+    let submit_frames = u32::try_from(env("TESSERA_BENCH_SUBMIT_FRAMES", 24)?)?;
+    anyhow::ensure!(submit_frames > 0, "TESSERA_BENCH_SUBMIT_FRAMES must be at least 1");
     let dir = tempfile::tempdir()?;
     let ctx = Arc::new(GpuContext::open()?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -126,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     if ctx.timestamps {
-        submission_overhead(&ctx)?;
+        submission_overhead(&ctx, submit_frames)?;
     }
     ctx.set_pipeline_reuse(false);
     svc.groups.set_max(1);
@@ -163,9 +169,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// GPU level, without the service: the next frame of `k` jobs rendered one
-/// submission each, then all in one submission; milliseconds per job-frame.
-fn submission_overhead(ctx: &GpuContext) -> anyhow::Result<()> {
-    println!("\nGPU submissions (orbit, JPEG readback, 24 frames per job, best of 3):");
+/// submission each, then all in one submission, `frames` times; milliseconds
+/// per job-frame.
+fn submission_overhead(ctx: &GpuContext, frames: u32) -> anyhow::Result<()> {
+    println!("\nGPU submissions (orbit, JPEG readback, {frames} frames per job, best of 3):");
     println!(
         "| frame | jobs | one submission per job, ms per job-frame | one shared submission | saved per job-frame |"
     );
@@ -180,18 +187,18 @@ fn submission_overhead(ctx: &GpuContext) -> anyhow::Result<()> {
             for r in &mut jobs {
                 r.render_frame(0, Readback::Jpeg)?;
             }
-            let per_job_frame = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / (24 * k) as f64;
+            let per_job_frame = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / (frames as usize * k) as f64;
             let (mut alone, mut shared) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..3 {
                 let t = Instant::now();
-                for i in 0..24 {
+                for i in 0..frames {
                     for r in &mut jobs {
                         r.render_frame(i, Readback::Jpeg)?;
                     }
                 }
                 alone = alone.min(per_job_frame(t));
                 let t = Instant::now();
-                for i in 0..24 {
+                for i in 0..frames {
                     // As the worker's render groups do: a command buffer per job, one submit.
                     let shared = submit_shared(ctx, &mut jobs, |r| r.record_commands(i, Readback::Jpeg, false));
                     for (r, submitted) in jobs.iter_mut().zip(shared.jobs) {

@@ -293,8 +293,9 @@ fn main() -> anyhow::Result<()> {
     }
     for (backend, n, plan) in plans {
         println!(
-            "\nclaim plan on {backend} with {n} queued (~{} left after the bench's claims):\n{plan}",
-            n - n.min(1_000) / 2 - 4 * (n.min(1_000) / 8)
+            "\nclaim plan on {backend} with {n} queued (~{} left after the bench's claims):\n\n```text\n{}\n```",
+            n - n.min(1_000) / 2 - 4 * (n.min(1_000) / 8),
+            plan.trim_end()
         );
     }
     println!("\n| backend | add to start mean ms | p50 ms | p99 ms | wake-up |");

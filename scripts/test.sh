@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set-up, formatting, lints, then every test (GPU tests run on
-# Mesa lavapipe where there is no GPU). Store tests run on SQLite and on a
+# Mesa lavapipe where there is no GPU), then every bench at toy sizes
+# (`scripts/gpu-bench.sh --small`, its section in target/gpu-bench/ci.md). Store tests run on SQLite and on a
 # throwaway PostgreSQL cluster this script starts (and stops), unless
 # TESSERA_TEST_POSTGRES already names a server; without PostgreSQL those tests
 # are skipped loudly (TESSERA_REQUIRE_POSTGRES=1 makes that a failure, as in CI).
@@ -37,6 +38,9 @@ if [[ -z "${TESSERA_TEST_POSTGRES:-}" ]]; then
   fi
 fi
 cargo test --workspace --locked 2>&1 | tee "$log"
+# Every bench at toy sizes on the dev build above, so that the GPU node's bench
+# script (and the benches) cannot rot; reuses the PostgreSQL started above.
+bash scripts/gpu-bench.sh --small --out target/gpu-bench/ci.md >/dev/null
 # The API contract: schemathesis (every phase, every check) against a live
 # worker built by the tests above, serving its own /openapi.json.
 if [[ -x target/st-venv/bin/st ]]; then
