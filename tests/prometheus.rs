@@ -216,13 +216,21 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(dir: &Path, targets: &[&str]) -> Prometheus {
-        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+        // The rules as shipped, but with every group evaluated each scrape
+        // (the billing group runs once a minute in production).
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+        let mut rule_files = Vec::new();
+        for name in ["recording.rules.yml", "alerts.rules.yml"] {
+            let text = std::fs::read_to_string(shipped.join(name)).unwrap();
+            let path = dir.join(name);
+            std::fs::write(&path, text.replace("interval: 1m", &format!("interval: {SCRAPE_S}s"))).unwrap();
+            rule_files.push(format!("  - {}\n", path.display()));
+        }
         let config = format!(
             "global:\n  scrape_interval: {SCRAPE_S}s\n  evaluation_interval: {SCRAPE_S}s\n\
-             rule_files:\n  - {}\n  - {}\n\
+             rule_files:\n{}\
              scrape_configs:\n  - job_name: tessera\n    static_configs:\n      - targets: [{}]\n",
-            rules.join("recording.rules.yml").display(),
-            rules.join("alerts.rules.yml").display(),
+            rule_files.concat(),
             targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", "),
         );
         let config_path = dir.join("prometheus.yml");
