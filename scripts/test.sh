@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: set-up, formatting, lints, then every test (GPU tests run on
+# The test command: set-up, formatting, lints, the deploy checks (Dockerfile,
+# Kubernetes manifests), then every test (GPU tests run on
 # Mesa lavapipe where there is no GPU). Store tests run on SQLite and on a
 # throwaway PostgreSQL cluster this script starts (and stops), unless
 # TESSERA_TEST_POSTGRES already names a server; without PostgreSQL those tests
@@ -14,6 +15,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/check-deploy.sh
 log=$(mktemp)
 pgdir=""
 cleanup() {
