@@ -291,8 +291,13 @@ def check_kustomization(directory, problems):
 
 
 def git_ignores(path):
-    r = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT, capture_output=True)
-    return r.returncode == 0
+    """False only when git says it would track the file (outside a work tree,
+    e.g. an exported source tree, there is nothing to leak)."""
+    try:
+        r = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT, capture_output=True)
+    except FileNotFoundError:
+        return True
+    return r.returncode != 1
 
 
 def pod_spec(doc):
