@@ -1,13 +1,14 @@
 //! The `tessera` command line.
 //!
 //! `render` (optionally metered for a tenant), `check`, `quote`, `tenants`,
-//! `usage` (export, import, metrics), `templates`, `doctor`. Exit codes: 0
+//! `usage` (export, import, metrics), `templates`, `doctor`, `loadtest`. Exit codes: 0
 //! success, 1 a runtime failure (GPU, disk, store), 2 invalid input (usage
 //! error, bad spec, unreadable file, refused admission). Errors print their whole
 //! chain on stderr; nothing panics on bad input.
 
 mod billing;
 mod info;
+mod loadtest;
 mod render;
 mod serve;
 
@@ -122,6 +123,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load a deployed worker or fleet over HTTP: open-loop submissions at a
+    /// fixed rate, then queue wait, run time, throughput, errors and cost.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -176,6 +180,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Usage(cmd) => billing::usage_cmd(cmd),
         Command::Templates { json } => info::templates(json),
         Command::Doctor { json } => info::doctor(json),
+        Command::Loadtest(args) => loadtest::loadtest(args),
     }
 }
 
