@@ -18,6 +18,7 @@ mod fleet;
 mod golden;
 mod gpu_errors;
 mod ledger;
+mod loadtest;
 mod metering;
 mod prometheus;
 mod recovery;

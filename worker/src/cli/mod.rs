@@ -2,7 +2,8 @@
 //!
 //! `render` (optionally metered for a tenant), `check`, `quote`, `tenants`,
 //! `usage` (export, import, metrics), `templates`, `doctor`, `health` (an HTTP
-//! probe for images without curl). Exit codes: 0
+//! probe for images without curl), `loadtest` (open-loop load on a deployed
+//! worker or fleet). Exit codes: 0
 //! success, 1 a runtime failure (GPU, disk, store), 2 invalid input (usage
 //! error, bad spec, unreadable file, refused admission). Errors print their whole
 //! chain on stderr; nothing panics on bad input.
@@ -10,6 +11,7 @@
 mod billing;
 mod health;
 mod info;
+mod loadtest;
 mod render;
 mod serve;
 
@@ -126,6 +128,9 @@ pub enum Command {
     },
     /// Probe a worker over HTTP (GET, default /readyz on 127.0.0.1:8080): exit 0 on a 2xx, 1 otherwise.
     Health(health::HealthArgs),
+    /// Load a deployed worker or fleet over HTTP: open-loop submissions at a
+    /// fixed rate, then queue wait, run time, throughput, errors and cost.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -181,6 +186,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Templates { json } => info::templates(json),
         Command::Doctor { json } => info::doctor(json),
         Command::Health(args) => health::health(args),
+        Command::Loadtest(args) => loadtest::loadtest(args),
     }
 }
 
