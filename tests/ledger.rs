@@ -105,7 +105,8 @@ fn exposition_passes_promtool() {
     // The operator's storage and egress cost at the book's rates, rounded to
     // micro-units: 1099.51 GB-s at 0.000000008 and 0.000123 GB at 0.09.
     let cost = |bucket: &str| {
-        let series = format!("tessera_charges_total{{bucket=\"{bucket}\",currency=\"USD\",tenant=\"t_1\",tier=\"mid\"}} ");
+        let series =
+            format!("tessera_charges_total{{tenant=\"t_1\",tier=\"mid\",bucket=\"{bucket}\",currency=\"USD\"}} ");
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(|v| v.parse::<f64>().unwrap())
     };
     assert_eq!(cost("storage"), Some(0.000009), "{text}");

@@ -390,9 +390,12 @@ fn metrics_endpoint_passes_promtool(db: &TestStore) {
     }
     // The ledger's total is the price counter's, and the tenant's other
     // buckets exist at zero before they are ever used.
-    let price_line = text.lines().find(|l| l.starts_with("tessera_charges_total{bucket=\"price\"")).unwrap();
+    let price_line =
+        text.lines().find(|l| l.starts_with("tessera_charges_total{") && l.contains("bucket=\"price\"")).unwrap();
     let tenant = price_line.split("tenant=\"").nth(1).and_then(|t| t.split('"').next()).unwrap();
-    let bucket = |b: &str| value(&format!("tessera_charges_total{{bucket=\"{b}\",currency=\"USD\",tenant=\"{tenant}\",tier=\"mid\"}}"));
+    let bucket = |b: &str| {
+        value(&format!("tessera_charges_total{{tenant=\"{tenant}\",tier=\"mid\",bucket=\"{b}\",currency=\"USD\"}}"))
+    };
     assert_eq!(value("tessera_ledger_charges_total{currency=\"USD\"}"), charged);
     assert_eq!(bucket("price"), charged);
     assert_eq!(bucket("egress"), 0.0);

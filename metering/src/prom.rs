@@ -49,7 +49,7 @@ pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
 pub const SUBMISSION_JOBS: &str = "tessera_submission_jobs";
 /// Jobs accepted by this worker's API, per lane.
 pub const JOBS_SUBMITTED_TOTAL: &str = "tessera_jobs_submitted_total";
-/// Each lane's wait SLO (gauge).
+/// Each lane's max wait, past which a queued job goes ahead of every lane (gauge).
 pub const LANE_MAX_WAIT_SECONDS: &str = "tessera_lane_max_wait_seconds";
 /// The worker registry as this worker sees it, by state (alive, missing) (gauge).
 pub const FLEET_WORKERS: &str = "tessera_fleet_workers";

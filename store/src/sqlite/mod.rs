@@ -748,12 +748,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn ledger_charged_micros(&self) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(amount_micros), 0) AS micros FROM usage_events WHERE kind = 'output'",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .db()?;
+        let row =
+            sqlx::query("SELECT COALESCE(SUM(amount_micros), 0) AS micros FROM usage_events WHERE kind = 'output'")
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
         row.int("micros")
     }
 
