@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tessera_metering::clock::format_seconds;
 use tessera_metering::event::now_ms;
-use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
+use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook};
 use tessera_store::{JobId, Reservation, Store, StoreError, Tenant};
 
 use super::{load_price_book, read_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
@@ -176,7 +176,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
             return Err(e);
         }
     };
-    let timing = if ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    let timing = ctx.timing_source();
     let Some(m) = metered else {
         let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), &mut |_, _| {
             bar.inc(1);

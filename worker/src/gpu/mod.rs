@@ -355,6 +355,16 @@ impl GpuContext {
         self.errors.uncaptured.load(Ordering::Relaxed)
     }
 
+    /// How this device's passes are timed: the `timing` label of every GPU-time
+    /// metric and ledger event it produces.
+    pub fn timing_source(&self) -> tessera_metering::TimingSource {
+        if self.timestamps {
+            tessera_metering::TimingSource::Gpu
+        } else {
+            tessera_metering::TimingSource::Host
+        }
+    }
+
     /// Every GPU error raised on this device so far, by kind.
     pub fn error_counts(&self) -> &GpuErrorCounts {
         &self.errors

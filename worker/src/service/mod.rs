@@ -162,15 +162,6 @@ impl Service {
         w.stopped_at_ms.is_none() && now_ms - w.last_heartbeat_ms <= alive_within
     }
 
-    /// How this worker's GPU passes are timed (a label of the GPU-time metrics).
-    pub fn timing(&self) -> tessera_metering::TimingSource {
-        if self.ctx.timestamps {
-            tessera_metering::TimingSource::Gpu
-        } else {
-            tessera_metering::TimingSource::Host
-        }
-    }
-
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }

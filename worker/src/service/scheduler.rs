@@ -79,7 +79,7 @@ async fn fleet_metrics(svc: &Service) {
     match svc.store.tenants().await {
         Ok(tenants) => {
             for t in &tenants {
-                svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.timing());
+                svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.ctx.timing_source());
             }
         }
         Err(e) => svc.errors.warn("listing tenants for their metrics", &e),
@@ -141,7 +141,7 @@ async fn reap(svc: &Service) {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("reaping expired leases", &e),
     };
-    let timing = svc.timing();
+    let timing = svc.ctx.timing_source();
     for r in &reaped {
         tracing::warn!(lease = %r.lease, state = %r.job.state, "requeued the attempt of a lost worker");
         let a = AttemptRef {

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use tessera_metering::{quote, TimingSource};
+use tessera_metering::quote;
 use tessera_store::{ChunkKind, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
@@ -63,7 +63,7 @@ impl<'s> ActiveJob<'s> {
     /// Opens the attempt's renderer and partial clip; on failure the attempt
     /// ends (and is answered) here.
     pub fn start(svc: &'s Service, member: Member, rt: &tokio::runtime::Handle) -> Option<Self> {
-        let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+        let timing = svc.ctx.timing_source();
         let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing);
         let partial = partial_path(svc, &member);
         let clips = svc.config.data.join("clips");

@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_metering::{quote, AttemptRef, Pass, PassTimes, Quote, TimingSource};
+use tessera_metering::{quote, AttemptRef, Pass, PassTimes, Quote};
 use tessera_store::{AttemptEnd, Chunk, ChunkKind, ChunkState, Claimed, Segment};
 
 use super::{archive, frames, settle, AttemptError, Beating, Finished, Rendered};
@@ -122,7 +122,7 @@ struct Join {
 impl Join {
     fn run(self, rt: &tokio::runtime::Handle) -> Finished {
         let svc = &self.svc;
-        let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+        let timing = svc.ctx.timing_source();
         let mut recorder = UsageRecorder::new(&svc.store, &svc.metrics, self.attempt.clone(), timing);
         let partial = frames::partial_path_of(svc, &self.claimed.lease, "avi");
         let rendered = self.join(rt, &mut recorder, &partial);
@@ -290,7 +290,7 @@ async fn settle_cancelled(
         Ok(_) => None,
         Err(e) => return settle::unrendered(svc, claimed, AttemptError::failed(e.to_string())).await,
     };
-    let timing = if svc.ctx.timestamps { TimingSource::Gpu } else { TimingSource::Host };
+    let timing = svc.ctx.timing_source();
     let closing = Closing { attempt, timing, totals: PassTimes::default(), pending: Vec::new() };
     let end = AttemptEnd::Cancelled { frames: delivered };
     let outcome = settle::write(svc, claimed, &end, &closing, bill.as_ref(), &[]).await;

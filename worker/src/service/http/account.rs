@@ -91,7 +91,7 @@ pub(super) async fn create_tenant(
         StoreError::UnknownTier { .. } => unprocessable("tier", &e.to_string()),
         other => ApiError::store(other),
     })?;
-    svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.timing());
+    svc.metrics.touch_tenant(t.id.as_str(), &t.tier, svc.ctx.timing_source());
     let created = TenantCreated { id: t.id.to_string(), name: t.name, tier: t.tier, api_key };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
