@@ -95,6 +95,13 @@ fn api_end_to_end_over_a_real_socket(db: &TestStore) {
         b"",
     );
     assert_eq!(bad.status, 416);
+    // A Range header that is no range (empty, or several) is refused, naming it.
+    for range in ["", "bytes=0-1,4-5"] {
+        let r =
+            http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth), ("Range", range)], b"");
+        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("bad_range")), "Range {range:?}");
+        assert_eq!(r.json()["error"]["fields"][0]["field"], "Range");
+    }
     // The sidecar.
     let meta = http(&s.api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"").json();
     assert_eq!(meta["template"], "orbit@2");

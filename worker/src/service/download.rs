@@ -95,10 +95,10 @@ pub(crate) async fn output(
     let expired = || ApiError::new(StatusCode::GONE, "expired", "output is no longer retained");
     let mut file = tokio::fs::File::open(&path).await.map_err(|_| expired())?;
     let len = file.metadata().await.map_err(|_| expired())?.len();
-    // A Range the client sent but that cannot be served (not text, several
-    // ranges, past the end) is a 416, never the whole clip billed in full.
-    // An empty Range header is no range (as if absent).
-    let range = match headers.get(header::RANGE).filter(|r| !r.is_empty()) {
+    // A Range the client sent but that is not one documented range (empty,
+    // not text, several ranges) is a 400, and one past the end a 416: never
+    // the whole clip billed in full for a request that asked for less.
+    let range = match headers.get(header::RANGE) {
         None => None,
         Some(r) => {
             let text = r.to_str().ok().filter(|t| well_formed(t)).ok_or_else(|| {
