@@ -65,6 +65,7 @@ fn job(t: &Tenant, rng: &mut Lcg) -> NewJob {
         frames_total: 48,
         fps: 24,
         price_micros: 10_000,
+        quote: None,
         est_cost_ms: (rng.next() % 5_000) as i64,
         max_wait_ms: 3_600_000,
         max_failures: 6,

@@ -164,6 +164,59 @@ pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// Where the store and the service read the time: months (caps, reservations,
+/// bills), leases, retention and storage periods all follow one clock, so a
+/// test can set it (the last second of a month, a leap day, a later year) and
+/// nothing it checks depends on the day it runs.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's wall clock (UTC), what production runs on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
+/// A clock a test sets and advances by hand. Only with the `testing` feature.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+#[cfg(feature = "testing")]
+impl ManualClock {
+    pub fn new(ms: i64) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(ms))
+    }
+
+    /// At `rfc3339`, e.g. `2026-11-30T23:59:59Z`; panics on a malformed time (tests only).
+    pub fn at(rfc3339: &str) -> Self {
+        let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("ManualClock::at({rfc3339}): {e}"));
+        Self::new((t.unix_timestamp_nanos() / 1_000_000) as i64)
+    }
+
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[cfg(feature = "testing")]
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 impl UsageEvent {
     fn base(a: &AttemptRef, id: String, kind: EventKind, seq: u64, quantity: i64) -> Self {
         Self {

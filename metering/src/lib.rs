@@ -23,5 +23,5 @@ pub mod tiers;
 pub use clock::{GpuClock, Pass, PassTimes, TimingSource};
 pub use event::{AttemptRef, EventKind, Outcome, UsageEvent};
 pub use lane::Lane;
-pub use price::{quote, PriceBook, Quote, QuoteRequest};
+pub use price::{quote, AdmittedQuote, PriceBook, Quote, QuoteRequest};
 pub use prom::Metrics;

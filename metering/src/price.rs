@@ -253,6 +253,13 @@ impl PriceBook {
         v
     }
 
+    /// A short fingerprint of the whole book (FNV-1a of its canonical JSON):
+    /// which book a quote was made with, shown with every admitted job.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_default();
+        format!("{:016x}", crate::event::fnv1a(json.as_bytes()))
+    }
+
     /// The named resolution whose multiplier a `width x height` frame takes: the
     /// smallest listed one with at least as many pixels, else the largest.
     pub fn resolution_bucket(&self, width: u32, height: u32) -> &str {
@@ -277,7 +284,7 @@ pub struct QuoteRequest {
 }
 
 /// One line of a quote.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LineItem {
     pub name: String,
     pub detail: String,
@@ -337,6 +344,69 @@ pub enum QuoteError {
     UnknownFps(u32, String),
     #[error("feature `{0}` has no price in the price book (priced: {1})")]
     UnknownAddon(String, String),
+}
+
+/// A quote as admitted, stored with its job: what the job is billed whatever
+/// book a later worker runs with. A whole delivery is billed `price`, the
+/// quoted amount itself; a partial one (a cancel part-way) is billed the same
+/// rates for the frames delivered ([`AdmittedQuote::price_of`]). A new price
+/// book applies to jobs admitted after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AdmittedQuote {
+    pub currency: String,
+    /// The quoted price of every frame ordered, rounded half-up to cents: what
+    /// was reserved against the tenant's caps and what a whole delivery bills.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub price: Decimal,
+    /// Price per output second, unrounded: `B x R x F x M` plus add-ons.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub rate_per_output_second: Decimal,
+    /// Frames ordered, at `fps`.
+    pub frames: u32,
+    pub fps: u32,
+    pub resolution_bucket: String,
+    /// [`PriceBook::fingerprint`] of the book the quote was made with.
+    pub book: String,
+    /// The quote's lines (each factor), as quoted.
+    pub line_items: Vec<LineItem>,
+}
+
+impl AdmittedQuote {
+    /// Freezes `quote`, made from `book` for `req` (`frames` frames).
+    pub fn new(book: &PriceBook, req: &QuoteRequest, quote: &Quote, frames: u32) -> Result<Self, QuoteError> {
+        Ok(Self {
+            currency: quote.currency.clone(),
+            price: quote.price,
+            rate_per_output_second: rate_per_output_second(book, req)?,
+            frames,
+            fps: req.fps,
+            resolution_bucket: quote.resolution_bucket.clone(),
+            book: book.fingerprint(),
+            line_items: quote.line_items.clone(),
+        })
+    }
+
+    /// The price of `delivered` frames: the quoted price when every frame
+    /// ordered was delivered, else `rate x delivered / fps` rounded half-up to
+    /// cents (never more than the quote), and nothing for no frame.
+    pub fn price_of(&self, delivered: u32) -> Decimal {
+        if delivered >= self.frames {
+            return self.price;
+        }
+        if delivered == 0 || self.fps == 0 {
+            return Decimal::ZERO;
+        }
+        let part = round_cents(self.rate_per_output_second * Decimal::from(delivered) / Decimal::from(self.fps));
+        part.min(self.price)
+    }
+}
+
+/// `B x R x F x M` plus add-ons: the price of one output second, unrounded.
+pub fn rate_per_output_second(book: &PriceBook, req: &QuoteRequest) -> Result<Decimal, QuoteError> {
+    let q = quote(book, &QuoteRequest { output_seconds: Decimal::ONE, ..req.clone() })?;
+    Ok(q.line_items.last().map(|l| l.amount).unwrap_or_default())
 }
 
 /// Rounds money half-up (away from zero) to cents.

@@ -148,7 +148,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     // Admission and the queue.
     async fn month_usage(&self, tenant: &TenantId, month: &str) -> Result<MonthUsage>;
     async fn submit(&self, s: &Submit<'_>) -> Result<Submitted>;
-    /// Inserts queued jobs without admission (benchmarks, imports).
+    /// Inserts queued jobs without admission (benchmarks).
+    #[cfg(feature = "testing")]
     async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64, now_ms: i64) -> Result<()>;
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Vec<String>>;
     /// Ends a reservation made with [`Backend::reserve`], appending the
@@ -187,14 +188,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     // The ledger.
     /// Appends events; returns for each whether it was new.
     async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>>;
+    /// Appends a running attempt's events while it holds `lease`, in one
+    /// transaction with the check; [`crate::StoreError::LeaseLost`] otherwise.
+    async fn append_fenced(&self, lease: &Lease, events: &[UsageEvent]) -> Result<Vec<bool>>;
     async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>>;
     async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals>;
     async fn gpu_ns_totals(&self) -> Result<GpuTotals>;
     async fn ledger_charged_micros(&self) -> Result<i64>;
-    async fn has_output(&self, job: &JobId) -> Result<bool>;
+    /// The job's billable output, if billed: (frames, amount in micro-units).
+    async fn billed_output(&self, job: &JobId) -> Result<Option<(i64, i64)>>;
     /// Tries to change and delete recorded usage, which must fail: returns the
     /// errors of (update, delete), `None` where the ledger allowed it.
+    #[cfg(feature = "testing")]
     async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)>;
 
     // Retention.

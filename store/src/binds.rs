@@ -16,6 +16,19 @@ type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
 pub(crate) const EVENT_INSERT_COLUMNS: &str = "id, tenant_id, tier, job_id, attempt, kind, pass, seq, frames, quantity,
     fps, resolution, variant, amount_micros, timing, outcome, occurred_at_ms, month";
 
+/// The ledger month of a row being inserted, as SQL over its `kind`, `job_id`
+/// and `month` (the month it occurred in): a job's billable output counts in
+/// the month its reservation was made, the month whose cap admitted it, even
+/// when it settles after midnight on the 1st; every other row counts in the
+/// month it occurred. So a job admitted at 23:59:59 on the 30th of November
+/// and delivered on the 1st of December is reserved against, and billed in,
+/// November: no month pays for a job another month's cap admitted.
+pub(crate) fn billing_month_sql(kind: &str, job_id: &str, month: &str) -> String {
+    format!(
+        "CASE WHEN {kind} = 'output' THEN COALESCE((SELECT r.month FROM reservations r WHERE r.job_id = {job_id}), {month}) ELSE {month} END"
+    )
+}
+
 /// Binds the 18 columns of [`EVENT_INSERT_COLUMNS`].
 pub(crate) fn event<'q, DB>(q: Q<'q, DB>, e: &UsageEvent) -> Q<'q, DB>
 where
@@ -47,10 +60,10 @@ where
 
 /// Columns of [`new_job`], in order; state is `queued`.
 pub(crate) const JOB_INSERT_COLUMNS: &str = "id, tenant_id, idempotency_key, body_hash, spec_json, template, lane,
-    lane_rank, max_failures, max_interruptions, frames_total, fps, price_micros, rank_base_ms, rank_ms, deadline_ms,
-    created_at_ms, not_before_ms, state";
+    lane_rank, max_failures, max_interruptions, frames_total, fps, price_micros, quote_json, rank_base_ms, rank_ms,
+    deadline_ms, created_at_ms, not_before_ms, state";
 
-/// Binds the 18 values of [`JOB_INSERT_COLUMNS`] before `state`.
+/// Binds the 19 values of [`JOB_INSERT_COLUMNS`] before `state`.
 pub(crate) fn new_job<'q, DB>(q: Q<'q, DB>, j: &NewJob, tier_weight_ms: i64, now_ms: i64) -> Q<'q, DB>
 where
     DB: Database,
@@ -73,6 +86,7 @@ where
         .bind(i64::from(j.frames_total))
         .bind(i64::from(j.fps))
         .bind(j.price_micros)
+        .bind(j.quote.as_ref().and_then(|q| serde_json::to_string(q).ok()))
         .bind(base)
         .bind(score::rank_ms(base, 0))
         .bind(score::deadline_ms(now_ms, j.max_wait_ms))

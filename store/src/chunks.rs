@@ -37,6 +37,13 @@ pub(crate) const RECORD_ATTEMPT: &str =
 pub(crate) const HEARTBEAT: &str =
     concat!("UPDATE chunks SET lease_until_ms = $5, frames_done = $6 WHERE ", fence!(), " RETURNING job_id");
 
+/// Whether the attempt still holds its lease, for a fenced ledger append. On
+/// PostgreSQL the backend adds `FOR SHARE`: a reap of the chunk (which updates
+/// it) then waits for the append to commit and counts its events, or the
+/// append waits for the reap and finds the lease gone. Locks only the chunk,
+/// like a heartbeat.
+pub(crate) const HOLDS_LEASE: &str = concat!("SELECT job_id FROM chunks WHERE ", fence!());
+
 /// Whether a cancel is asked (read without a lock: a heartbeat never waits
 /// on its job's row, which settlements hold while they change its chunks).
 pub(crate) const CANCEL_ASKED: &str = "SELECT cancel_requested FROM jobs WHERE id = $1";

@@ -36,6 +36,10 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
     #[error("store query failed: {0}")]
     Query(String),
+    /// A settlement's bill that is not the job's admitted quote for the frames
+    /// it delivers (a worker pricing from another price book, say).
+    #[error("job {job} was quoted {quoted_micros} micro-units for {frames} frames, a settlement billed {billed_micros}: the bill must be the quote")]
+    NotTheQuote { job: String, frames: i64, quoted_micros: i64, billed_micros: i64 },
     #[cfg(feature = "fault-injection")]
     #[error("injected store fault at {0}")]
     Injected(&'static str),

@@ -27,6 +27,7 @@ pub mod postgres;
 mod rows;
 pub mod score;
 pub mod sqlite;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod transition;
 pub mod types;
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use tessera_metering::event::{month_of, now_ms};
+use tessera_metering::event::{month_of, Clock, SystemClock};
 use tessera_metering::tiers::{MonthUsage, Tier};
 use tessera_metering::{EventKind, Pass, PriceBook, QuoteRequest, UsageEvent};
 
@@ -130,17 +131,29 @@ pub struct Reservation<'a> {
 pub struct Store {
     backend: Arc<dyn Backend>,
     url: String,
+    /// Every time the store stamps (admission month, leases, retention) comes from here.
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
     /// Opens the store at `url` and applies its migrations.
     pub async fn open(url: &StoreUrl) -> Result<Self> {
+        Self::open_on(url, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the store on a clock a test sets (`ManualClock`).
+    #[cfg(feature = "testing")]
+    pub async fn open_with_clock(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_on(url, clock).await
+    }
+
+    async fn open_on(url: &StoreUrl, clock: Arc<dyn Clock>) -> Result<Self> {
         let shown = url.to_string();
         let backend: Arc<dyn Backend> = match url {
             StoreUrl::Sqlite(path) => Arc::new(sqlite::SqliteBackend::open(&shown, path).await?),
             StoreUrl::Postgres(u) => Arc::new(postgres::PgBackend::open(&shown, u).await?),
         };
-        Ok(Self { backend, url: shown })
+        Ok(Self { backend, url: shown, clock })
     }
 
     /// The store's URL, password redacted.
@@ -148,12 +161,22 @@ impl Store {
         &self.url
     }
 
+    /// Now, on the store's clock (what months, leases and retention follow).
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The store's clock, for the service's own timestamps.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     pub fn kind(&self) -> BackendKind {
         self.backend.kind()
     }
 
     /// Test-only: makes the next transaction passing `point` fail before commit.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(feature = "testing")]
     pub fn inject_fault(&self, point: &'static str) {
         self.backend.faults().arm(point);
     }
@@ -174,7 +197,7 @@ impl Store {
     ) -> Result<Tenant> {
         tier_of(book, tier)?;
         let tenant = Tenant { id: TenantId::random(), name: name.into(), tier: tier.into() };
-        self.backend.create_tenant(&tenant, api_key_hash, now_ms()).await?;
+        self.backend.create_tenant(&tenant, api_key_hash, self.now_ms()).await?;
         Ok(tenant)
     }
 
@@ -199,7 +222,14 @@ impl Store {
 
     /// This month's usage of a tenant: billed outputs and open reservations.
     pub async fn month_usage(&self, tenant: &TenantId) -> Result<MonthUsage> {
-        self.backend.month_usage(tenant, &month_of(now_ms())).await
+        self.backend.month_usage(tenant, &month_of(self.now_ms())).await
+    }
+
+    /// A tenant's usage of `month` (`YYYY-MM`, UTC). A job counts against the
+    /// month it was admitted in, from its reservation to its bill, even when it
+    /// settles in the next one: the cap that admitted it is the one it uses.
+    pub async fn month_usage_of(&self, tenant: &TenantId, month: &str) -> Result<MonthUsage> {
+        self.backend.month_usage(tenant, month).await
     }
 
     /// Admits `job` against its tenant's tier (feature map, then the monthly caps
@@ -223,14 +253,15 @@ impl Store {
             output_seconds: req.output_seconds,
             price,
             tier_weight_ms: i64::from(tier.queue_weight_s) * 1000,
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
         };
         self.backend.submit(&s).await
     }
 
-    /// Inserts queued jobs without admission or reservation (benchmarks, imports).
+    /// Inserts queued jobs without admission or reservation (benchmarks).
+    #[cfg(feature = "testing")]
     pub async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64) -> Result<()> {
-        self.backend.enqueue_unchecked(jobs, tier_weight_ms, now_ms()).await
+        self.backend.enqueue_unchecked(jobs, tier_weight_ms, self.now_ms()).await
     }
 
     /// Admits a render that is not queued (`tessera render --tenant`): checks
@@ -246,7 +277,7 @@ impl Store {
             fps: r.request.fps,
             output_seconds: r.request.output_seconds,
             price: r.price,
-            now_ms: now_ms(),
+            now_ms: self.now_ms(),
         };
         self.backend.reserve(&reserve).await
     }
@@ -267,18 +298,18 @@ impl Store {
     }
 
     pub async fn request_cancel(&self, id: &JobId) -> Result<Option<Job>> {
-        self.backend.request_cancel(id, now_ms()).await
+        self.backend.request_cancel(id, self.now_ms()).await
     }
 
     /// Claims the next chunk for `owner` under a lease of `lease_ms`.
     pub async fn claim(&self, owner: &WorkerId, lease_ms: i64) -> Result<Option<Claimed>> {
-        self.backend.claim(owner, now_ms(), lease_ms).await
+        self.backend.claim(owner, self.now_ms(), lease_ms).await
     }
 
     /// Renews `lease` for `lease_ms` and records progress; returns whether a
     /// cancel was requested. [`StoreError::LeaseLost`] once the lease is gone.
     pub async fn heartbeat(&self, lease: &Lease, lease_ms: i64, frames_done: u32) -> Result<bool> {
-        self.backend.heartbeat(lease, now_ms() + lease_ms, frames_done).await
+        self.backend.heartbeat(lease, self.now_ms() + lease_ms, frames_done).await
     }
 
     /// Ends the attempt of `lease`: its next state, its ledger events and the
@@ -293,13 +324,17 @@ impl Store {
                 return Err(StoreError::Query(format!("event {} does not belong to the settlement of {lease}", e.id)));
             }
         }
-        self.backend.settle(lease, end, events, now_ms()).await
+        if let Some(output) = events.iter().find(|e| e.kind == EventKind::Output) {
+            let job = self.backend.job(&lease.job).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+            check_bill(&job, output)?;
+        }
+        self.backend.settle(lease, end, events, self.now_ms()).await
     }
 
     /// Requeues expired leases, at most `limit`: any other worker's, and those
     /// of `me` whose attempt is not among the `live` ones it is running.
     pub async fn reap(&self, me: &WorkerId, live: &[JobId], limit: u32) -> Result<Vec<Reaped>> {
-        self.backend.reap(now_ms(), me, live, limit).await
+        self.backend.reap(self.now_ms(), me, live, limit).await
     }
 
     pub async fn depths(&self) -> Result<Vec<(tessera_metering::Lane, LaneDepth)>> {
@@ -347,6 +382,21 @@ impl Store {
         self.backend.append(events).await
     }
 
+    /// Appends a running attempt's events (its GPU windows) only while it
+    /// holds `lease`: in the same transaction as the check, so a reap either
+    /// comes after and counts them, or came first and the append answers
+    /// [`StoreError::LeaseLost`]. A late window never reaches the ledger behind
+    /// the reaper's back; the attempt records it when it abandons, with its counters.
+    pub async fn append_for(&self, lease: &Lease, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        if let Some(e) = events.iter().find(|e| e.kind == EventKind::Output || e.job_id != lease.job.as_str()) {
+            return Err(StoreError::Query(format!("event {} is not a GPU window of {lease}", e.id)));
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.backend.append_fenced(lease, events).await
+    }
+
     /// Events matching `filter`, oldest first, GPU events with their attempt's outcome.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>> {
         self.backend.events(filter).await
@@ -375,11 +425,18 @@ impl Store {
 
     /// Whether the job already has its billable output.
     pub async fn has_output(&self, job: &JobId) -> Result<bool> {
-        self.backend.has_output(job).await
+        Ok(self.backend.billed_output(job).await?.is_some())
+    }
+
+    /// What the job was billed, if it was: (frames delivered, amount in micro-units).
+    pub async fn billed_output(&self, job: &JobId) -> Result<Option<(u32, i64)>> {
+        Ok(self.backend.billed_output(job).await?.map(|(f, m)| (u32::try_from(f).unwrap_or(0), m)))
     }
 
     /// Tries to update and delete recorded usage; both must fail (the ledger is
     /// append-only). Returns their errors, `None` where one was allowed.
+    /// Only with the `testing` feature: no release build can even try.
+    #[cfg(feature = "testing")]
     pub async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
         self.backend.tamper_with_ledger().await
     }
@@ -398,15 +455,15 @@ impl Store {
     // Workers.
 
     pub async fn register_worker(&self, w: &WorkerInfo) -> Result<()> {
-        self.backend.register_worker(w, now_ms()).await
+        self.backend.register_worker(w, self.now_ms()).await
     }
 
     pub async fn worker_heartbeat(&self, id: &WorkerId, jobs_in_flight: u32) -> Result<()> {
-        self.backend.worker_heartbeat(id, jobs_in_flight, now_ms()).await
+        self.backend.worker_heartbeat(id, jobs_in_flight, self.now_ms()).await
     }
 
     pub async fn worker_stopped(&self, id: &WorkerId) -> Result<()> {
-        self.backend.worker_stopped(id, now_ms()).await
+        self.backend.worker_stopped(id, self.now_ms()).await
     }
 
     pub async fn workers(&self) -> Result<Vec<Worker>> {
@@ -415,13 +472,35 @@ impl Store {
 
     /// Whether `worker` leads the periodic fleet task `task` for the next `ttl_ms`.
     pub async fn try_lead(&self, task: &str, worker: &WorkerId, ttl_ms: i64) -> Result<bool> {
-        self.backend.try_lead(task, worker, now_ms(), ttl_ms).await
+        self.backend.try_lead(task, worker, self.now_ms(), ttl_ms).await
     }
 
     /// Wakes `wake` whenever another process queues work; returns at once on
     /// backends without such a signal, else runs until the store closes.
     pub async fn listen(&self, wake: Arc<tokio::sync::Notify>) -> Result<()> {
         self.backend.listen(wake).await
+    }
+}
+
+/// The bill is the quote: a job's billable output must carry what its
+/// admitted quote prices the delivered frames at (the quoted price for every
+/// frame ordered, the same rates for fewer). A job admitted before quotes were
+/// stored is held to its stored price when delivered whole.
+fn check_bill(job: &Job, output: &UsageEvent) -> Result<()> {
+    let frames = output.quantity;
+    let quoted = match &job.quote {
+        Some(q) => Some(tessera_metering::price::to_micros(q.price_of(u32::try_from(frames).unwrap_or(u32::MAX)))),
+        None if frames == i64::from(job.frames_total) => Some(job.price_micros),
+        None => None,
+    };
+    match quoted {
+        Some(quoted) if quoted != output.amount_micros => Err(StoreError::NotTheQuote {
+            job: job.id.to_string(),
+            frames,
+            quoted_micros: quoted,
+            billed_micros: output.amount_micros,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -26,14 +26,14 @@ pub(crate) const JOB_COLUMNS: &str = "id, tenant_id, idempotency_key, body_hash,
     attempts, failures, interruptions, max_failures, max_interruptions, frames_total,
     CASE WHEN state IN ('queued', 'running') THEN (SELECT CAST(COALESCE(SUM(c.frames_done), 0) AS BIGINT)
         FROM chunks c WHERE c.job_id = jobs.id AND c.kind <> 'join') ELSE frames_done END AS frames_done,
-    fps, price_micros,
+    fps, price_micros, quote_json,
     created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json,
     worker, output_path, output_bytes, output_sha256, metadata_path";
 
 /// [`JOB_COLUMNS`] for a `RETURNING` clause (a new job: no progress yet).
 pub(crate) const JOB_RETURNING: &str = "id, tenant_id, idempotency_key, body_hash, spec_json, template, lane, state,
     attempts, failures, interruptions, max_failures, max_interruptions, frames_total, frames_done, fps, price_micros,
-    created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json,
+    quote_json, created_at_ms, not_before_ms, started_at_ms, finished_at_ms, cancel_requested, errors_json,
     worker, output_path, output_bytes, output_sha256, metadata_path";
 
 /// The columns of a chunk, in the order [`chunk`] reads them.
@@ -133,6 +133,10 @@ pub(crate) fn job(r: &impl Columns) -> Result<Job> {
         frames_done: count(r, "frames_done")?,
         fps: count(r, "fps")?,
         price_micros: r.int("price_micros")?,
+        quote: match r.opt_text("quote_json")? {
+            Some(json) => Some(serde_json::from_str(&json).map_err(|_| StoreError::corrupt("quote_json", json))?),
+            None => None,
+        },
         created_at_ms: r.int("created_at_ms")?,
         not_before_ms: r.int("not_before_ms")?,
         started_at_ms: r.opt_int("started_at_ms")?,

@@ -193,6 +193,9 @@ pub struct Job {
     pub frames_done: u32,
     pub fps: u32,
     pub price_micros: i64,
+    /// The quote the job was admitted with, which it is billed (none for jobs
+    /// admitted before quotes were stored: those are billed `price_micros`).
+    pub quote: Option<tessera_metering::AdmittedQuote>,
     pub created_at_ms: i64,
     pub not_before_ms: i64,
     pub started_at_ms: Option<i64>,
@@ -218,6 +221,8 @@ pub struct NewJob {
     pub frames_total: u32,
     pub fps: u32,
     pub price_micros: i64,
+    /// The quote as admitted: stored with the job, billed whatever book a later worker has.
+    pub quote: Option<tessera_metering::AdmittedQuote>,
     /// Expected cost in milliseconds of queue age (bigger jobs wait a little longer).
     pub est_cost_ms: i64,
     /// Past this wait the job goes ahead of every lane (aging).

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
+use tessera_metering::event::Clock;
 use tessera_metering::tiers::AdmissionError;
-use tessera_metering::{AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
+use tessera_metering::{AdmittedQuote, AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
 use tessera_store::{
     ArchivedOutput, AttemptEnd, JobFilter, JobId, JobState, Lease, NewJob, Reservation, Store, StoreError, Submitted,
     Tenant, WorkerId, WorkerInfo,
@@ -46,6 +47,47 @@ macro_rules! conformance {
         }
     };
 }
+
+/// Declares each test once per backend, on a store whose clock the test sets.
+macro_rules! conformance_clocked {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_clocked {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let clock = std::sync::Arc::new(ManualClock::new(0));
+                    let url = StoreUrl::in_data_dir(dir.path());
+                    let store = Store::open_with_clock(&url, clock.clone()).await.unwrap();
+                    super::$name(store, clock).await;
+                }
+            )*
+            use tessera_metering::event::ManualClock;
+            use tessera_store::{Store, StoreUrl};
+        }
+        mod postgres_clocked {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(server) = tessera_store::testing::postgres_server() else { return };
+                    let db = tessera_store::testing::TestDatabase::create(&server).await.unwrap();
+                    let clock = std::sync::Arc::new(ManualClock::new(0));
+                    let url = StoreUrl::parse(db.url()).unwrap();
+                    let store = Store::open_with_clock(&url, clock.clone()).await.unwrap();
+                    super::$name(store, clock).await;
+                    drop(db);
+                }
+            )*
+            use tessera_metering::event::ManualClock;
+            use tessera_store::{Store, StoreUrl};
+        }
+    };
+}
+
+conformance_clocked!(
+    a_job_admitted_in_a_months_last_second_counts_in_that_month,
+    a_reaped_attempt_appends_nothing_behind_the_reaper,
+);
 
 conformance!(
     tenants_and_keys,
@@ -88,11 +130,26 @@ fn new_job(t: &Tenant, lane: Lane, key: Option<&str>, frames: u32) -> NewJob {
         frames_total: frames,
         fps: 24,
         price_micros: 10_000,
+        quote: Some(admitted(frames)),
         est_cost_ms: 0,
         max_wait_ms: 3_600_000,
         max_failures: 3,
         max_interruptions: 3,
         chunk_frames: 0,
+    }
+}
+
+/// The quote a job of `frames` frames at 24 fps is admitted with: 0.01 for the lot.
+fn admitted(frames: u32) -> AdmittedQuote {
+    AdmittedQuote {
+        currency: "USD".into(),
+        price: Decimal::new(1, 2),
+        rate_per_output_second: Decimal::new(24, 2) / Decimal::from(frames),
+        frames,
+        fps: 24,
+        resolution_bucket: "720p".into(),
+        book: "0123456789abcdef".into(),
+        line_items: vec![],
     }
 }
 
@@ -188,11 +245,13 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     let Submitted::New { job: fresh, warnings } = submit(&store, &t, &job).await else { panic!("not new") };
     assert!(warnings.is_empty());
     assert_eq!((fresh.state, fresh.attempts, fresh.lane), (JobState::Queued, 0, Lane::Standard));
+    assert_eq!(fresh.quote, Some(admitted(48)), "the quote is stored as admitted");
     assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::from(2));
 
     let w = worker();
     let claimed = store.claim(&w, 10_000).await.unwrap().expect("a job to claim");
     assert_eq!(claimed.job.id, job.id);
+    assert_eq!(claimed.job.quote, job.quote, "the claimed job carries its quote");
     assert_eq!(claimed.lease, Lease { job: job.id.clone(), chunk: 0, attempt: 1, owner: w.clone() });
     assert_eq!((claimed.job.state, claimed.job.worker.as_ref()), (JobState::Running, Some(&w)));
     assert!(store.claim(&w, 10_000).await.unwrap().is_none(), "one job, claimed twice");
@@ -200,6 +259,17 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     assert!(!store.heartbeat(&claimed.lease, 10_000, 20).await.unwrap());
     assert_eq!(store.job(&job.id).await.unwrap().unwrap().frames_done, 20);
 
+    // The bill is the quote: a worker pricing from a changed price book (0.02
+    // for the same clip) is refused, and nothing of its settlement persists.
+    let mut events = success_events(&t, &claimed.lease, 48);
+    events[2].amount_micros = 20_000;
+    let refused = store.settle(&claimed.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::NotTheQuote { quoted_micros: 10_000, billed_micros: 20_000, .. }),
+        "{refused}"
+    );
+    assert!(!store.has_output(&job.id).await.unwrap());
+    assert_eq!(store.job(&job.id).await.unwrap().unwrap().state, JobState::Running);
     let events = success_events(&t, &claimed.lease, 48);
     let settled = store.settle(&claimed.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
     assert_eq!(settled.inserted, vec![true, true, true]);
@@ -214,6 +284,7 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
     assert_eq!((usage.used_seconds, usage.reserved_seconds), (Decimal::from(2), Decimal::ZERO));
     assert_eq!(outputs_of(&store, &job.id).await.len(), 1);
     assert!(store.has_output(&job.id).await.unwrap());
+    assert_eq!(store.billed_output(&job.id).await.unwrap(), Some((48, 10_000)));
     assert_eq!(store.job_gpu_ns(&job.id).await.unwrap().get(&Pass::Render), Some(&5_000));
     // The tenant's totals, summed by the store, agree with the events.
     store.append(&[UsageEvent::egress(&attempt(&t, &claimed.lease), "w_a", 1, 700)]).await.unwrap();
@@ -906,7 +977,7 @@ async fn a_chunked_job_cancels_and_dies_as_one(store: Store) {
     let join = store.claim(&w, 60_000).await.unwrap().expect("the join");
     assert_eq!(join.chunk.kind, ChunkKind::Join);
     let a = attempt(&t, &join.lease);
-    let bill = UsageEvent::output(&a, 5, 24, "720p", "general", Decimal::new(2, 3));
+    let bill = UsageEvent::output(&a, 5, 24, "720p", "general", admitted(72).price_of(5));
     let done = store.settle(&join.lease, &AttemptEnd::Cancelled { frames: 5 }, &[bill]).await.unwrap().job;
     assert_eq!((done.state, done.frames_done), (JobState::Cancelled, 5));
     assert_eq!(outputs_of(&store, &job.id).await[0].quantity, 5);
@@ -954,4 +1025,107 @@ async fn a_chunked_job_cancels_and_dies_as_one(store: Store) {
     let events = success_events(&t, &join.lease, 48);
     let done = store.settle(&join.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap().job;
     assert_eq!((done.state, done.frames_done), (JobState::Succeeded, 48));
+}
+
+/// `ms` as a time on the test's clock.
+fn at(rfc3339: &str) -> i64 {
+    tessera_metering::event::Clock::now_ms(&tessera_metering::event::ManualClock::at(rfc3339))
+}
+
+/// Events stamped with the test clock's time, as a worker on that day would.
+fn stamped(mut events: Vec<UsageEvent>, ms: i64) -> Vec<UsageEvent> {
+    events.iter_mut().for_each(|e| e.occurred_at_ms = ms);
+    events
+}
+
+/// The month rule: a job is reserved against, and billed in, the month whose
+/// cap admitted it, even when it settles in the next one (a queued job and a
+/// render outside the queue, both admitted at 23:59:59 on the 30th of November).
+async fn a_job_admitted_in_a_months_last_second_counts_in_that_month(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    clock.set(at("2026-11-30T23:59:59Z"));
+    let t = tenant(&store, "acme", "mid").await;
+    let job = new_job(&t, Lane::Standard, None, 48);
+    assert!(matches!(submit(&store, &t, &job).await, Submitted::New { .. }));
+    let outside = JobId::random();
+    let req = request(24);
+    let r = Reservation { job: &outside, request: &req, lane: Lane::Standard, frames: 24, price: Decimal::new(1, 2) };
+    store.reserve(&book(), &t, &r).await.unwrap();
+    let nov = store.month_usage(&t.id).await.unwrap();
+    assert_eq!((nov.reserved_seconds, nov.reserved_spend), (Decimal::from(3), Decimal::new(2, 2)));
+
+    // Midnight: December's cap starts empty; November still holds both.
+    clock.set(at("2026-12-01T00:00:00Z"));
+    assert_eq!(store.month_usage(&t.id).await.unwrap(), Default::default());
+    assert_eq!(store.month_usage_of(&t.id, "2026-11").await.unwrap(), nov);
+
+    // Both settle in December and are billed in November, once.
+    let w = worker();
+    let c = store.claim(&w, 10_000).await.unwrap().expect("the job");
+    let events = stamped(success_events(&t, &c.lease, 48), clock.now_ms());
+    store.settle(&c.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
+    let a = AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: outside.to_string(), attempt: 1, chunk: None };
+    let out = stamped(vec![UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::new(1, 2))], clock.now_ms());
+    assert_eq!(store.finish_reserved(&outside, &out).await.unwrap(), vec![true]);
+
+    let billed = store.month_usage_of(&t.id, "2026-11").await.unwrap();
+    assert_eq!((billed.used_seconds, billed.spent), (Decimal::from(3), Decimal::new(2, 2)));
+    assert_eq!((billed.reserved_seconds, billed.reserved_spend), (Decimal::ZERO, Decimal::ZERO));
+    assert_eq!(store.month_usage(&t.id).await.unwrap(), Default::default(), "December pays for nothing");
+    // GPU time and the attempt's end are the month they happened in: cost, not the bill.
+    let gpu: Vec<_> = store.events(&Default::default()).await.unwrap();
+    assert!(gpu.iter().all(|e| e.occurred_at_ms == at("2026-12-01T00:00:00Z")));
+
+    // A later year: a job admitted on a leap day counts in February.
+    clock.set(at("2028-02-29T23:59:59Z"));
+    let leap = new_job(&t, Lane::Standard, None, 24);
+    assert!(matches!(submit(&store, &t, &leap).await, Submitted::New { .. }));
+    assert_eq!(store.month_usage_of(&t.id, "2028-02").await.unwrap().reserved_seconds, Decimal::from(1));
+    clock.set(at("2028-03-01T00:00:01Z"));
+    assert_eq!(store.month_usage(&t.id).await.unwrap(), Default::default());
+}
+
+/// Counters = ledger after a pause: a worker paused past its lease and resumed
+/// cannot append a GPU window after the reaper counted its attempt (the
+/// reaper's count is the ledger's); its late window is refused, and written
+/// with its abandonment, where its counters move too.
+async fn a_reaped_attempt_appends_nothing_behind_the_reaper(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    clock.set(at("2027-03-01T12:00:00Z"));
+    let t = tenant(&store, "acme", "mid").await;
+    let id = queued(&store, &t, Lane::Standard).await;
+    let (paused, reaper) = (worker(), worker());
+    let lease = store.claim(&paused, 1_000).await.unwrap().unwrap().lease;
+    let a = attempt(&t, &lease);
+    let window = |first: u64, ns: u64| UsageEvent::gpu(&a, Pass::Render, first, 10, ns, TimingSource::Gpu);
+    assert_eq!(store.append_for(&lease, &[window(0, 1_000)]).await.unwrap(), vec![true]);
+    // Only the attempt's own windows: no output, no other job's events.
+    let out = UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::new(1, 2));
+    assert!(store.append_for(&lease, &[out]).await.is_err());
+    let other = AttemptRef { job_id: "j_00000000000000ff".into(), ..a.clone() };
+    assert!(store.append_for(&lease, &[UsageEvent::attempt_end(&other, Outcome::Failed)]).await.is_err());
+
+    // Paused past its lease: another worker reaps the attempt and counts what the ledger holds.
+    clock.advance(5_000);
+    let reaped = store.reap(&reaper, &[], 10).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].gpu_ns.get(&Pass::Render), Some(&1_000));
+
+    // Resumed: its next window is refused, and the ledger still holds what the reaper counted.
+    let late = store.append_for(&lease, &[window(10, 2_000)]).await.unwrap_err();
+    assert!(matches!(late, StoreError::LeaseLost(_)), "{late}");
+    assert_eq!(store.job_gpu_ns(&id).await.unwrap().get(&Pass::Render), Some(&1_000));
+    // A retried window that the ledger already took is not new, fenced or not.
+    let again = store.claim(&reaper, 1_000).await.unwrap().unwrap().lease;
+    assert_eq!(again.attempt, 2);
+    let b = attempt(&t, &again);
+    let w = UsageEvent::gpu(&b, Pass::Render, 0, 10, 500, TimingSource::Gpu);
+    assert_eq!(store.append_for(&again, &[w.clone(), w]).await.unwrap(), vec![true, false]);
+    // The abandonment writes the late window as the operator's cost.
+    assert_eq!(store.append(&[window(10, 2_000)]).await.unwrap(), vec![true]);
+    assert_eq!(store.job_gpu_ns(&id).await.unwrap().get(&Pass::Render), Some(&3_500));
 }

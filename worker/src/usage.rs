@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tessera_metering::price::to_micros;
 use tessera_metering::{
-    AttemptRef, EventKind, Metrics, Outcome, Pass, PassTimes, PriceBook, Quote, TimingSource, UsageEvent,
+    AdmittedQuote, AttemptRef, EventKind, Metrics, Outcome, Pass, PassTimes, PriceBook, TimingSource, UsageEvent,
 };
-use tessera_store::{Store, StoreError, Tenant};
+use tessera_store::{Lease, Store, StoreError, Tenant};
 
 use crate::spec::JobSpec;
 
@@ -52,6 +52,11 @@ pub struct UsageRecorder<'a> {
     inflight: Option<tokio::task::JoinHandle<Result<(), UnwrittenBatch>>>,
     /// Events of windows whose write failed: they go with the settlement.
     unwritten: Vec<UsageEvent>,
+    /// The lease the attempt runs under: each window is appended only while
+    /// it holds it, so a worker paused past its lease and resumed cannot slip
+    /// windows into the ledger after the reaper counted the attempt; those
+    /// windows go with the attempt's abandonment instead, counters and all.
+    lease: Option<Lease>,
 }
 
 /// What is left of an attempt's metering when its frames are done: the events
@@ -78,7 +83,14 @@ impl<'a> UsageRecorder<'a> {
             totals: PassTimes::default(),
             inflight: None,
             unwritten: Vec::new(),
+            lease: None,
         }
+    }
+
+    /// Appends every window fenced by `lease` (a queued job's attempt).
+    pub fn fenced(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     pub fn attempt(&self) -> &AttemptRef {
@@ -125,9 +137,13 @@ impl<'a> UsageRecorder<'a> {
         self.wait_inflight().await?;
         let batch = self.take_window();
         if !batch.is_empty() {
-            let store = self.store.clone();
+            let (store, lease) = (self.store.clone(), self.lease.clone());
             self.inflight = Some(tokio::spawn(async move {
-                match store.append(&batch).await {
+                let appended = match &lease {
+                    Some(lease) => store.append_for(lease, &batch).await,
+                    None => store.append(&batch).await,
+                };
+                match appended {
                     Ok(_) => Ok(()),
                     Err(e) => Err((e, batch)),
                 }
@@ -162,7 +178,9 @@ impl<'a> UsageRecorder<'a> {
     }
 }
 
-/// What a delivered clip is billed: `spec.frames` frames at the quoted price.
+/// What a delivered clip is billed: `frames` frames under the job's admitted
+/// quote (the whole order: the quoted price; part of it: the same rates for
+/// the frames delivered).
 #[derive(Debug, Clone)]
 pub struct Bill {
     pub resolution: String,
@@ -173,14 +191,20 @@ pub struct Bill {
 }
 
 impl Bill {
-    pub fn new(book: &PriceBook, spec: &JobSpec, quote: &Quote) -> Self {
+    /// The bill for delivering `frames` frames of `spec` under `quote`.
+    pub fn of(spec: &JobSpec, quote: &AdmittedQuote, frames: u32) -> Self {
         Self {
-            resolution: book.resolution_bucket(spec.width, spec.height).to_string(),
+            resolution: quote.resolution_bucket.clone(),
             fps: spec.fps,
             variant: spec.variant.as_str().to_string(),
-            frames: spec.frames,
-            price_micros: to_micros(quote.price),
+            frames,
+            price_micros: to_micros(quote.price_of(frames)),
         }
+    }
+
+    /// The bill for every frame of `spec`: the quoted price.
+    pub fn whole(spec: &JobSpec, quote: &AdmittedQuote) -> Self {
+        Self::of(spec, quote, spec.frames)
     }
 
     /// The job's billable output event.

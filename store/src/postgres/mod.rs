@@ -382,10 +382,14 @@ fn unnest_sql() -> &'static str {
     SQL.get_or_init(|| {
         format!(
             "INSERT INTO usage_events ({EVENT_INSERT_COLUMNS})
-             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
+             SELECT u.id, u.tenant_id, u.tier, u.job_id, u.attempt, u.kind, u.pass, u.seq, u.frames, u.quantity,
+                 u.fps, u.resolution, u.variant, u.amount_micros, u.timing, u.outcome, u.occurred_at_ms, {month}
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
                  $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[],
                  $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[])
-             ON CONFLICT (id) DO NOTHING RETURNING id"
+                 AS u({EVENT_INSERT_COLUMNS})
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            month = binds::billing_month_sql("u.kind", "u.job_id", "u.month")
         )
     })
 }
@@ -493,7 +497,7 @@ impl Backend for PgBackend {
             .await?;
         let sql = format!(
             "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_RETURNING}",
-            binds::placeholders("$", 1, 18)
+            binds::placeholders("$", 1, 19)
         );
         let row = binds::new_job(sqlx::query(&sql), j, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
         let job = rows::job(&row)?;
@@ -504,10 +508,11 @@ impl Backend for PgBackend {
         Ok(Submitted::New { job, warnings })
     }
 
+    #[cfg(feature = "testing")]
     async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64, now_ms: i64) -> Result<()> {
         let mut tx = self.begin().await?;
         let sql =
-            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("$", 1, 18));
+            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("$", 1, 19));
         for job in jobs {
             binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
             Self::insert_chunks(&mut tx, job).await?;
@@ -687,7 +692,8 @@ impl Backend for PgBackend {
                 attempt: lease.attempt,
                 chunk: (row.text("kind")? != ChunkKind::Whole.as_str()).then_some(lease.chunk),
             };
-            Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
+            let end = UsageEvent { occurred_at_ms: now_ms, ..UsageEvent::attempt_end(&attempt, Outcome::Interrupted) };
+            Self::append_in(&mut tx, &[end]).await?;
             let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;
             let job =
                 Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
@@ -751,10 +757,23 @@ impl Backend for PgBackend {
         Ok(lines.join("\n"))
     }
 
+    #[cfg(feature = "testing")]
     async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
         let update = sqlx::query("UPDATE usage_events SET quantity = 0").execute(&self.pool).await;
         let delete = sqlx::query("DELETE FROM usage_events").execute(&self.pool).await;
         Ok((update.err().map(|e| e.to_string()), delete.err().map(|e| e.to_string())))
+    }
+
+    async fn append_fenced(&self, lease: &Lease, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        static HOLDS_LEASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let sql = HOLDS_LEASE.get_or_init(|| format!("{} FOR SHARE", chunks::HOLDS_LEASE));
+        let mut tx = self.begin().await?;
+        let held = fence(sqlx::query(sql), lease).fetch_optional(&mut *tx).await.db()?;
+        held.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        self.faults.check("append")?;
+        tx.commit().await.db()?;
+        Ok(inserted)
     }
 
     async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
@@ -818,13 +837,13 @@ impl Backend for PgBackend {
         row.int("micros")
     }
 
-    async fn has_output(&self, job: &JobId) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM usage_events WHERE id = $1")
+    async fn billed_output(&self, job: &JobId) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query("SELECT quantity, amount_micros FROM usage_events WHERE id = $1")
             .bind(format!("{job}/output"))
             .fetch_optional(&self.pool)
             .await
             .db()?;
-        Ok(row.is_some())
+        row.map(|r| Ok((r.int("quantity")?, r.int("amount_micros")?))).transpose()
     }
 
     async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>> {

@@ -174,8 +174,9 @@ impl SqliteBackend {
     /// Appends events inside `tx`; for each, whether it was new.
     async fn append_in(tx: &mut sqlx::SqliteConnection, events: &[UsageEvent]) -> Result<Vec<bool>> {
         let sql = format!(
-            "INSERT INTO usage_events ({EVENT_INSERT_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
-            binds::placeholders("?", 1, 18)
+            "INSERT INTO usage_events ({EVENT_INSERT_COLUMNS}) VALUES ({}, {}) ON CONFLICT (id) DO NOTHING",
+            binds::placeholders("?", 1, 17),
+            binds::billing_month_sql("?6", "?4", "?18")
         );
         let mut inserted = Vec::with_capacity(events.len());
         for e in events {
@@ -425,7 +426,7 @@ impl Backend for SqliteBackend {
         .db()?;
         let sql = format!(
             "INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued') RETURNING {JOB_RETURNING}",
-            binds::placeholders("?", 1, 18)
+            binds::placeholders("?", 1, 19)
         );
         let row =
             binds::new_job(sqlx::query(&sql), s.job, s.tier_weight_ms, s.now_ms).fetch_one(&mut *tx).await.db()?;
@@ -436,10 +437,11 @@ impl Backend for SqliteBackend {
         Ok(Submitted::New { job, warnings })
     }
 
+    #[cfg(feature = "testing")]
     async fn enqueue_unchecked(&self, jobs: &[NewJob], tier_weight_ms: i64, now_ms: i64) -> Result<()> {
         let mut tx = self.write().await?;
         let sql =
-            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("?", 1, 18));
+            format!("INSERT INTO jobs ({JOB_INSERT_COLUMNS}) VALUES ({}, 'queued')", binds::placeholders("?", 1, 19));
         for job in jobs {
             binds::new_job(sqlx::query(&sql), job, tier_weight_ms, now_ms).execute(&mut *tx).await.db()?;
             Self::insert_chunks(&mut tx, job).await?;
@@ -627,7 +629,8 @@ impl Backend for SqliteBackend {
                 attempt: lease.attempt,
                 chunk: (row.text("kind")? != ChunkKind::Whole.as_str()).then_some(lease.chunk),
             };
-            Self::append_in(&mut tx, &[UsageEvent::attempt_end(&attempt, Outcome::Interrupted)]).await?;
+            let end = UsageEvent { occurred_at_ms: now_ms, ..UsageEvent::attempt_end(&attempt, Outcome::Interrupted) };
+            Self::append_in(&mut tx, &[end]).await?;
             let gpu_ns = Self::gpu_ns_in(&mut tx, lease.job.as_str(), Some(lease.attempt)).await?;
             let job =
                 Self::job_in(&mut tx, lease.job.as_str()).await?.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
@@ -688,11 +691,22 @@ impl Backend for SqliteBackend {
         Ok(plan.join("\n"))
     }
 
+    #[cfg(feature = "testing")]
     async fn tamper_with_ledger(&self) -> Result<(Option<String>, Option<String>)> {
         let _turn = self.turn().await;
         let update = sqlx::query("UPDATE usage_events SET quantity = 0").execute(&self.pool).await;
         let delete = sqlx::query("DELETE FROM usage_events").execute(&self.pool).await;
         Ok((update.err().map(|e| e.to_string()), delete.err().map(|e| e.to_string())))
+    }
+
+    async fn append_fenced(&self, lease: &Lease, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut tx = self.write().await?;
+        let held = fence(sqlx::query(q(chunks::HOLDS_LEASE)), lease).fetch_optional(&mut *tx).await.db()?;
+        held.ok_or_else(|| StoreError::LeaseLost(lease.clone()))?;
+        let inserted = Self::append_in(&mut tx, events).await?;
+        self.faults.check("append")?;
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     async fn append(&self, events: &[UsageEvent]) -> Result<Vec<bool>> {
@@ -756,13 +770,13 @@ impl Backend for SqliteBackend {
         row.int("micros")
     }
 
-    async fn has_output(&self, job: &JobId) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM usage_events WHERE id = ?")
+    async fn billed_output(&self, job: &JobId) -> Result<Option<(i64, i64)>> {
+        let row = sqlx::query("SELECT quantity, amount_micros FROM usage_events WHERE id = ?")
             .bind(format!("{job}/output"))
             .fetch_optional(&self.pool)
             .await
             .db()?;
-        Ok(row.is_some())
+        row.map(|r| Ok((r.int("quantity")?, r.int("amount_micros")?))).transpose()
     }
 
     async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>> {

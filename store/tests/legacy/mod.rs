@@ -13,7 +13,10 @@
 //!
 //! Opening it migrates it in place; nothing recorded is lost.
 
+use std::sync::Arc;
+
 use rust_decimal::Decimal;
+use tessera_metering::event::ManualClock;
 use tessera_metering::{EventKind, Lane, Pass};
 use tessera_store::{JobId, JobState, Store, StoreUrl, WorkerId};
 
@@ -25,7 +28,11 @@ async fn a_single_node_data_directory_is_upgraded_in_place() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy-v0.db");
     std::fs::copy(&fixture, dir.path().join("tessera.db")).unwrap();
     let url = StoreUrl::in_data_dir(dir.path());
-    let store = Store::open(&url).await.unwrap();
+    // The fixture's day, a few minutes after the last worker died: its leases
+    // have expired, and "this month" is the fixture's month whatever day the
+    // test runs on.
+    let clock = Arc::new(ManualClock::at("2026-11-26T15:00:00Z"));
+    let store = Store::open_with_clock(&url, clock.clone()).await.unwrap();
     let acme = store.tenant("acme").await.unwrap().expect("the tenant survived");
     assert_eq!(acme.tier, "mid");
     assert_eq!(store.tenant_by_key_hash(KEY_HASH).await.unwrap(), Some(acme.clone()), "its API key still works");
@@ -65,21 +72,22 @@ async fn a_single_node_data_directory_is_upgraded_in_place() {
     assert_eq!(events.iter().filter(|e| e.kind == EventKind::Output).count(), 2);
     assert!(store.has_output(&done.id).await.unwrap());
     assert!(store.job_gpu_ns(&done.id).await.unwrap()[&Pass::Render] > 0);
-    let reserved = store.month_usage(&acme.id).await.unwrap().reserved_seconds;
-    let billed_month = events.iter().any(|e| tessera_metering::event::month_of(e.occurred_at_ms) == month_now());
-    if billed_month {
-        // Only the 6 s clip in flight is reserved (the fixture's month is this month).
-        assert_eq!(reserved, Decimal::from(6));
-    }
+    // Only the 6 s clip in flight is reserved, against the month it was admitted in.
+    assert_eq!(store.month_usage(&acme.id).await.unwrap().reserved_seconds, Decimal::from(6));
+    // December starts: the job admitted in November still counts against
+    // November, and December's cap is untouched.
+    clock.set(month_start("2026-12-01T00:00:00Z"));
+    assert_eq!(store.month_usage(&acme.id).await.unwrap().reserved_seconds, Decimal::ZERO);
+    assert_eq!(store.month_usage_of(&acme.id, "2026-11").await.unwrap().reserved_seconds, Decimal::from(6));
     // Appends stay append-only after the upgrade.
     let (update, delete) = store.tamper_with_ledger().await.unwrap();
     assert!(update.is_some() && delete.is_some());
     // Opening it again applies nothing twice.
     drop(store);
-    let again = Store::open(&url).await.unwrap();
+    let again = Store::open_with_clock(&url, clock).await.unwrap();
     assert_eq!(again.events(&Default::default()).await.unwrap().len(), 100);
 }
 
-fn month_now() -> String {
-    tessera_metering::event::month_of(tessera_metering::event::now_ms())
+fn month_start(rfc3339: &str) -> i64 {
+    tessera_metering::event::Clock::now_ms(&ManualClock::at(rfc3339))
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use tessera_metering::clock::format_seconds;
 use tessera_metering::event::now_ms;
-use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook};
+use tessera_metering::{quote, AdmittedQuote, AttemptRef, Metrics, Outcome, PriceBook};
 use tessera_store::{JobId, Reservation, Store, StoreError, Tenant};
 
 use super::{load_price_book, read_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
@@ -204,7 +204,10 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     bar.finish_and_clear();
     let closing = m.rt.block_on(recorder.close());
     let (outcome, bill) = match &result {
-        Ok(_) => (Outcome::Succeeded, Some(Bill::new(&m.book, &spec, &q))),
+        Ok(_) => {
+            let admitted = AdmittedQuote::new(&m.book, &spec.quote_request(), &q, spec.frames).map_err(usage)?;
+            (Outcome::Succeeded, Some(Bill::whole(&spec, &admitted)))
+        }
         Err(_) => (Outcome::Failed, None),
     };
     // The render's last usage, its billable output and the reservation's

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tessera_metering::event::now_ms;
 use tessera_metering::PassTimes;
-use tessera_metering::Quote;
+use tessera_metering::AdmittedQuote;
 use tessera_store::{ArchivedOutput, Claimed, Lease};
 
 use super::{AttemptError, Member};
@@ -31,7 +31,7 @@ pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
 pub(super) struct ClipOf<'a> {
     pub claimed: &'a Claimed,
     pub spec: &'a JobSpec,
-    pub quote: &'a Quote,
+    pub quote: &'a AdmittedQuote,
     pub tier: &'a str,
     /// A chunked clip's chunks: frame range, worker, attempts, GPU time per pass.
     pub chunks: Option<serde_json::Value>,
@@ -83,7 +83,7 @@ pub(super) fn archive(
         "frame_range": {"first": spec.first_frame, "count": spec.frames},
         "clip_frames": spec.clip_frames, "clip_duration_s": spec.duration_s,
         "usage_ns": {"render": gpu.render_ns, "stitch": gpu.stitch_ns, "encode": gpu.encode_ns},
-        "price": q.price.to_string(), "currency": q.currency,
+        "price": q.price.to_string(), "currency": q.currency, "price_book": q.book,
         "attempt": clip.claimed.lease.attempt,
         "failed_attempts": job.failures,
         "interrupted_attempts": job.interruptions,

@@ -11,7 +11,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use tessera_metering::quote;
 use tessera_store::{ChunkKind, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
@@ -64,7 +63,8 @@ impl<'s> ActiveJob<'s> {
     /// ends (and is answered) here.
     pub fn start(svc: &'s Service, member: Member, rt: &tokio::runtime::Handle) -> Option<Self> {
         let timing = svc.ctx.timing_source();
-        let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing);
+        let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing)
+            .fenced(member.claimed.lease.clone());
         let partial = partial_path(svc, &member);
         let clips = svc.config.data.join("clips");
         let opened = std::fs::create_dir_all(&clips)
@@ -132,10 +132,7 @@ impl<'s> ActiveJob<'s> {
         }
         if cancelled {
             // Billed for what it delivered: the frames rendered before the cancel.
-            let mut delivered = spec.clone();
-            delivered.frames = frames;
-            let q = quote(&svc.book, &delivered.quote_request()).map_err(|e| AttemptError::failed(e.to_string()))?;
-            return Ok(Rendered::Cancelled { frames, bill: Some(Bill::new(&svc.book, &delivered, &q)) });
+            return Ok(Rendered::Cancelled { frames, bill: Some(Bill::of(spec, &self.member.quote, frames)) });
         }
         let duration = f64::from(frames) / f64::from(spec.fps);
         // A preview lasts its frames, not the whole clip's duration.

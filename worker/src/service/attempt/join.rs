@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tessera_metering::{quote, AttemptRef, Pass, PassTimes, Quote};
+use tessera_metering::{AdmittedQuote, AttemptRef, Pass, PassTimes};
 use tessera_store::{AttemptEnd, Chunk, ChunkKind, ChunkState, Claimed, Segment};
 
 use super::{archive, frames, settle, AttemptError, Beating, Finished, Rendered};
@@ -33,7 +33,7 @@ pub(super) async fn join_and_settle(
     svc: &Arc<Service>,
     claimed: Claimed,
     spec: JobSpec,
-    quote: Quote,
+    quote: AdmittedQuote,
     attempt: AttemptRef,
 ) -> &'static str {
     // The join reads no cancel or loss mid-way: its settlement is fenced.
@@ -43,7 +43,7 @@ pub(super) async fn join_and_settle(
         // A cancel that came after every frame was rendered is too late to
         // save anything: the clip is joined and delivered, as it is billed.
         Ok(chunks) if claimed.job.cancel_requested && segments_of(&chunks).is_err() => {
-            settle_cancelled(svc, &claimed, &spec, attempt, &chunks).await
+            settle_cancelled(svc, &claimed, &spec, &quote, attempt, &chunks).await
         }
         Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks).await,
     };
@@ -68,7 +68,7 @@ async fn assemble(
     svc: &Arc<Service>,
     claimed: &Claimed,
     spec: JobSpec,
-    quote: Quote,
+    quote: AdmittedQuote,
     attempt: AttemptRef,
     chunks: Vec<Chunk>,
 ) -> &'static str {
@@ -80,7 +80,7 @@ async fn assemble(
         Ok(g) => g,
         Err(e) => return settle::unrendered(svc, claimed, AttemptError::store(e)).await,
     };
-    let bill = Bill::new(&svc.book, &spec, &quote);
+    let bill = Bill::whole(&spec, &quote);
     let work = Join {
         svc: svc.clone(),
         claimed: claimed.clone(),
@@ -112,7 +112,7 @@ struct Join {
     svc: Arc<Service>,
     claimed: Claimed,
     spec: JobSpec,
-    quote: Quote,
+    quote: AdmittedQuote,
     attempt: AttemptRef,
     chunks: Vec<Chunk>,
     gpu: std::collections::BTreeMap<(u32, Pass), i64>,
@@ -123,7 +123,8 @@ impl Join {
     fn run(self, rt: &tokio::runtime::Handle) -> Finished {
         let svc = &self.svc;
         let timing = svc.ctx.timing_source();
-        let mut recorder = UsageRecorder::new(&svc.store, &svc.metrics, self.attempt.clone(), timing);
+        let mut recorder = UsageRecorder::new(&svc.store, &svc.metrics, self.attempt.clone(), timing)
+            .fenced(self.claimed.lease.clone());
         let partial = frames::partial_path_of(svc, &self.claimed.lease, "avi");
         let rendered = self.join(rt, &mut recorder, &partial);
         if rendered.is_err() {
@@ -275,6 +276,7 @@ async fn settle_cancelled(
     svc: &Arc<Service>,
     claimed: &Claimed,
     spec: &JobSpec,
+    quote: &AdmittedQuote,
     attempt: AttemptRef,
     chunks: &[Chunk],
 ) -> &'static str {
@@ -283,13 +285,7 @@ async fn settle_cancelled(
         .filter(|c| c.kind == ChunkKind::Range && matches!(c.state, ChunkState::Done | ChunkState::Cancelled))
         .map(|c| c.frames_done)
         .sum();
-    let mut part = spec.clone();
-    part.frames = delivered;
-    let bill = match quote(&svc.book, &part.quote_request()) {
-        Ok(q) if delivered > 0 => Some(Bill::new(&svc.book, &part, &q)),
-        Ok(_) => None,
-        Err(e) => return settle::unrendered(svc, claimed, AttemptError::failed(e.to_string())).await,
-    };
+    let bill = (delivered > 0).then(|| Bill::of(spec, quote, delivered));
     let timing = svc.ctx.timing_source();
     let closing = Closing { attempt, timing, totals: PassTimes::default(), pending: Vec::new() };
     let end = AttemptEnd::Cancelled { frames: delivered };

@@ -24,8 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_metering::event::now_ms;
-use tessera_metering::{quote, AttemptRef, Quote};
+use tessera_metering::{quote, AdmittedQuote, AttemptRef};
 use tessera_store::{ArchivedOutput, ChunkKind, Claimed, Lease, Segment, StoreError};
 
 use super::Service;
@@ -131,7 +130,8 @@ pub struct Finished {
 pub struct Member {
     pub claimed: Claimed,
     pub spec: JobSpec,
-    pub quote: Quote,
+    /// The quote the job was admitted with: what it is billed.
+    pub quote: AdmittedQuote,
     pub bill: Bill,
     pub attempt: AttemptRef,
     /// Set by the heartbeat when the job is cancelled.
@@ -147,7 +147,7 @@ pub struct Member {
 pub async fn run(svc: Arc<Service>, claimed: Claimed) {
     let (lane, job_id) = (claimed.job.lane, claimed.job.id.clone());
     let job = &claimed.job;
-    let wait_s = (now_ms() - job.not_before_ms.max(job.created_at_ms)).max(0) as f64 / 1000.0;
+    let wait_s = (svc.store.now_ms() - job.not_before_ms.max(job.created_at_ms)).max(0) as f64 / 1000.0;
     svc.svc_metrics.queue_wait.with_label_values(&[lane.as_str()]).observe(wait_s);
     if job.attempts == 1 && wait_s > svc.config.lane(lane).wait_slo.as_secs_f64() {
         svc.svc_metrics.sla_breaches.with_label_values(&[lane.as_str()]).inc();
@@ -166,9 +166,11 @@ pub async fn run(svc: Arc<Service>, claimed: Claimed) {
     svc.finish_attempt(&job_id);
 }
 
-/// The stored spec, validated again against today's price book, its quote, and
-/// the tenant the attempt meters for.
-async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, Quote, AttemptRef), AttemptError> {
+/// The stored spec, validated again, the quote it was admitted with, and the
+/// tenant the attempt meters for. The quote is the job's own, never one made
+/// from this worker's price book: a book changed since (an edit, a rolling
+/// deploy) applies to new jobs only.
+async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, AdmittedQuote, AttemptRef), AttemptError> {
     let job = &claimed.job;
     let raw: RawSpec =
         serde_json::from_str(&job.spec_json).map_err(|e| AttemptError::fatal(format!("stored spec: {e}")))?;
@@ -179,7 +181,10 @@ async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, Quote, At
         .await
         .map_err(AttemptError::store)?
         .ok_or_else(|| AttemptError::fatal(format!("tenant {} no longer exists", job.tenant_id)))?;
-    let q = quote(&svc.book, &spec.quote_request()).map_err(|e| AttemptError::fatal(e.to_string()))?;
+    let admitted = match &job.quote {
+        Some(q) => q.clone(),
+        None => legacy_quote(svc, &spec, job.price_micros)?,
+    };
     let attempt = AttemptRef {
         tenant_id: tenant.id.to_string(),
         tier: tenant.tier,
@@ -187,19 +192,29 @@ async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, Quote, At
         attempt: claimed.lease.attempt,
         chunk: claimed.chunk.event_index(),
     };
-    Ok((spec, q, attempt))
+    Ok((spec, admitted, attempt))
+}
+
+/// A job admitted before quotes were stored: its rates from this worker's
+/// book, its whole price the one it was admitted (and reserved) at.
+fn legacy_quote(svc: &Service, spec: &JobSpec, price_micros: i64) -> Result<AdmittedQuote, AttemptError> {
+    let req = spec.quote_request();
+    let q = quote(&svc.book, &req).map_err(|e| AttemptError::fatal(e.to_string()))?;
+    let mut admitted = AdmittedQuote::new(&svc.book, &req, &q, spec.frames).map_err(|e| AttemptError::fatal(e.to_string()))?;
+    admitted.price = tessera_metering::price::from_micros(price_micros);
+    Ok(admitted)
 }
 
 async fn render_and_settle(
     svc: &Arc<Service>,
     claimed: Claimed,
     spec: JobSpec,
-    quote: Quote,
+    quote: AdmittedQuote,
     attempt: AttemptRef,
 ) -> &'static str {
     let (beating, beat) = Beating::start(svc, &claimed.lease);
     let (reply, result) = tokio::sync::oneshot::channel();
-    let bill = Bill::new(&svc.book, &spec, &quote);
+    let bill = Bill::whole(&spec, &quote);
     let member = Member {
         claimed: claimed.clone(),
         spec,

@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sha2::{Digest, Sha256};
-use tessera_metering::price::to_micros;
-use tessera_metering::{quote, Lane};
+use tessera_metering::price::{from_micros, to_micros};
+use tessera_metering::{quote, AdmittedQuote, Lane};
 use tessera_store::{Job, JobFilter, JobId, JobState, NewJob, StoreError, Submitted, Tenant};
 use utoipa::IntoParams;
 
@@ -76,6 +76,10 @@ pub(super) async fn submit(
     let js = raw.validate(&SpecLimits::from_price_book(&svc.book)).map_err(ApiError::spec)?;
     let q = quote(&svc.book, &js.quote_request())
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
+    // The quote is stored with the job: it is what the job is billed, on
+    // whichever worker (and price book) finishes it.
+    let admitted = AdmittedQuote::new(&svc.book, &js.quote_request(), &q, js.frames)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", e.to_string()))?;
     let spec_json = serde_json::to_string(&raw).map_err(ApiError::internal)?;
     let body_hash = hex::encode(Sha256::digest(spec_json.as_bytes()));
     // A keyed job's id is its tenant, key and body, the same on every worker;
@@ -99,6 +103,7 @@ pub(super) async fn submit(
         frames_total: js.frames,
         fps: js.fps,
         price_micros: to_micros(q.price),
+        quote: Some(admitted),
         est_cost_ms: (u64::from(js.width) * u64::from(js.height) * u64::from(js.frames) / 20_000) as i64,
         max_wait_ms: svc.config.lane(lane).max_wait.as_millis() as i64,
         max_failures: svc.config.max_attempts,
@@ -175,6 +180,9 @@ pub(super) async fn get_job(
     v.chunks = Some(chunks.iter().map(ChunkView::from).collect());
     let usage = svc.store.job_gpu_ns(&j.id).await.map_err(ApiError::store)?;
     v.usage_gpu_ns = Some(usage.iter().map(|(p, ns)| (p.as_str().to_string(), *ns)).collect());
+    let billed = svc.store.billed_output(&j.id).await.map_err(ApiError::store)?;
+    v.billed = Some(billed.map(|(_, micros)| from_micros(micros).to_string()));
+    v.billed_frames = Some(billed.map(|(frames, _)| frames));
     Ok(Json(v))
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use tessera_metering::price::from_micros;
 use tessera_metering::price::Quote;
 use tessera_metering::tiers::AdmissionError;
-use tessera_metering::Lane;
+use tessera_metering::{AdmittedQuote, Lane};
 use tessera_store::{Chunk, ChunkKind, ChunkState, Job, JobState, Worker};
 use utoipa::ToSchema;
 
@@ -122,9 +122,22 @@ pub struct JobView {
     pub worker: Option<String>,
     pub frames_done: u32,
     pub frames_total: u32,
-    /// The quoted price, a decimal string in `currency`.
+    /// The quoted price, a decimal string in `currency`: what the job is
+    /// billed when every frame is delivered.
     pub price: String,
     pub currency: String,
+    /// The quote as admitted (rates, the price book's fingerprint, line
+    /// items): the job is billed by it whatever book a later worker runs with.
+    /// Null for jobs admitted before quotes were stored.
+    pub quote: Option<AdmittedQuote>,
+    /// `GET /v1/jobs/{id}` only: what was billed, a decimal string in
+    /// `currency` (the quote, or the same rates for the frames a cancel
+    /// delivered); null until the job is billed, and for a job that delivered nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billed: Option<Option<String>>,
+    /// `GET /v1/jobs/{id}` only: the frames billed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub billed_frames: Option<Option<u32>>,
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
@@ -161,7 +174,10 @@ impl JobView {
             frames_done: j.frames_done,
             frames_total: j.frames_total,
             price: from_micros(j.price_micros).to_string(),
-            currency: currency.to_string(),
+            currency: j.quote.as_ref().map_or(currency, |q| q.currency.as_str()).to_string(),
+            quote: j.quote.clone(),
+            billed: None,
+            billed_frames: None,
             created_at_ms: j.created_at_ms,
             started_at_ms: j.started_at_ms,
             finished_at_ms: j.finished_at_ms,
