@@ -267,9 +267,22 @@ impl UsageEvent {
         e
     }
 
-    /// Storage retained over period `seq` (for example the minute index).
-    pub fn storage(a: &AttemptRef, seq: u64, byte_seconds: i64) -> Self {
-        Self::base(a, format!("{}/storage/{seq}", a.job_id), EventKind::Storage, seq, byte_seconds)
+    /// A tenant's storage over the period `[start_ms, start_ms + period_ms)`:
+    /// the byte-seconds of everything it kept during it, one event per tenant
+    /// and period (no job: `job_id` is empty). Dated at the period's start, so
+    /// a period never counts in the month after it (periods divide a day).
+    pub fn storage_period(tenant_id: &str, tier: &str, start_ms: i64, period_ms: i64, byte_seconds: i64) -> Self {
+        let a = AttemptRef {
+            tenant_id: tenant_id.into(),
+            tier: tier.into(),
+            job_id: String::new(),
+            attempt: 0,
+            chunk: None,
+        };
+        let seq = u64::try_from(start_ms.div_euclid(period_ms.max(1))).unwrap_or(0);
+        let mut e = Self::base(&a, format!("storage/{tenant_id}/{start_ms}"), EventKind::Storage, seq, byte_seconds);
+        e.occurred_at_ms = start_ms;
+        e
     }
 
     /// Bytes served by request `seq` of the worker `server` (ids of two workers

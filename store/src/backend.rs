@@ -136,6 +136,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Test-only fault injection (a no-op without the `fault-injection` feature).
     fn faults(&self) -> &crate::faults::Faults;
     async fn ping(&self) -> Result<()>;
+    /// The database server's own clock, where the fleet shares one (PostgreSQL);
+    /// `None` where the store is this process's (SQLite).
+    async fn server_clock_ms(&self) -> Result<Option<i64>>;
 
     // Tenants.
     /// Creates a tenant; [`StoreError::TenantExists`] when the name is taken.
@@ -161,8 +164,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// running one is flagged and stops at its next frame.
     async fn request_cancel(&self, id: &JobId, now_ms: i64) -> Result<Option<Job>>;
     /// Claims the next chunk: of aged jobs first (most overdue first), then by
-    /// lane, rank and chunk order; leases it to `owner` until `now_ms + lease_ms`.
-    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>>;
+    /// lane, rank and chunk order, within `owner`'s share of its job among
+    /// `sharers` workers (itself and the idle peers); leases it to `owner`
+    /// until `now_ms + lease_ms`.
+    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64, sharers: u32) -> Result<Option<Claimed>>;
     /// Renews a lease; returns whether a cancel was requested.
     async fn heartbeat(&self, lease: &Lease, until_ms: i64, frames_done: u32) -> Result<bool>;
     /// Ends an attempt: the row's next state from [`crate::transition::settle`],
@@ -181,7 +186,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Every segment on disk.
     async fn segments(&self) -> Result<Vec<StoredSegment>>;
     /// The job's segments were removed from disk.
-    async fn forget_segments(&self, job: &JobId) -> Result<()>;
+    async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()>;
     /// The query plan of the claim, for operators and benchmarks.
     async fn explain_claim(&self) -> Result<String>;
 
@@ -205,7 +210,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     // Retention.
     async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>>;
-    async fn forget_output(&self, job: &JobId) -> Result<()>;
+    async fn forget_output(&self, job: &JobId, now_ms: i64) -> Result<()>;
+    /// Closes every storage period of `period_ms` that ended by `now_ms`
+    /// since the meter's watermark ([`crate::storage`]): one event per tenant
+    /// and period, appended with the watermark's move. Returns the events and
+    /// whether each was new.
+    async fn close_storage_periods(&self, now_ms: i64, period_ms: i64) -> Result<(Vec<UsageEvent>, Vec<bool>)>;
 
     // Workers.
     async fn register_worker(&self, w: &WorkerInfo, now_ms: i64) -> Result<()>;

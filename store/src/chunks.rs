@@ -15,6 +15,64 @@ macro_rules! fence {
     };
 }
 
+/// The claim's share rule for a candidate chunk `c`: the claiming worker
+/// (`$2`) holds fewer running chunks of its job than its share, the job's
+/// chunks divided among `$4` workers (itself and the peers idle now), rounded
+/// up. With no idle peer (`$4` = 1) the share is every chunk: a lone or busy
+/// fleet loses nothing; with idle peers a clip spreads over them, and a
+/// worker that dies takes only its share of a clip with it.
+macro_rules! within_share {
+    () => {
+        "(SELECT COUNT(*) FROM chunks h WHERE h.job_id = c.job_id AND h.state = 'running' AND h.lease_owner = $2)
+          < (SELECT (COUNT(*) + $4 - 1) / $4 FROM chunks r WHERE r.job_id = c.job_id AND r.kind <> 'join')"
+    };
+}
+
+/// The claim's candidates on SQLite (under its one write lock, no row locks):
+/// the first queued chunk of the most overdue aged job, else the first in
+/// lane, rank and chunk order, within the worker's share (index-ordered
+/// scans). Binds `$1` now, `$2` owner, `$3` lease, `$4` sharers.
+pub(crate) const CLAIM_SQLITE: &str = concat!(
+    "UPDATE chunks SET state = 'running', attempts = attempts + 1, lease_owner = $2, worker = $2,
+        lease_until_ms = $1 + $3
+    WHERE rowid = COALESCE(
+        (SELECT c.rowid FROM chunks c WHERE c.state = 'queued' AND c.deadline_ms <= $1 AND c.not_before_ms <= $1
+            AND ",
+    within_share!(),
+    "
+         ORDER BY c.deadline_ms, c.job_id, c.idx LIMIT 1),
+        (SELECT c.rowid FROM chunks c WHERE c.state = 'queued' AND c.not_before_ms <= $1 AND ",
+    within_share!(),
+    "
+         ORDER BY c.lane_rank, c.rank_ms, c.job_id, c.idx LIMIT 1))
+    RETURNING job_id, idx"
+);
+
+/// The claim on PostgreSQL, one statement: the same order and share as
+/// [`CLAIM_SQLITE`], each candidate locked with its job's row (`FOR UPDATE OF
+/// c, j SKIP LOCKED`), so a chunk another worker is claiming, or one whose
+/// job's row a settlement or a cancel holds, is skipped and the next
+/// candidate taken in the same statement: no head-of-line stall.
+pub(crate) const CLAIM_POSTGRES: &str = concat!(
+    "WITH aged AS (
+        SELECT c.job_id, c.idx FROM chunks c JOIN jobs j ON j.id = c.job_id
+        WHERE c.state = 'queued' AND c.deadline_ms <= $1 AND c.not_before_ms <= $1 AND ",
+    within_share!(),
+    "
+        ORDER BY c.deadline_ms, c.job_id, c.idx LIMIT 1 FOR UPDATE OF c, j SKIP LOCKED),
+     ranked AS (
+        SELECT c.job_id, c.idx FROM chunks c JOIN jobs j ON j.id = c.job_id
+        WHERE c.state = 'queued' AND c.not_before_ms <= $1 AND NOT EXISTS (SELECT 1 FROM aged) AND ",
+    within_share!(),
+    "
+        ORDER BY c.lane_rank, c.rank_ms, c.job_id, c.idx LIMIT 1 FOR UPDATE OF c, j SKIP LOCKED),
+     picked AS (SELECT job_id, idx FROM aged UNION ALL SELECT job_id, idx FROM ranked LIMIT 1)
+    UPDATE chunks SET state = 'running', attempts = chunks.attempts + 1, lease_owner = $2, worker = $2,
+        lease_until_ms = $1 + $3
+    FROM picked WHERE chunks.job_id = picked.job_id AND chunks.idx = picked.idx
+    RETURNING chunks.job_id, chunks.idx"
+);
+
 /// A new job's chunk, ranked like its job: `$1` job, `$2` index, `$3` kind,
 /// `$4` first frame, `$5` frames, `$6` state.
 pub(crate) const INSERT_CHUNK: &str = "INSERT INTO chunks (job_id, idx, kind, first_frame, frames, state, lane_rank,

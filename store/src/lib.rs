@@ -27,6 +27,7 @@ pub mod postgres;
 mod rows;
 pub mod score;
 pub mod sqlite;
+pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transition;
@@ -116,6 +117,47 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The database server's clock, read through this host's: the offset between
+/// the two is measured at open and every [`ServerClock::RESYNC`] (to within
+/// half a round trip), so reading the time costs no query. Every lease, month
+/// and storage period of a PostgreSQL fleet is on this clock.
+#[derive(Debug, Default)]
+pub struct ServerClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl ServerClock {
+    const RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+    async fn sync(&self, backend: &dyn Backend) -> Result<()> {
+        let before = tessera_metering::event::now_ms();
+        let Some(server) = backend.server_clock_ms().await? else { return Ok(()) };
+        let after = tessera_metering::event::now_ms();
+        let offset = server - (before + after) / 2;
+        self.offset_ms.store(offset, std::sync::atomic::Ordering::Relaxed);
+        if offset.abs() > 1_000 {
+            tracing::warn!(offset_ms = offset, "this host's clock is off the database's: the fleet keeps the database's time");
+        }
+        Ok(())
+    }
+
+    async fn keep_in_sync(clock: std::sync::Weak<Self>, backend: std::sync::Weak<dyn Backend>) {
+        loop {
+            tokio::time::sleep(Self::RESYNC).await;
+            let (Some(clock), Some(backend)) = (clock.upgrade(), backend.upgrade()) else { return };
+            if let Err(e) = clock.sync(backend.as_ref()).await {
+                tracing::debug!(error = %e, "reading the database's clock (the last offset stays)");
+            }
+        }
+    }
+}
+
+impl Clock for ServerClock {
+    fn now_ms(&self) -> i64 {
+        tessera_metering::event::now_ms() + self.offset_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A render admitted outside the queue: what it reserves against the caps.
 #[derive(Debug, Clone, Copy)]
 pub struct Reservation<'a> {
@@ -138,7 +180,18 @@ pub struct Store {
 impl Store {
     /// Opens the store at `url` and applies its migrations.
     pub async fn open(url: &StoreUrl) -> Result<Self> {
-        Self::open_on(url, Arc::new(SystemClock)).await
+        match url {
+            StoreUrl::Sqlite(_) => Self::open_on(url, Arc::new(SystemClock)).await,
+            // A fleet keeps time by its database: leases, months and periods
+            // then mean the same instant on every worker, whatever their clocks.
+            StoreUrl::Postgres(_) => {
+                let clock = Arc::new(ServerClock::default());
+                let store = Self::open_on(url, clock.clone()).await?;
+                clock.sync(store.backend.as_ref()).await?;
+                tokio::spawn(ServerClock::keep_in_sync(Arc::downgrade(&clock), Arc::downgrade(&store.backend)));
+                Ok(store)
+            }
+        }
     }
 
     /// Opens the store on a clock a test sets (`ManualClock`).
@@ -303,7 +356,15 @@ impl Store {
 
     /// Claims the next chunk for `owner` under a lease of `lease_ms`.
     pub async fn claim(&self, owner: &WorkerId, lease_ms: i64) -> Result<Option<Claimed>> {
-        self.backend.claim(owner, self.now_ms(), lease_ms).await
+        self.backend.claim(owner, self.now_ms(), lease_ms, 1).await
+    }
+
+    /// Claims the next chunk for `owner` while `idle_peers` other workers are
+    /// idle: of any one job, `owner` holds at most its share of the chunks
+    /// (divided among itself and the idle peers, rounded up), so a clip
+    /// spreads over the fleet instead of piling onto whoever polled first.
+    pub async fn claim_sharing(&self, owner: &WorkerId, lease_ms: i64, idle_peers: u32) -> Result<Option<Claimed>> {
+        self.backend.claim(owner, self.now_ms(), lease_ms, idle_peers.saturating_add(1)).await
     }
 
     /// Renews `lease` for `lease_ms` and records progress; returns whether a
@@ -358,7 +419,7 @@ impl Store {
 
     /// Records that a job's segments were removed from disk.
     pub async fn forget_segments(&self, job: &JobId) -> Result<()> {
-        self.backend.forget_segments(job).await
+        self.backend.forget_segments(job, self.now_ms()).await
     }
 
     /// The query plan of the claim statement (EXPLAIN), for operators and benches.
@@ -449,7 +510,18 @@ impl Store {
     }
 
     pub async fn forget_output(&self, job: &JobId) -> Result<()> {
-        self.backend.forget_output(job).await
+        self.backend.forget_output(job, self.now_ms()).await
+    }
+
+    /// Closes the storage periods that have ended (see [`storage`]): one
+    /// ledger event per tenant and period, byte-seconds from each object's
+    /// archive to its removal. `period_ms` must divide a day. Returns the
+    /// events and whether each was new (for the counters).
+    pub async fn close_storage_periods(&self, period_ms: i64) -> Result<(Vec<UsageEvent>, Vec<bool>)> {
+        if period_ms <= 0 || 86_400_000 % period_ms != 0 {
+            return Err(StoreError::Query(format!("a storage period of {period_ms} ms does not divide a day")));
+        }
+        self.backend.close_storage_periods(self.now_ms(), period_ms).await
     }
 
     // Workers.

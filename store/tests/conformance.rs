@@ -87,6 +87,7 @@ macro_rules! conformance_clocked {
 conformance_clocked!(
     a_job_admitted_in_a_months_last_second_counts_in_that_month,
     a_reaped_attempt_appends_nothing_behind_the_reaper,
+    storage_is_billed_for_the_time_each_clip_is_kept,
 );
 
 conformance!(
@@ -108,6 +109,7 @@ conformance!(
     listings_pages_and_depths,
     a_chunked_job_spreads_over_workers_and_joins_once,
     a_chunked_job_cancels_and_dies_as_one,
+    a_clip_spreads_over_idle_workers,
 );
 
 fn book() -> PriceBook {
@@ -1128,4 +1130,117 @@ async fn a_reaped_attempt_appends_nothing_behind_the_reaper(
     // The abandonment writes the late window as the operator's cost.
     assert_eq!(store.append(&[window(10, 2_000)]).await.unwrap(), vec![true]);
     assert_eq!(store.job_gpu_ns(&id).await.unwrap().get(&Pass::Render), Some(&3_500));
+}
+
+/// Storage by elapsed time: one event per tenant and period, byte-seconds from
+/// each clip's archive to its removal, exact to the byte-second, across a
+/// stalled meter (five periods closed late in one run) and a repeated run.
+async fn storage_is_billed_for_the_time_each_clip_is_kept(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    const MINUTE: i64 = 60_000;
+    let t0 = at("2027-01-10T00:00:00Z");
+    clock.set(t0);
+    let (acme, globex) = (tenant(&store, "acme", "mid").await, tenant(&store, "globex", "enterprise").await);
+    let w = worker();
+    // acme's clip (100 bytes) is archived at 10.5 s, globex's (3 bytes) at 20.333 s.
+    let mut ids = Vec::new();
+    for (t, at_ms, bytes) in [(&acme, 10_500, 100), (&globex, 20_333, 3)] {
+        let id = queued(&store, t, Lane::Standard).await;
+        clock.set(t0 + at_ms);
+        let c = store.claim(&w, 60_000).await.unwrap().unwrap();
+        assert_eq!(c.job.id, id);
+        let out = ArchivedOutput { bytes, ..archived(&id) };
+        store.settle(&c.lease, &AttemptEnd::Succeeded(out), &success_events(t, &c.lease, 24)).await.unwrap();
+        ids.push(id);
+    }
+    let a = ids[0].clone();
+    // The meter's first run starts it at the current period: nothing is due yet.
+    clock.set(t0 + 30_000);
+    let (events, _) = store.close_storage_periods(MINUTE).await.unwrap();
+    assert!(events.is_empty(), "{events:?}");
+    // Stalled for five minutes: the next run closes the five periods it missed.
+    clock.set(t0 + 5 * MINUTE + 5_000);
+    let (events, inserted) = store.close_storage_periods(MINUTE).await.unwrap();
+    assert!(inserted.iter().all(|n| *n));
+    let per = |events: &[UsageEvent], t: &Tenant| -> Vec<i64> {
+        events.iter().filter(|e| e.tenant_id == t.id.as_str()).map(|e| e.quantity).collect()
+    };
+    assert_eq!(per(&events, &acme), vec![4_950, 6_000, 6_000, 6_000, 6_000]);
+    // 3 bytes x 39.667 s = 119.001 byte-seconds: floored to 119.
+    assert_eq!(per(&events, &globex), vec![119, 180, 180, 180, 180]);
+    assert!(events.iter().all(|e| e.kind == EventKind::Storage && e.job_id.is_empty()));
+    // Run again at once, or by another leader: nothing twice.
+    assert!(store.close_storage_periods(MINUTE).await.unwrap().0.is_empty());
+    // acme's clip is removed at 5 min 20 s: billed to that moment, then nothing.
+    clock.set(t0 + 5 * MINUTE + 20_000);
+    store.forget_output(&a).await.unwrap();
+    clock.set(t0 + 7 * MINUTE);
+    let (events, _) = store.close_storage_periods(MINUTE).await.unwrap();
+    assert_eq!(per(&events, &acme), vec![2_000]);
+    assert_eq!(per(&events, &globex), vec![180, 180]);
+    // The ledger: size x time kept, to the byte-second (acme: 100 B x 309.5 s).
+    let ledger = store.events(&Default::default()).await.unwrap();
+    let total = |t: &Tenant| -> i64 {
+        ledger.iter().filter(|e| e.kind == EventKind::Storage && e.tenant_id == t.id.as_str()).map(|e| e.quantity).sum()
+    };
+    assert_eq!(total(&acme), 30_950);
+    let globex_exact = 3.0 * (7.0 * 60.0 - 20.333);
+    assert!((total(&globex) as f64 - globex_exact).abs() < 1.0, "{} vs {globex_exact}", total(&globex));
+    assert_eq!(store.usage_totals(&acme.id).await.unwrap().storage_byte_seconds, 30_950);
+    // A period must divide a day.
+    assert!(store.close_storage_periods(7 * MINUTE).await.is_err());
+}
+
+/// Claims spread: while peers are idle a worker takes at most its share of a
+/// clip's chunks (the chunks divided among itself and the idle peers, rounded
+/// up); a lone or busy fleet takes every chunk.
+async fn a_clip_spreads_over_idle_workers(store: Store) {
+    let t = tenant(&store, "acme", "mid").await;
+    let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 240) };
+    submit(&store, &t, &job).await;
+    let (a, b, c) = (worker(), worker(), worker());
+    let mut held = std::collections::BTreeMap::new();
+    for w in [&a, &b, &c] {
+        while let Some(claimed) = store.claim_sharing(w, 60_000, 2).await.unwrap() {
+            assert_eq!(claimed.job.id, job.id);
+            *held.entry(w.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!((held[&a], held[&b], held[&c]), (4, 4, 2), "ten chunks over three idle workers");
+    // Alone (no idle peer), a worker takes what is queued: a second clip whole.
+    let second = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 96) };
+    submit(&store, &t, &second).await;
+    let mut alone = 0;
+    while let Some(claimed) = store.claim_sharing(&a, 60_000, 0).await.unwrap() {
+        assert_eq!(claimed.job.id, second.id);
+        alone += 1;
+    }
+    assert_eq!(alone, 4);
+}
+
+/// On PostgreSQL a claim that meets a job whose row is locked (a settlement or
+/// a cancel under way) skips it and takes the next candidate in the same
+/// statement, instead of returning nothing for the tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_claim_skips_a_locked_job_and_takes_the_next() {
+    use sqlx::Connection;
+    let Some(server) = tessera_store::testing::postgres_server() else { return };
+    let db = tessera_store::testing::TestDatabase::create(&server).await.unwrap();
+    let store = Store::open(&tessera_store::StoreUrl::parse(db.url()).unwrap()).await.unwrap();
+    let t = tenant(&store, "acme", "mid").await;
+    let first = queued(&store, &t, Lane::Standard).await;
+    let second = queued(&store, &t, Lane::Standard).await;
+    // Another session holds the first job's row, as a settlement would.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE").bind(first.as_str()).execute(&mut *tx).await.unwrap();
+    let claimed = store.claim(&worker(), 60_000).await.unwrap().expect("the next job, not nothing");
+    assert_eq!(claimed.job.id, second);
+    tx.rollback().await.unwrap();
+    let claimed = store.claim(&worker(), 60_000).await.unwrap().expect("the first job, once free");
+    assert_eq!(claimed.job.id, first);
+    drop(store);
+    drop(db);
 }

@@ -30,6 +30,7 @@ use crate::backend::{
 };
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
+use crate::storage;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
 use crate::rows::{
@@ -209,6 +210,18 @@ impl PgBackend {
             sqlx::query(chunks::UNBLOCK_JOIN).bind(lease.job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
         }
         for idx in &s.redo {
+            let gone = sqlx::query(storage::REMOVE_SEGMENT).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
+            gone.execute(&mut *tx).await.db()?;
+        }
+        if let Some(seg) = &s.chunk.segment {
+            let kept = sqlx::query(storage::STORE_OBJECT).bind(&seg.path).bind("segment").bind(Some(i64::from(lease.chunk)));
+            kept.bind(seg.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
+        }
+        if let Some(out) = &s.job.output {
+            let kept = sqlx::query(storage::STORE_OBJECT).bind(&out.path).bind("clip").bind(None::<i64>);
+            kept.bind(out.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
+        }
+        for idx in &s.redo {
             let redo = sqlx::query(chunks::REDO_RANGE).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
             redo.execute(&mut *tx).await.db()?;
         }
@@ -352,26 +365,6 @@ fn unnest_events(batch: &[UsageEvent]) -> sqlx::query::Query<'static, Postgres, 
         .bind(col(batch, |e| month_of(e.occurred_at_ms)))
 }
 
-/// The claim: the first chunk of the most overdue aged job, else the first in
-/// lane, rank and chunk order; rows another worker is claiming right now are
-/// skipped, not waited for, and so is a chunk whose job's row is locked (a
-/// settlement or a cancel of that job is under way: the next poll takes it).
-fn claim_sql() -> &'static str {
-    "WITH aged AS (
-         SELECT job_id, idx FROM chunks WHERE state = 'queued' AND deadline_ms <= $1 AND not_before_ms <= $1
-         ORDER BY deadline_ms, job_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
-     ranked AS (
-         SELECT job_id, idx FROM chunks WHERE state = 'queued' AND not_before_ms <= $1
-           AND NOT EXISTS (SELECT 1 FROM aged)
-         ORDER BY lane_rank, rank_ms, job_id, idx LIMIT 1 FOR UPDATE SKIP LOCKED),
-     picked AS (SELECT job_id, idx FROM aged UNION ALL SELECT job_id, idx FROM ranked LIMIT 1),
-     job AS (SELECT id FROM jobs WHERE id = (SELECT job_id FROM picked) FOR UPDATE SKIP LOCKED)
-     UPDATE chunks SET state = 'running', attempts = chunks.attempts + 1, lease_owner = $2, worker = $2,
-         lease_until_ms = $1 + $3
-     FROM picked, job WHERE chunks.job_id = picked.job_id AND chunks.idx = picked.idx AND job.id = picked.job_id
-     RETURNING chunks.job_id, chunks.idx"
-}
-
 /// EXPLAIN plans the claim as of now (without running it).
 fn now_ms_for_explain() -> i64 {
     tessera_metering::event::now_ms()
@@ -402,6 +395,14 @@ impl Backend for PgBackend {
 
     fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    async fn server_clock_ms(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms")
+            .fetch_one(&self.pool)
+            .await
+            .db()?;
+        Ok(Some(row.int("now_ms")?))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -610,12 +611,13 @@ impl Backend for PgBackend {
         Ok(job)
     }
 
-    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64, sharers: u32) -> Result<Option<Claimed>> {
         let mut tx = self.begin().await?;
-        let row = sqlx::query(claim_sql())
+        let row = sqlx::query(chunks::CLAIM_POSTGRES)
             .bind(now_ms)
             .bind(owner.as_str())
             .bind(lease_ms)
+            .bind(i64::from(sharers.max(1)))
             .fetch_optional(&mut *tx)
             .await
             .db()?;
@@ -739,17 +741,42 @@ impl Backend for PgBackend {
         rows.iter().map(rows::stored_segment).collect()
     }
 
-    async fn forget_segments(&self, job: &JobId) -> Result<()> {
-        sqlx::query(chunks::FORGET_SEGMENTS).bind(job.as_str()).execute(&self.pool).await.db()?;
-        Ok(())
+    async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(chunks::FORGET_SEGMENTS).bind(job.as_str()).execute(&mut *tx).await.db()?;
+        sqlx::query(storage::REMOVE_SEGMENTS).bind(job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+        tx.commit().await.db()
+    }
+
+    async fn close_storage_periods(&self, now_ms: i64, period_ms: i64) -> Result<(Vec<UsageEvent>, Vec<bool>)> {
+        static WATERMARK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let mut tx = self.begin().await?;
+        let start = storage::first_boundary(now_ms, period_ms);
+        sqlx::query(storage::START_METER).bind(start).bind(period_ms).execute(&mut *tx).await.db()?;
+        // The leader's lock: a second worker closing periods waits, then finds them closed.
+        let watermark = WATERMARK.get_or_init(|| format!("{} FOR UPDATE", storage::WATERMARK));
+        let mark = sqlx::query(watermark).fetch_one(&mut *tx).await.db()?;
+        let closed_to = mark.int("closed_to_ms")?;
+        let mut events = Vec::new();
+        let mut to = closed_to;
+        for a in storage::due_periods(closed_to, period_ms, now_ms) {
+            let rows = sqlx::query(storage::STORED_DURING).bind(a).bind(a + period_ms).fetch_all(&mut *tx).await.db()?;
+            events.extend(storage::period_events(&rows, a, period_ms)?);
+            to = a + period_ms;
+        }
+        let inserted = Self::append_in(&mut tx, &events).await?;
+        sqlx::query(storage::MOVE_WATERMARK).bind(to).bind(period_ms).execute(&mut *tx).await.db()?;
+        tx.commit().await.db()?;
+        Ok((events, inserted))
     }
 
     async fn explain_claim(&self) -> Result<String> {
-        let sql = format!("EXPLAIN {}", claim_sql());
+        let sql = format!("EXPLAIN {}", chunks::CLAIM_POSTGRES);
         let rows = sqlx::query(&sql)
             .bind(now_ms_for_explain())
             .bind("w_explain")
             .bind(1i64)
+            .bind(3i64)
             .fetch_all(&self.pool)
             .await
             .db()?;
@@ -861,13 +888,15 @@ impl Backend for PgBackend {
         rows.iter().map(rows::retained).collect()
     }
 
-    async fn forget_output(&self, job: &JobId) -> Result<()> {
+    async fn forget_output(&self, job: &JobId, now_ms: i64) -> Result<()> {
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE jobs SET output_path = NULL, metadata_path = NULL WHERE id = $1")
             .bind(job.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .db()?;
-        Ok(())
+        sqlx::query(storage::REMOVE_CLIP).bind(job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+        tx.commit().await.db()
     }
 
     async fn register_worker(&self, w: &WorkerInfo, now_ms: i64) -> Result<()> {

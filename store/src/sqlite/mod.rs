@@ -34,6 +34,7 @@ use crate::backend::{
 };
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
+use crate::storage;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
 use crate::rows::{
@@ -237,6 +238,18 @@ impl SqliteBackend {
             unblock.execute(&mut *tx).await.db()?;
         }
         for idx in &s.redo {
+            let gone = sqlx::query(q(storage::REMOVE_SEGMENT)).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
+            gone.execute(&mut *tx).await.db()?;
+        }
+        if let Some(seg) = &s.chunk.segment {
+            let kept = sqlx::query(q(storage::STORE_OBJECT)).bind(&seg.path).bind("segment").bind(Some(i64::from(lease.chunk)));
+            kept.bind(seg.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
+        }
+        if let Some(out) = &s.job.output {
+            let kept = sqlx::query(q(storage::STORE_OBJECT)).bind(&out.path).bind("clip").bind(None::<i64>);
+            kept.bind(out.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
+        }
+        for idx in &s.redo {
             let redo = sqlx::query(q(chunks::REDO_RANGE)).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
             redo.execute(&mut *tx).await.db()?;
         }
@@ -323,6 +336,10 @@ impl Backend for SqliteBackend {
 
     fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    async fn server_clock_ms(&self) -> Result<Option<i64>> {
+        Ok(None)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -546,26 +563,16 @@ impl Backend for SqliteBackend {
         Ok(job)
     }
 
-    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64) -> Result<Option<Claimed>> {
+    async fn claim(&self, owner: &WorkerId, now_ms: i64, lease_ms: i64, sharers: u32) -> Result<Option<Claimed>> {
         let mut tx = self.write().await?;
-        // Under SQLite's write lock: the first chunk of the most overdue aged
-        // job, else the first in lane, rank and chunk order (index-ordered scans).
-        let row = sqlx::query(
-            "UPDATE chunks SET state = 'running', attempts = attempts + 1, lease_owner = ?2, worker = ?2,
-                 lease_until_ms = ?1 + ?3
-             WHERE rowid = COALESCE(
-                 (SELECT rowid FROM chunks WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1
-                  ORDER BY deadline_ms, job_id, idx LIMIT 1),
-                 (SELECT rowid FROM chunks WHERE state = 'queued' AND not_before_ms <= ?1
-                  ORDER BY lane_rank, rank_ms, job_id, idx LIMIT 1))
-             RETURNING job_id, idx",
-        )
-        .bind(now_ms)
-        .bind(owner.as_str())
-        .bind(lease_ms)
-        .fetch_optional(&mut *tx)
-        .await
-        .db()?;
+        let row = sqlx::query(q(chunks::CLAIM_SQLITE))
+            .bind(now_ms)
+            .bind(owner.as_str())
+            .bind(lease_ms)
+            .bind(i64::from(sharers.max(1)))
+            .fetch_optional(&mut *tx)
+            .await
+            .db()?;
         let Some(row) = row else { return Ok(None) };
         let claimed = Self::start_attempt(&mut tx, &row.text("job_id")?, row.int("idx")?, owner, now_ms).await?;
         tx.commit().await?;
@@ -660,10 +667,31 @@ impl Backend for SqliteBackend {
         rows.iter().map(rows::stored_segment).collect()
     }
 
-    async fn forget_segments(&self, job: &JobId) -> Result<()> {
+    async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(q(chunks::FORGET_SEGMENTS)).bind(job.as_str()).execute(&mut *tx).await.db()?;
+        sqlx::query(q(storage::REMOVE_SEGMENTS)).bind(job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
         tx.commit().await
+    }
+
+    async fn close_storage_periods(&self, now_ms: i64, period_ms: i64) -> Result<(Vec<UsageEvent>, Vec<bool>)> {
+        let mut tx = self.write().await?;
+        let start = storage::first_boundary(now_ms, period_ms);
+        sqlx::query(q(storage::START_METER)).bind(start).bind(period_ms).execute(&mut *tx).await.db()?;
+        let mark = sqlx::query(q(storage::WATERMARK)).fetch_one(&mut *tx).await.db()?;
+        let (closed_to, _) = (mark.int("closed_to_ms")?, mark.int("period_ms")?);
+        let mut events = Vec::new();
+        let mut to = closed_to;
+        for a in storage::due_periods(closed_to, period_ms, now_ms) {
+            let rows =
+                sqlx::query(q(storage::STORED_DURING)).bind(a).bind(a + period_ms).fetch_all(&mut *tx).await.db()?;
+            events.extend(storage::period_events(&rows, a, period_ms)?);
+            to = a + period_ms;
+        }
+        let inserted = Self::append_in(&mut tx, &events).await?;
+        sqlx::query(q(storage::MOVE_WATERMARK)).bind(to).bind(period_ms).execute(&mut *tx).await.db()?;
+        tx.commit().await?;
+        Ok((events, inserted))
     }
 
     async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>> {
@@ -678,16 +706,9 @@ impl Backend for SqliteBackend {
     }
 
     async fn explain_claim(&self) -> Result<String> {
-        let mut plan = Vec::new();
-        for (what, sql) in [
-            ("aged", "SELECT rowid FROM chunks WHERE state = 'queued' AND deadline_ms <= ?1 AND not_before_ms <= ?1 ORDER BY deadline_ms, job_id, idx LIMIT 1"),
-            ("ranked", "SELECT rowid FROM chunks WHERE state = 'queued' AND not_before_ms <= ?1 ORDER BY lane_rank, rank_ms, job_id, idx LIMIT 1"),
-        ] {
-            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}")).bind(0i64).fetch_all(&self.pool).await.db()?;
-            for r in &rows {
-                plan.push(format!("{what}: {}", r.text("detail")?));
-            }
-        }
+        let sql = format!("EXPLAIN QUERY PLAN {}", q(chunks::CLAIM_SQLITE));
+        let rows = sqlx::query(&sql).bind(0i64).bind("w_explain").bind(1i64).bind(3i64).fetch_all(&self.pool).await.db()?;
+        let plan: Vec<String> = rows.iter().map(|r| r.text("detail")).collect::<Result<_>>()?;
         Ok(plan.join("\n"))
     }
 
@@ -794,14 +815,15 @@ impl Backend for SqliteBackend {
         rows.iter().map(rows::retained).collect()
     }
 
-    async fn forget_output(&self, job: &JobId) -> Result<()> {
-        let _turn = self.turn().await;
+    async fn forget_output(&self, job: &JobId, now_ms: i64) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE jobs SET output_path = NULL, metadata_path = NULL WHERE id = ?")
             .bind(job.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .db()?;
-        Ok(())
+        sqlx::query(q(storage::REMOVE_CLIP)).bind(job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
+        tx.commit().await
     }
 
     async fn register_worker(&self, w: &WorkerInfo, now_ms: i64) -> Result<()> {
