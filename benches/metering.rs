@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use tessera_metering::{quote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
+use tessera_metering::{quote, AdmittedQuote, AttemptRef, Metrics, Outcome, PriceBook, TimingSource};
 use tessera_store::{JobId, Store, StoreUrl};
 use tessera_worker::gpu::GpuContext;
 use tessera_worker::render::{FrameRenderer, Readback};
@@ -60,7 +60,8 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(recorder.frame(i, &f.times))?;
         }
         let closing = rt.block_on(recorder.close());
-        let events = closing.events(Outcome::Succeeded, Some(&Bill::new(&book, &spec, &q)));
+        let admitted = AdmittedQuote::new(&book, &spec.quote_request(), &q, spec.frames)?;
+        let events = closing.events(Outcome::Succeeded, Some(&Bill::whole(&spec, &admitted)));
         let inserted = rt.block_on(store.finish_reserved(&JobId::new(job.as_str()), &events))?;
         closing.record(&metrics, &book, Outcome::Succeeded, &events, &inserted);
         metered_s += start.elapsed().as_secs_f64();

@@ -87,7 +87,7 @@ api=()
 for n in 1 2; do
   port=$(free_port)
   mport=$(free_port)
-  "$TESSERA_BIN" serve --db "$db" --data "$work/data" --pipeline-cache "$work/cache-$n" \
+  "$TESSERA_BIN" serve --db "$db" --data "$work/data" --pipeline-cache "$work/cache-$n" --worker-id "loadtest-$n" \
     --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$mport" \
     >"$work/worker-$n.out" 2>"$work/worker-$n.log" &
   pids+=($!)

@@ -1,10 +1,16 @@
 //! The API's contract, over a real socket: `/openapi.json` against the router
 //! that serves it (every documented operation answers with a documented
 //! status, every other method is 405), the job spec's schema against the
-//! template catalog, the access log in both formats (never a key), and a
-//! tenant whose tier left the price book (a clear 409, never a panic).
+//! template catalog, the access log in both formats (never a key), a
+//! tenant whose tier left the price book (a clear 409, never a panic), and
+//! the listeners' guards: connections that send half a request header are
+//! closed after the header read timeout, and past the connection cap new
+//! connections wait for a free slot while the other listener answers.
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_worker::render::catalog::TEMPLATES;
@@ -176,4 +182,101 @@ fn a_tier_removed_from_the_price_book_is_a_clear_409_not_a_panic() {
     assert_eq!(http(&s.api, "GET", "/v1/jobs", &[("Authorization", &auth)], b"").status, 200);
     assert_eq!(http(&s.api, "GET", "/readyz", &[], b"").status, 200);
     assert!(!std::fs::read_to_string(&s.log).unwrap().contains("panicked"));
+}
+
+/// The start of a request whose head never ends.
+const HALF_A_HEADER: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+
+/// A connection to `addr` that has sent half a request header.
+fn half_a_header(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(HALF_A_HEADER).unwrap();
+    s
+}
+
+/// Reads from a connection the server should close without answering: waits
+/// up to `limit` for the close, and returns how many bytes came first (`None`
+/// if it is still open).
+fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Option<usize> {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = 0;
+    let mut buf = [0; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got += n,
+            // Reset rather than closed: closed all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(got),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+}
+
+#[test]
+fn connections_that_send_half_a_header_are_closed_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let timeout = Duration::from_millis(1500);
+    let ms = timeout.as_millis().to_string();
+    let mut s = Server::start_on(&TestStore::sqlite(), dir.path(), &["--header-read-timeout-ms", &ms], &[]);
+    let opened = Instant::now();
+    let mut held: Vec<TcpStream> = (0..50).map(|_| half_a_header(&s.api)).collect();
+    held.extend((0..5).map(|_| half_a_header(&s.metrics)));
+    // Whole requests are served meanwhile, on both listeners.
+    assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200);
+    assert_eq!(http(&s.metrics, "GET", "/metrics", &[], b"").status, 200);
+    // Every half-sent request is cut off: closed without an answer, by the
+    // timeout (never before it; the bound after it is generous).
+    for (n, c) in held.iter_mut().enumerate() {
+        let got = read_until_closed(c, Duration::from_secs(60));
+        assert_eq!(got, Some(0), "connection {n} of {}: still open after 60 s, or answered", held.len());
+    }
+    assert!(opened.elapsed() >= timeout, "closed before the header read timeout");
+    // A client that sends nothing at all is cut off too.
+    let mut silent = TcpStream::connect(&s.api).unwrap();
+    assert_eq!(read_until_closed(&mut silent, Duration::from_secs(60)), Some(0));
+    assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200, "the worker is as healthy as before");
+
+    // A SIGTERM with half-sent requests open: they hold the exit back no
+    // longer than the header read timeout, and the exit is clean.
+    let _held: Vec<TcpStream> = (0..10).map(|_| half_a_header(&s.api)).collect();
+    let term = std::process::Command::new("kill").args(["-TERM", &s.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = s.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the worker never exited\n{}", s.log_tail(20));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "a drain is a clean exit: {exit:?}\n{}", s.log_tail(20));
+}
+
+#[test]
+fn past_the_connection_cap_new_connections_wait_for_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    // A header read timeout far longer than the test: only the cap is at play.
+    let args = ["--max-connections", "4", "--header-read-timeout-ms", "600000"];
+    let s = Server::start_on(&TestStore::sqlite(), dir.path(), &args, &[]);
+    // Four connections hold every slot of the API listener.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| half_a_header(&s.api)).collect();
+    // A fifth connects (the kernel's backlog takes it) and sends a whole
+    // request, which waits: no answer while the four are open.
+    let mut fifth = TcpStream::connect(&s.api).unwrap();
+    fifth.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(read_until_closed(&mut fifth, Duration::from_secs(1)), None, "answered past the cap");
+    // The metrics listener has slots of its own.
+    assert_eq!(http(&s.metrics, "GET", "/metrics", &[], b"").status, 200);
+    // One of the four hangs up: its slot goes to the fifth, which is answered.
+    drop(held.pop());
+    fifth.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut answer = Vec::new();
+    fifth.read_to_end(&mut answer).expect("the waiting request is answered once a slot is free");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The fifth closed: its slot is free again for a plain request.
+    assert_eq!(http(&s.api, "GET", "/healthz", &[], b"").status, 200);
+    drop(held);
+    assert!(s.log_tail(50).contains("connection cap"), "the cap is logged:\n{}", s.log_tail(50));
 }

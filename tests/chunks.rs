@@ -19,11 +19,30 @@ use crate::util::{frame_md5s, http, rt, tessera, Server, TestStore};
 const ARGS: &[&str] =
     &["--lease-s", "2", "--concurrency", "1", "--max-concurrency", "1", "--chunk-frames", "24", "--group-max", "1"];
 
-fn start(db: &TestStore, data: &Path, n: usize) -> Server {
+/// Worker `n` with [`ARGS`], but for the options `extra` sets.
+fn start_with(db: &TestStore, data: &Path, n: usize, extra: &[&str]) -> Server {
     let cache = data.join(format!("cache-{n}"));
-    let mut args = ARGS.to_vec();
+    let mut args: Vec<&str> =
+        ARGS.chunks(2).filter(|kv| !extra.contains(&kv[0])).flat_map(|kv| kv.iter().copied()).collect();
     args.extend(["--pipeline-cache", cache.to_str().unwrap()]);
+    args.extend(extra);
     Server::start_on(db, data, &args, &[])
+}
+
+/// Waits until the registry shows `n` live workers with nothing in flight,
+/// and one registry period more, so every worker has counted its peers.
+fn wait_for_registry(s: &Server, n: usize) {
+    let start = Instant::now();
+    loop {
+        let r = http(&s.api, "GET", "/v1/workers", &[("Authorization", "Bearer admin-secret")], b"").json();
+        let alive = r["workers"].as_array().map_or(0, |w| w.iter().filter(|w| w["alive"] == true).count());
+        if alive >= n {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the registry never showed {n} workers: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1_500));
 }
 
 fn worker_id(s: &Server) -> String {
@@ -35,49 +54,69 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     let Some(db) = TestStore::postgres() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shared");
-    let mut fleet: Vec<Server> = (0..3).map(|n| start(&db, &data, n)).collect();
+    // Two attempts at a time per worker: room enough that one worker could
+    // take most of the clip, if claims did not spread.
+    let spread = ["--concurrency", "2", "--max-concurrency", "2"];
+    let mut fleet: Vec<Server> = (0..3).map(|n| start_with(&db, &data, n, &spread)).collect();
     let key = fleet[0].tenant("acme", "mid");
-    // 96 frames: 4 ranges of 24 and a join.
-    let spec = json!({"template": "dunes", "resolution": {"width": 256, "height": 144}, "fps": 24, "duration_s": 4,
+    wait_for_registry(&fleet[0], 3);
+    // 144 frames: 6 ranges of 24 and a join; each worker's share is 2 ranges.
+    let spec = json!({"template": "dunes", "resolution": {"width": 256, "height": 144}, "fps": 24, "duration_s": 6,
                       "tiles": {"cols": 2, "rows": 1, "overlap_px": 16}});
     let r = fleet[1].submit(&key, &spec, None);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["id"].as_str().unwrap().to_string();
 
-    // Once a chunk is done and another is half-way, kill the worker holding it.
+    // Every range is claimed, over all three workers; a worker holding its
+    // whole share with one chunk part-way is killed.
     let start_at = Instant::now();
-    let (victim_chunk, victim) = loop {
+    let mut holders = BTreeSet::new();
+    let (victim, held) = loop {
         let j = fleet[0].job(&key, &id);
         let chunks = j["chunks"].as_array().unwrap().clone();
-        let done = chunks.iter().any(|c| c["state"] == "done");
-        let half = chunks.iter().find(|c| {
+        let ranges: Vec<_> = chunks.iter().filter(|c| c["kind"] == "range").collect();
+        holders.extend(ranges.iter().filter_map(|c| c["worker"].as_str().map(str::to_string)));
+        let all_claimed = ranges.iter().all(|c| c["state"] == "running" || c["state"] == "done");
+        let running_on = |w: &str| -> Vec<u64> {
+            let on = ranges.iter().filter(|c| c["state"] == "running" && c["worker"] == w);
+            on.map(|c| c["index"].as_u64().unwrap()).collect()
+        };
+        let candidate = ranges.iter().find(|c| {
             let n = c["frames_done"].as_u64().unwrap();
-            c["state"] == "running" && (1..16).contains(&n)
+            c["state"] == "running" && (1..16).contains(&n) && running_on(c["worker"].as_str().unwrap()).len() == 2
         });
-        if let (true, Some(c)) = (done, half) {
-            break (c["index"].as_u64().unwrap(), c["worker"].as_str().unwrap().to_string());
+        if let (true, Some(c)) = (all_claimed, candidate) {
+            let w = c["worker"].as_str().unwrap().to_string();
+            break (w.clone(), running_on(&w));
         }
-        assert!(start_at.elapsed() < Duration::from_secs(120), "no chunk ran: {j}");
+        assert!(start_at.elapsed() < Duration::from_secs(120), "the ranges never spread: {j}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    assert_eq!(holders.len(), 3, "the clip's ranges did not spread over the three workers: {holders:?}");
+    let victim_chunks: BTreeSet<u64> = held.into_iter().collect();
     let n = fleet.iter().position(|s| worker_id(s) == victim).expect("the victim is one of ours");
     fleet[n].kill9();
-    fleet[n] = start(&db, &data, n);
+    fleet[n] = start_with(&db, &data, n, &spread);
 
     let done = fleet[2].wait(&key, &id, Duration::from_secs(300));
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(done["frames_done"], 96);
+    assert_eq!(done["frames_done"], 144);
     let chunks = done["chunks"].as_array().unwrap();
-    assert_eq!(chunks.len(), 5, "{done}");
-    for c in chunks {
+    assert_eq!(chunks.len(), 7, "{done}");
+    // Only what the killed worker held ran again (a chunk it finished between
+    // the look and the kill is done, and not run again either).
+    let mut rerun = BTreeSet::new();
+    for c in chunks.iter().filter(|c| c["kind"] == "range") {
         let (index, attempts) = (c["index"].as_u64().unwrap(), c["attempts"].as_u64().unwrap());
-        if index == victim_chunk {
-            assert!(attempts >= 2, "the killed chunk {index} did not run again: {done}");
-        } else {
-            assert_eq!(attempts, 1, "chunk {index} ran again though its worker lived: {done}");
+        if attempts >= 2 {
+            rerun.insert(index);
         }
         assert_eq!(c["state"], "done");
     }
+    assert!(
+        !rerun.is_empty() && rerun.is_subset(&victim_chunks),
+        "ran again: {rerun:?}, the killed worker held {victim_chunks:?}: {done}"
+    );
     let workers: BTreeSet<&str> = chunks.iter().map(|c| c["worker"].as_str().unwrap()).collect();
     assert!(workers.len() >= 2, "one worker rendered every chunk: {workers:?}");
 
@@ -92,7 +131,7 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     let joined = dir.path().join("joined.avi");
     std::fs::write(&joined, &got.body).unwrap();
     let (a, b) = (frame_md5s(&joined), frame_md5s(&solo));
-    assert_eq!(a.len(), 96, "ffmpeg reads {} frames", a.len());
+    assert_eq!(a.len(), 144, "ffmpeg reads {} frames", a.len());
     assert_eq!(a, b, "a frame of the chunked clip differs from the whole render");
     assert!(got.body == std::fs::read(&solo).unwrap(), "the joined file differs from the whole render");
     let decode = std::process::Command::new("ffmpeg")
@@ -107,13 +146,13 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     let meta = http(&fleet[1].api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"");
     let meta = meta.json();
     let listed = meta["chunks"].as_array().unwrap_or_else(|| panic!("no chunks in the sidecar: {meta}"));
-    assert_eq!(listed.len(), 5);
+    assert_eq!(listed.len(), 7);
     let listed_workers: BTreeSet<&str> = listed.iter().filter_map(|c| c["worker"].as_str()).collect();
     assert!(listed_workers.len() >= 2, "{meta}");
     let ns =
         |v: &serde_json::Value| -> u64 { ["render", "stitch", "encode"].iter().map(|p| v[p].as_u64().unwrap()).sum() };
     let per_chunk: u64 = listed.iter().map(|c| ns(&c["usage_ns"])).sum();
-    assert!(listed[..4].iter().all(|c| ns(&c["usage_ns"]) > 0), "{meta}");
+    assert!(listed[..6].iter().all(|c| ns(&c["usage_ns"]) > 0), "{meta}");
 
     // Billed once, at the join; the job's GPU time is its chunks' sum.
     // One runtime for the store: its pool lives as long as the runtime.
@@ -122,7 +161,7 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     let events = rt.block_on(store.events(&Default::default())).unwrap();
     let outputs: Vec<_> = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).collect();
     assert_eq!(outputs.len(), 1, "billed {} times", outputs.len());
-    assert_eq!(outputs[0].quantity, 96);
+    assert_eq!(outputs[0].quantity, 144);
     let gpu: i64 = events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Gpu).map(|e| e.quantity).sum();
     // Every GPU event id names its chunk: exactly-once across chunks, retries and workers.
     let unnamed: Vec<&str> = events

@@ -1,7 +1,10 @@
 //! Downloads over a real socket, on every store backend: a clip past 1 GiB
 //! streamed whole while the worker's peak RSS barely moves, a Range from its
 //! middle, a client that hangs up part-way metered for about what it got, and
-//! one left open through a SIGTERM metered before the worker exits.
+//! one left open through a SIGTERM metered before the worker exits; and the
+//! Range rules of RFC 9110 (a last position past the end clamped, however
+//! many digits it has, the unit in any case, suffixes longer than the clip,
+//! 416 and 400 where they belong), each range metered by its length.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
@@ -14,7 +17,10 @@ use tessera_worker::service::download::CHUNK;
 
 use crate::util::{http, rt, Server, TestStore};
 
-crate::on_every_backend!(a_clip_past_a_gibibyte_streams_in_bounded_memory_and_is_metered_by_bytes_sent);
+crate::on_every_backend!(
+    a_clip_past_a_gibibyte_streams_in_bounded_memory_and_is_metered_by_bytes_sent,
+    ranges_follow_rfc_9110_and_are_metered_by_their_length,
+);
 
 /// The clip's size: past 1 GiB, and not a whole number of chunks.
 const BIG: u64 = (1 << 30) + (100 << 20) + 12_345;
@@ -112,6 +118,71 @@ fn a_clip_past_a_gibibyte_streams_in_bounded_memory_and_is_metered_by_bytes_sent
     want.sort_unstable();
     assert_eq!(egress, want);
     assert!(!s.log_tail(50).contains("NOT METERED"), "{}", s.log_tail(50));
+}
+
+/// The clip's size in the report of issue 19 (a 181 kB clip).
+const CLIP: u64 = 181_034;
+
+fn ranges_follow_rfc_9110_and_are_metered_by_their_length(db: &TestStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_on(db, dir.path(), &[], &[]);
+    let key = s.tenant("acme", "mid");
+    let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.05});
+    let id = s.submit(&key, &spec, None).json()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.wait(&key, &id, Duration::from_secs(120))["state"], "succeeded");
+    // The clip replaced with CLIP bytes of known pattern.
+    let clip = pattern(7, CLIP as usize);
+    std::fs::write(clip_file(dir.path(), &id), &clip).unwrap();
+    let path = format!("/v1/jobs/{id}/output");
+    let auth = format!("Bearer {key}");
+    let get = |range: &str| http(&s.api, "GET", &path, &[("Authorization", &auth), ("Range", range)], b"");
+    let mut metered = 0;
+
+    // 206 for each: the Range, its first and last byte, what the answer says.
+    let end = CLIP - 1;
+    for (range, first, last, why) in [
+        ("bytes=448-99999999999999999999999", 448, end, "a last position too large for 64 bits is the end"),
+        ("bytes=448-999999", 448, end, "a last position past the end is the end"),
+        ("BYTES=0-9", 0, 9, "the unit in capitals"),
+        ("Bytes=10-19", 10, 19, "the unit capitalised"),
+        ("bytes=-999999", 0, end, "a suffix longer than the clip is all of it"),
+        ("bytes=-99999999999999999999999", 0, end, "however long"),
+        ("bytes=-5", CLIP - 5, end, "the last five bytes"),
+        ("bytes= 100-199", 100, 199, "white space after the ="),
+        ("bytes=181000-", 181_000, end, "to the end"),
+    ] {
+        let r = get(range);
+        assert_eq!(r.status, 206, "{range} ({why}): {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-range"), Some(format!("bytes {first}-{last}/{CLIP}").as_str()), "{range}");
+        assert_eq!(r.header("content-length"), Some((last - first + 1).to_string().as_str()), "{range}");
+        assert!(r.body == clip[first as usize..=last as usize], "{range}: the range's bytes");
+        metered += r.body.len() as u64;
+    }
+
+    // 416, naming the clip's length: nothing to send, nothing metered.
+    for range in [
+        "bytes=181034-",
+        "bytes=181034-181035",
+        "bytes=99999999999999999999999-",
+        "bytes=18446744073709551616-18446744073709551617",
+        "bytes=-0",
+        "bytes=5-3",
+    ] {
+        let r = get(range);
+        assert_eq!(r.status, 416, "{range}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("content-range"), Some(format!("bytes */{CLIP}").as_str()), "{range}");
+        assert_eq!(r.json()["error"]["code"], "bad_range", "{range}");
+    }
+
+    // 400 naming the field: a header that is not one byte range.
+    for range in ["bytes=abc", "items=0-1", "bytes=0-1,5-6", "bytes=1 - 2", ""] {
+        let r = get(range);
+        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (400, Some("bad_range")), "Range {range:?}");
+        assert_eq!(r.json()["error"]["fields"][0]["field"], "Range", "{range:?}");
+    }
+
+    // Each 206 was metered by its length, and nothing else was.
+    assert_eq!(egress(&s, &key), metered);
 }
 
 /// The clip file of job `id` in the worker's data directory.

@@ -320,3 +320,67 @@ fn three_workers_on_one_postgres_survive_kills_and_a_pause_billing_every_job_onc
     }
     assert_eq!(files(), jobs.len() * 2, "stale clips or partial files remain in the shared directory");
 }
+
+/// The sum of a counter over every series of a worker's `/metrics`.
+fn counter_sum(s: &Server, name: &str) -> f64 {
+    let scrape = String::from_utf8(http(&s.metrics, "GET", "/metrics", &[], b"").body).unwrap();
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Counters = ledger after a pause: a worker paused past its lease while it
+/// renders, then resumed, has its attempts reaped by the other worker (which
+/// counts what the ledger held then) and abandons them (recording, with its
+/// counters, what the reaper could not have seen). Once the fleet is quiet,
+/// `tessera_gpu_seconds_total` summed over both workers is the ledger's GPU time.
+#[test]
+fn a_paused_then_resumed_worker_leaves_the_counters_equal_to_the_ledger() {
+    let Some(db) = TestStore::postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shared");
+    let fleet: Vec<Server> = (0..2).map(|n| start(&db, &data, n)).collect();
+    let key = fleet[0].tenant("acme", "mid");
+    let keys = vec![key.clone()];
+    let spec = json!({"template": "dunes", "resolution": {"width": 160, "height": 90}, "fps": 24, "duration_s": 1.5});
+    let ids: Vec<String> =
+        (0..6).map(|i| fleet[i % 2].submit(&key, &spec, None).json()["id"].as_str().unwrap().to_string()).collect();
+    // Pause worker 1 while it holds a running job, past its 2 s lease.
+    let paused_id = worker_id(&fleet[1]);
+    let start_wait = Instant::now();
+    while running_on(&fleet[0], &keys, &paused_id).is_empty() {
+        assert!(start_wait.elapsed() < Duration::from_secs(60), "worker {paused_id} never held a running job");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&fleet[1], "-STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    signal(&fleet[1], "-CONT");
+    for id in &ids {
+        let v = fleet[0].wait(&key, id, Duration::from_secs(240));
+        assert_eq!(v["state"], "succeeded", "{v}");
+    }
+    // Quiet: no attempt left anywhere, and the resumed worker has given up its lost ones.
+    let ledger_gpu_s = || -> f64 {
+        let events = rt().block_on(async { db.open(&data).await.events(&Default::default()).await.unwrap() });
+        let ns: i64 = events.iter().filter(|e| e.kind == EventKind::Gpu).map(|e| e.quantity).sum();
+        ns as f64 / 1e9
+    };
+    let start_wait = Instant::now();
+    let (mut ledger, mut counted) = (0.0, -1.0);
+    while start_wait.elapsed() < Duration::from_secs(30) {
+        ledger = ledger_gpu_s();
+        counted = fleet.iter().map(|s| counter_sum(s, "tessera_gpu_seconds_total")).sum::<f64>();
+        if (ledger - counted).abs() < 1e-6 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(ledger > 0.0);
+    assert!(
+        (ledger - counted).abs() < 1e-6,
+        "the fleet counted {counted} GPU s, the ledger holds {ledger} s\n{}",
+        fleet[1].log_tail(40)
+    );
+}

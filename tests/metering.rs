@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tessera_metering::export::{self, Bucket, Format};
-use tessera_metering::{quote, AttemptRef, EventKind, Metrics, Outcome, Pass, PriceBook, TimingSource};
+use tessera_metering::{quote, AdmittedQuote, AttemptRef, EventKind, Metrics, Outcome, Pass, PriceBook, TimingSource};
 use tessera_store::{EventFilter, JobId, Reservation, Store, Tenant};
 use tessera_worker::render::{FrameRenderer, Readback};
 use tessera_worker::spec::JobSpec;
@@ -56,7 +56,8 @@ async fn run_attempt(env: &Env<'_>, tenant: &Tenant, job: &str, attempt: u32, sp
         let inserted = store.append(&events).await.unwrap();
         (events, inserted, Outcome::Failed)
     } else {
-        let events = closing.events(Outcome::Succeeded, Some(&Bill::new(book, spec, &q)));
+        let admitted = AdmittedQuote::new(book, &spec.quote_request(), &q, spec.frames).unwrap();
+        let events = closing.events(Outcome::Succeeded, Some(&Bill::whole(spec, &admitted)));
         let inserted = store.finish_reserved(&id, &events).await.unwrap();
         (events, inserted, Outcome::Succeeded)
     };

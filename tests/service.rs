@@ -241,6 +241,29 @@ fn cancel_a_queued_and_a_running_job(db: &TestStore) {
     let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
     let seconds: f64 = usage["output_seconds"].as_str().unwrap().parse().unwrap();
     assert!((seconds - done as f64 / 24.0).abs() < 1e-9, "billed {seconds} s for {done} frames");
+    // ... and those frames are delivered: a partial clip that ffmpeg decodes
+    // with exactly the frames billed, its sidecar saying what it is.
+    let clip = http(&s.api, "GET", &format!("/v1/jobs/{long}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(clip.status, 200, "a cancelled job's delivered frames are downloadable");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &clip.body).unwrap();
+    assert_eq!(frame_md5s(file.path()).len() as u64, done, "the partial clip holds the frames billed");
+    let meta = http(&s.api, "GET", &format!("/v1/jobs/{long}/metadata"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(meta["partial"]["reason"], "cancelled", "{meta}");
+    assert_eq!((meta["frame_range"]["first"].as_u64(), meta["frame_range"]["count"].as_u64()), (Some(0), Some(done)));
+    // The bill is the quote's rates for those frames, shown on the job.
+    let quote: serde_json::Value = l["quote"].clone();
+    let rate: rust_decimal::Decimal = quote["rate_per_output_second"].as_str().unwrap().parse().unwrap();
+    let part = (rate * rust_decimal::Decimal::from(done) / rust_decimal::Decimal::from(24))
+        .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let billed: rust_decimal::Decimal = l["billed"].as_str().unwrap().parse().unwrap();
+    assert_eq!((billed, l["billed_frames"].as_u64()), (part, Some(done)), "{l}");
+    assert_eq!(meta["price"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap(), part);
+    // The job cancelled in the queue delivered nothing, and is billed nothing.
+    let q = s.job(&k, &queued);
+    assert_eq!((q["billed"].clone(), q["output"].clone()), (json!(null), json!(null)), "{q}");
+    let none = http(&s.api, "GET", &format!("/v1/jobs/{queued}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(none.status, 409);
 }
 
 fn an_urgent_job_starts_before_fifty_queued_bulk_jobs(db: &TestStore) {
@@ -465,7 +488,8 @@ fn sigterm_drains_and_the_next_worker_finishes_the_job(db: &TestStore) {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start_on(db, dir.path(), &[], &[]);
     let k = s.tenant("acme", "mid");
-    let id = s.submit(&k, &clip(4.0, 160, 90), Some("drain")).json()["id"].as_str().unwrap().to_string();
+    let submitted = s.submit(&k, &clip(4.0, 160, 90), Some("drain")).json();
+    let (id, quoted) = (submitted["id"].as_str().unwrap().to_string(), submitted["price"].clone());
     let start = std::time::Instant::now();
     while s.job(&k, &id)["frames_done"].as_u64().unwrap_or(0) < 2 {
         assert!(start.elapsed() < T, "the job never got going");
@@ -486,9 +510,18 @@ fn sigterm_drains_and_the_next_worker_finishes_the_job(db: &TestStore) {
     assert!((1..=2).contains(&interrupted) && view.failures == 0, "{:?}", view.errors);
     assert!(view.errors.iter().all(|e| e.contains("draining")), "{:?}", view.errors);
     assert!(view.not_before_ms <= tessera_metering::event::now_ms(), "a drained job waits for nothing");
-    // The registry knows the drained worker stopped; the next worker finishes the job.
-    s = Server::start_on(db, dir.path(), &[], &[]);
+    // The registry knows the drained worker stopped; the next worker, deployed
+    // with a new price book (740 times the base price), finishes the job and
+    // bills the quote the job was admitted with, not its own book's price.
+    let (book, _) = cents_per_frame_book(dir.path());
+    s = Server::start_on(db, dir.path(), &["--price-book", &book], &[]);
     let done = s.wait(&k, &id, T);
+    let auth = format!("Bearer {k}");
+    let today =
+        http(&s.api, "POST", "/v1/quote", &[("Authorization", &auth)], clip(4.0, 160, 90).to_string().as_bytes());
+    assert_ne!(today.json()["price"], quoted, "the new book must price the clip differently");
+    assert_eq!((done["price"].clone(), done["billed"].clone()), (quoted.clone(), quoted.clone()), "{done}");
+    assert_eq!(done["billed_frames"], 96, "{done}");
     // Every chunk once (two ranges and the join), and the interrupted ones again.
     let attempts = 3 + u64::from(interrupted);
     assert_eq!((done["state"].as_str(), done["attempts"].as_u64()), (Some("succeeded"), Some(attempts)), "{done}");

@@ -284,6 +284,10 @@ impl Server {
         .stdout(std::process::Stdio::piped());
         static LOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Every start is a worker of its own (a restarted one too), unless the test names it.
+        if !extra.contains(&"--worker-id") {
+            cmd.args(["--worker-id", &format!("w-test-{}-{n}", std::process::id())]);
+        }
         let log = std::env::temp_dir().join(format!("tessera-test-{}-{n}.log", std::process::id()));
         cmd.stderr(std::fs::File::create(&log).expect("a log file"));
         for (k, v) in env {

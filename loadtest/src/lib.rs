@@ -1,6 +1,9 @@
-//! `tessera loadtest`: an open-loop load generator against a deployed worker
-//! or fleet, over HTTP (never in-process, so it measures what a client sees:
-//! the network, the API, admission, the queue and the GPUs).
+//! tessera-loadtest: `tessera loadtest`, an open-loop load generator against
+//! a deployed worker or fleet, over HTTP (never in-process, so it measures
+//! what a client sees: the network, the API, admission, the queue and the
+//! GPUs). A crate of its own so that the server library (`tessera-worker`)
+//! carries no HTTP client; the `tessera` binary adds its subcommand,
+//! [`Command`], to the library's command line (`tessera_worker::cli::Extension`).
 //!
 //! - [`mix`]: the weighted job specs and the seeded choice among them;
 //! - [`client`]: the HTTP client (hyper), a deadline on every request;
@@ -21,7 +24,23 @@ mod text;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{runtime, tokio_runtime, usage, CliError};
+use tessera_worker::cli::{runtime, tokio_runtime, usage, CliError, Extension};
+
+/// The subcommand this crate adds to the `tessera` command line.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Load a deployed worker or fleet over HTTP: open-loop submissions at a
+    /// fixed rate, then queue wait, run time, throughput, errors and cost.
+    Loadtest(LoadtestArgs),
+}
+
+impl Extension for Command {
+    fn run(self) -> Result<(), CliError> {
+        match self {
+            Command::Loadtest(args) => loadtest(args),
+        }
+    }
+}
 
 /// Arguments of `tessera loadtest`.
 #[derive(Debug, clap::Args)]
@@ -130,7 +149,7 @@ fn parse_key(s: &str) -> Result<String, String> {
 }
 
 /// `tessera loadtest`.
-pub(super) fn loadtest(args: LoadtestArgs) -> Result<(), CliError> {
+pub fn loadtest(args: LoadtestArgs) -> Result<(), CliError> {
     // The mix file is checked before anything is sent.
     let file_mix = args.mix.as_deref().map(mix::load).transpose().map_err(usage)?;
     let api = client::Api::new(args.url.clone(), &args.key, args.timeout).map_err(usage)?;

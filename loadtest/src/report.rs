@@ -351,7 +351,7 @@ impl Report {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn job(
@@ -389,7 +389,7 @@ pub(super) mod tests {
         assert_eq!(percentiles(vec![]), None);
     }
 
-    pub(in crate::cli::loadtest) fn measured() -> Measured {
+    pub(crate) fn measured() -> Measured {
         Measured {
             run_id: "lt-1".into(),
             url: "http://x:1".into(),

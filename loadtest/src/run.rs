@@ -23,9 +23,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::client::{Api, ApiFailure};
-use super::mix::{Mix, SplitMix64};
-use super::report::{EntryFigures, JobFigures, Measured, UsageSnapshot};
+use crate::client::{Api, ApiFailure};
+use crate::mix::{Mix, SplitMix64};
+use crate::report::{EntryFigures, JobFigures, Measured, UsageSnapshot};
 
 /// What to run.
 #[derive(Debug)]

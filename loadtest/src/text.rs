@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use rust_decimal::Decimal;
 
-use super::report::{Percentiles, Report};
+use crate::report::{Percentiles, Report};
 
 impl Report {
     /// The report for a person: a summary, then aligned tables per lane and per mix entry.
@@ -142,8 +142,8 @@ fn table(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::tests::measured;
     use super::*;
+    use crate::report::tests::measured;
 
     #[test]
     fn the_text_report_aligns_its_tables() {

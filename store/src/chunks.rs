@@ -17,10 +17,9 @@ macro_rules! fence {
 
 /// The claim's share rule for a candidate chunk `c`: the claiming worker
 /// (`$2`) holds fewer running chunks of its job than its share, the job's
-/// chunks divided among `$4` workers (itself and the peers idle now), rounded
-/// up. With no idle peer (`$4` = 1) the share is every chunk: a lone or busy
-/// fleet loses nothing; with idle peers a clip spreads over them, and a
-/// worker that dies takes only its share of a clip with it.
+/// chunks divided among the `$4` live workers of the fleet, rounded up. A
+/// lone worker (`$4` = 1) may take every chunk; in a fleet a clip spreads,
+/// and a worker that dies takes only its share of a clip with it.
 macro_rules! within_share {
     () => {
         "(SELECT COUNT(*) FROM chunks h WHERE h.job_id = c.job_id AND h.state = 'running' AND h.lease_owner = $2)

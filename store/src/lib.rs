@@ -44,7 +44,7 @@ use tessera_metering::{EventKind, Pass, PriceBook, QuoteRequest, UsageEvent};
 
 pub use backend::{Backend, BackendKind, GpuTotals, Reaped, Retained, Settled, StoredSegment, Submitted};
 pub use error::StoreError;
-pub use transition::AttemptEnd;
+pub use transition::{AttemptEnd, Delivered};
 pub use types::{
     chunk_plan, ArchivedOutput, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState,
     LaneDepth, Lease, NewJob, Segment, Tenant, TenantId, Worker, WorkerId, WorkerInfo,
@@ -136,7 +136,10 @@ impl ServerClock {
         let offset = server - (before + after) / 2;
         self.offset_ms.store(offset, std::sync::atomic::Ordering::Relaxed);
         if offset.abs() > 1_000 {
-            tracing::warn!(offset_ms = offset, "this host's clock is off the database's: the fleet keeps the database's time");
+            tracing::warn!(
+                offset_ms = offset,
+                "this host's clock is off the database's: the fleet keeps the database's time"
+            );
         }
         Ok(())
     }
@@ -359,12 +362,13 @@ impl Store {
         self.backend.claim(owner, self.now_ms(), lease_ms, 1).await
     }
 
-    /// Claims the next chunk for `owner` while `idle_peers` other workers are
-    /// idle: of any one job, `owner` holds at most its share of the chunks
-    /// (divided among itself and the idle peers, rounded up), so a clip
-    /// spreads over the fleet instead of piling onto whoever polled first.
-    pub async fn claim_sharing(&self, owner: &WorkerId, lease_ms: i64, idle_peers: u32) -> Result<Option<Claimed>> {
-        self.backend.claim(owner, self.now_ms(), lease_ms, idle_peers.saturating_add(1)).await
+    /// Claims the next chunk for `owner` in a fleet of `peers` other live
+    /// workers: of any one job, `owner` holds at most its share of the chunks
+    /// (divided among itself and its peers, rounded up), so a clip spreads
+    /// over the fleet instead of piling onto whoever polled first, and a
+    /// worker that dies takes at most its share of a clip with it.
+    pub async fn claim_sharing(&self, owner: &WorkerId, lease_ms: i64, peers: u32) -> Result<Option<Claimed>> {
+        self.backend.claim(owner, self.now_ms(), lease_ms, peers.saturating_add(1)).await
     }
 
     /// Renews `lease` for `lease_ms` and records progress; returns whether a

@@ -25,8 +25,11 @@ pub enum AttemptEnd {
     Succeeded(ArchivedOutput),
     /// A range chunk's frames are in their segment (nothing billed yet).
     Segment(Segment),
-    /// Stopped by a cancel after delivering `frames` frames (billed for those).
-    Cancelled { frames: u32 },
+    /// Stopped by a cancel after delivering `frames` frames, billed for
+    /// those, with what keeps them: the partial clip of a whole chunk or a
+    /// join, the partial segment of a range (joined and delivered by the
+    /// job's join), or nothing when no frame was rendered.
+    Cancelled { frames: u32, delivered: Delivered },
     /// The attempt failed. `retryable: false` for errors no retry can fix.
     Failed { error: String, retry_in_ms: i64, retryable: bool },
     /// Lost to something that was not the job's fault.
@@ -34,6 +37,17 @@ pub enum AttemptEnd {
     /// A join found these ranges' segments damaged or gone: they are rendered
     /// again and the join waits for them (an interruption of the join).
     Redo { ranges: Vec<u32>, reason: String },
+}
+
+/// What a cancelled attempt keeps of the frames it rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    /// No frame: nothing kept, nothing billed.
+    Nothing,
+    /// The partial clip, archived as the job's output (a whole chunk or a join).
+    Clip(ArchivedOutput),
+    /// A range's frames so far, in a segment its job's join delivers.
+    Segment(Segment),
 }
 
 impl AttemptEnd {
@@ -102,9 +116,12 @@ pub fn settle(now_ms: i64, cur: &Current, end: &AttemptEnd) -> JobUpdate {
             u.frames_done = cur.frames_total;
             u.output = Some(output.clone());
         }
-        AttemptEnd::Cancelled { frames } => {
+        AttemptEnd::Cancelled { frames, delivered } => {
             u.state = JobState::Cancelled;
             u.frames_done = *frames;
+            if let Delivered::Clip(output) = delivered {
+                u.output = Some(output.clone());
+            }
         }
         // Decided by `settle_chunk`; here they change nothing of the job.
         AttemptEnd::Segment(_) | AttemptEnd::Redo { .. } => {}
@@ -199,6 +216,12 @@ pub fn settle_chunk(
         (ChunkKind::Whole | ChunkKind::Range, AttemptEnd::Redo { .. }) => {
             return Err("only a join sends ranges back to be rendered again".into())
         }
+        (ChunkKind::Range, AttemptEnd::Cancelled { delivered: Delivered::Clip(_), .. }) => {
+            return Err("a cancelled range keeps a segment, not a clip".into())
+        }
+        (ChunkKind::Whole | ChunkKind::Join, AttemptEnd::Cancelled { delivered: Delivered::Segment(_), .. }) => {
+            return Err("only a range keeps a segment".into())
+        }
         _ => {}
     }
     // A join that fails or is interrupted runs again whatever a cancel asked:
@@ -249,6 +272,11 @@ pub fn settle_chunk(
             c.segment = Some(seg.clone());
             unblock_join = chunk.others_open == 0 || (job.cancel_requested && last_running);
         } else if c.state == ChunkState::Cancelled {
+            // Its frames so far stay, for the join to deliver.
+            if let AttemptEnd::Cancelled { delivered: Delivered::Segment(seg), .. } = end {
+                c.frames_done = seg.frames;
+                c.segment = Some(seg.clone());
+            }
             // The job ends at its join, once no range runs.
             unblock_join = last_running;
         }
@@ -369,7 +397,9 @@ mod tests {
     #[test]
     fn a_cancelled_range_leaves_the_job_to_its_join() {
         let asked = Current { cancel_requested: true, ..cur() };
-        let s = settle_chunk(5, &asked, &range(1, 2), &AttemptEnd::Cancelled { frames: 3 }).unwrap();
+        let s =
+            settle_chunk(5, &asked, &range(1, 2), &AttemptEnd::Cancelled { frames: 3, delivered: Delivered::Nothing })
+                .unwrap();
         assert_eq!((s.chunk.state, s.chunk.frames_done, s.job.state), (ChunkState::Cancelled, 3, JobState::Running));
         assert!(!s.unblock_join && !s.job.release_reservation);
         let s = settle_chunk(5, &asked, &range(0, 2), &failed(true)).unwrap();
@@ -385,7 +415,7 @@ mod tests {
         let u = settle(7, &cur(), &AttemptEnd::Succeeded(out.clone()));
         assert_eq!((u.state, u.frames_done, u.output, u.finished_at_ms), (JobState::Succeeded, 48, Some(out), Some(7)));
         assert!(u.release_reservation);
-        let u = settle(7, &cur(), &AttemptEnd::Cancelled { frames: 5 });
+        let u = settle(7, &cur(), &AttemptEnd::Cancelled { frames: 5, delivered: Delivered::Nothing });
         assert_eq!((u.state, u.frames_done, u.outcome), (JobState::Cancelled, 5, Outcome::Cancelled));
         let asked = Current { cancel_requested: true, ..cur() };
         let u = settle(7, &asked, &failed(true));

@@ -10,10 +10,12 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use tessera_metering::event::Clock;
 use tessera_metering::tiers::AdmissionError;
-use tessera_metering::{AdmittedQuote, AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
+use tessera_metering::{
+    AdmittedQuote, AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent,
+};
 use tessera_store::{
-    ArchivedOutput, AttemptEnd, JobFilter, JobId, JobState, Lease, NewJob, Reservation, Store, StoreError, Submitted,
-    Tenant, WorkerId, WorkerInfo,
+    ArchivedOutput, AttemptEnd, Delivered, JobFilter, JobId, JobState, Lease, NewJob, Reservation, Store, StoreError,
+    Submitted, Tenant, WorkerId, WorkerInfo,
 };
 
 mod legacy;
@@ -427,7 +429,7 @@ async fn a_stale_attempt_is_fenced_out(store: Store) {
     for e in [
         store.heartbeat(&old, 60_000, 99).await.unwrap_err(),
         store.settle(&old, &AttemptEnd::Succeeded(archived(&id)), &success_events(&t, &old, 24)).await.unwrap_err(),
-        store.settle(&old, &AttemptEnd::Cancelled { frames: 3 }, &[]).await.unwrap_err(),
+        store.settle(&old, &AttemptEnd::Cancelled { frames: 3, delivered: Delivered::Nothing }, &[]).await.unwrap_err(),
         store
             .settle(&old, &AttemptEnd::Failed { error: "late".into(), retry_in_ms: 0, retryable: true }, &[])
             .await
@@ -565,8 +567,12 @@ async fn cancel_a_queued_and_a_running_job(store: Store) {
         UsageEvent::attempt_end(&a, Outcome::Cancelled),
         UsageEvent::output(&a, 3, 24, "720p", "general", Decimal::ZERO),
     ];
-    let s = store.settle(&lease, &AttemptEnd::Cancelled { frames: 3 }, &events).await.unwrap();
+    // The three frames are kept: the partial clip is the job's output.
+    let partial = ArchivedOutput { bytes: 30, ..archived(&first) };
+    let end = AttemptEnd::Cancelled { frames: 3, delivered: Delivered::Clip(partial.clone()) };
+    let s = store.settle(&lease, &end, &events).await.unwrap();
     assert_eq!((s.job.state, s.job.frames_done), (JobState::Cancelled, 3));
+    assert_eq!(s.job.output, Some(partial), "a cancelled job's delivered frames are its output");
     assert_eq!(outputs_of(&store, &first).await[0].quantity, 3);
     let usage = store.month_usage(&t.id).await.unwrap();
     assert_eq!((usage.used_seconds, usage.reserved_seconds), (Decimal::new(125, 3), Decimal::ZERO));
@@ -974,14 +980,25 @@ async fn a_chunked_job_cancels_and_dies_as_one(store: Store) {
     let states: Vec<_> = store.chunks(&job.id).await.unwrap().iter().map(|c| c.state).collect();
     assert_eq!(states, vec![ChunkState::Running, ChunkState::Cancelled, ChunkState::Cancelled, ChunkState::Blocked]);
     assert!(store.heartbeat(&first.lease, 60_000, 5).await.unwrap(), "the running range hears the cancel");
-    let s = store.settle(&first.lease, &AttemptEnd::Cancelled { frames: 5 }, &[]).await.unwrap();
+    let kept = tessera_store::Segment {
+        path: format!("clips/{}.a{}.seg", first.lease.job, first.lease.attempt),
+        bytes: 500,
+        sha256: "cd".into(),
+        frames: 5,
+    };
+    let end = AttemptEnd::Cancelled { frames: 5, delivered: Delivered::Segment(kept.clone()) };
+    let s = store.settle(&first.lease, &end, &[]).await.unwrap();
+    let chunks = store.chunks(&job.id).await.unwrap();
+    assert_eq!(chunks[0].segment, Some(kept), "a cancelled range keeps its frames for the join");
     assert_eq!(s.job.state, JobState::Queued, "the join settles a cancelled chunked job");
     let join = store.claim(&w, 60_000).await.unwrap().expect("the join");
     assert_eq!(join.chunk.kind, ChunkKind::Join);
     let a = attempt(&t, &join.lease);
     let bill = UsageEvent::output(&a, 5, 24, "720p", "general", admitted(72).price_of(5));
-    let done = store.settle(&join.lease, &AttemptEnd::Cancelled { frames: 5 }, &[bill]).await.unwrap().job;
-    assert_eq!((done.state, done.frames_done), (JobState::Cancelled, 5));
+    let clip = ArchivedOutput { bytes: 480, ..archived(&job.id) };
+    let end = AttemptEnd::Cancelled { frames: 5, delivered: Delivered::Clip(clip.clone()) };
+    let done = store.settle(&join.lease, &end, &[bill]).await.unwrap().job;
+    assert_eq!((done.state, done.frames_done, done.output), (JobState::Cancelled, 5, Some(clip)));
     assert_eq!(outputs_of(&store, &job.id).await[0].quantity, 5);
     assert_eq!(store.month_usage(&t.id).await.unwrap().reserved_seconds, Decimal::ZERO);
 
@@ -1068,7 +1085,13 @@ async fn a_job_admitted_in_a_months_last_second_counts_in_that_month(
     let c = store.claim(&w, 10_000).await.unwrap().expect("the job");
     let events = stamped(success_events(&t, &c.lease, 48), clock.now_ms());
     store.settle(&c.lease, &AttemptEnd::Succeeded(archived(&job.id)), &events).await.unwrap();
-    let a = AttemptRef { tenant_id: t.id.to_string(), tier: t.tier.clone(), job_id: outside.to_string(), attempt: 1, chunk: None };
+    let a = AttemptRef {
+        tenant_id: t.id.to_string(),
+        tier: t.tier.clone(),
+        job_id: outside.to_string(),
+        attempt: 1,
+        chunk: None,
+    };
     let out = stamped(vec![UsageEvent::output(&a, 24, 24, "720p", "general", Decimal::new(1, 2))], clock.now_ms());
     assert_eq!(store.finish_reserved(&outside, &out).await.unwrap(), vec![true]);
 
@@ -1193,9 +1216,9 @@ async fn storage_is_billed_for_the_time_each_clip_is_kept(
     assert!(store.close_storage_periods(7 * MINUTE).await.is_err());
 }
 
-/// Claims spread: while peers are idle a worker takes at most its share of a
-/// clip's chunks (the chunks divided among itself and the idle peers, rounded
-/// up); a lone or busy fleet takes every chunk.
+/// Claims spread: in a fleet a worker takes at most its share of a clip's
+/// chunks (the chunks divided among the live workers, rounded up); a lone
+/// worker takes every chunk.
 async fn a_clip_spreads_over_idle_workers(store: Store) {
     let t = tenant(&store, "acme", "mid").await;
     let job = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 240) };
@@ -1208,8 +1231,8 @@ async fn a_clip_spreads_over_idle_workers(store: Store) {
             *held.entry(w.clone()).or_insert(0) += 1;
         }
     }
-    assert_eq!((held[&a], held[&b], held[&c]), (4, 4, 2), "ten chunks over three idle workers");
-    // Alone (no idle peer), a worker takes what is queued: a second clip whole.
+    assert_eq!((held[&a], held[&b], held[&c]), (4, 4, 2), "ten chunks over three workers");
+    // Alone (no peer), a worker takes what is queued: a second clip whole.
     let second = NewJob { chunk_frames: 24, ..new_job(&t, Lane::Standard, None, 96) };
     submit(&store, &t, &second).await;
     let mut alone = 0;

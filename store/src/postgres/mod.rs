@@ -30,12 +30,12 @@ use crate::backend::{
 };
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
-use crate::storage;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
 use crate::rows::{
     self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS, JOB_RETURNING,
 };
+use crate::storage;
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
     chunk_plan, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease,
@@ -214,7 +214,8 @@ impl PgBackend {
             gone.execute(&mut *tx).await.db()?;
         }
         if let Some(seg) = &s.chunk.segment {
-            let kept = sqlx::query(storage::STORE_OBJECT).bind(&seg.path).bind("segment").bind(Some(i64::from(lease.chunk)));
+            let kept =
+                sqlx::query(storage::STORE_OBJECT).bind(&seg.path).bind("segment").bind(Some(i64::from(lease.chunk)));
             kept.bind(seg.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
         }
         if let Some(out) = &s.job.output {
@@ -760,7 +761,8 @@ impl Backend for PgBackend {
         let mut events = Vec::new();
         let mut to = closed_to;
         for a in storage::due_periods(closed_to, period_ms, now_ms) {
-            let rows = sqlx::query(storage::STORED_DURING).bind(a).bind(a + period_ms).fetch_all(&mut *tx).await.db()?;
+            let rows =
+                sqlx::query(storage::STORED_DURING).bind(a).bind(a + period_ms).fetch_all(&mut *tx).await.db()?;
             events.extend(storage::period_events(&rows, a, period_ms)?);
             to = a + period_ms;
         }

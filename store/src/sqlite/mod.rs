@@ -34,13 +34,13 @@ use crate::backend::{
 };
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
-use crate::storage;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
 use crate::rows::{
     self, sqlite_static as q, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS,
     JOB_RETURNING,
 };
+use crate::storage;
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
     chunk_plan, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState, LaneDepth, Lease,
@@ -238,11 +238,15 @@ impl SqliteBackend {
             unblock.execute(&mut *tx).await.db()?;
         }
         for idx in &s.redo {
-            let gone = sqlx::query(q(storage::REMOVE_SEGMENT)).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
+            let gone =
+                sqlx::query(q(storage::REMOVE_SEGMENT)).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
             gone.execute(&mut *tx).await.db()?;
         }
         if let Some(seg) = &s.chunk.segment {
-            let kept = sqlx::query(q(storage::STORE_OBJECT)).bind(&seg.path).bind("segment").bind(Some(i64::from(lease.chunk)));
+            let kept = sqlx::query(q(storage::STORE_OBJECT))
+                .bind(&seg.path)
+                .bind("segment")
+                .bind(Some(i64::from(lease.chunk)));
             kept.bind(seg.bytes).bind(now_ms).bind(lease.job.as_str()).execute(&mut *tx).await.db()?;
         }
         if let Some(out) = &s.job.output {
@@ -707,7 +711,8 @@ impl Backend for SqliteBackend {
 
     async fn explain_claim(&self) -> Result<String> {
         let sql = format!("EXPLAIN QUERY PLAN {}", q(chunks::CLAIM_SQLITE));
-        let rows = sqlx::query(&sql).bind(0i64).bind("w_explain").bind(1i64).bind(3i64).fetch_all(&self.pool).await.db()?;
+        let rows =
+            sqlx::query(&sql).bind(0i64).bind("w_explain").bind(1i64).bind(3i64).fetch_all(&self.pool).await.db()?;
         let plan: Vec<String> = rows.iter().map(|r| r.text("detail")).collect::<Result<_>>()?;
         Ok(plan.join("\n"))
     }

@@ -2,8 +2,9 @@
 //!
 //! `render` (optionally metered for a tenant), `check`, `quote`, `tenants`,
 //! `usage` (export, import, metrics), `templates`, `doctor`, `health` (an HTTP
-//! probe for images without curl), `loadtest` (open-loop load on a deployed
-//! worker or fleet). Exit codes: 0
+//! probe for images without curl), and the subcommands of crates this library
+//! does not depend on, through [`Extension`] (`loadtest`, in
+//! `tessera-loadtest`, so the server carries no HTTP client). Exit codes: 0
 //! success, 1 a runtime failure (GPU, disk, store), 2 invalid input (usage
 //! error, bad spec, unreadable file, refused admission). Errors print their whole
 //! chain on stderr; nothing panics on bad input.
@@ -11,7 +12,6 @@
 mod billing;
 mod health;
 mod info;
-mod loadtest;
 mod render;
 mod serve;
 
@@ -28,11 +28,12 @@ use crate::spec::{self, JobSpec, RawSpec, SpecFormat, SpecLimits};
 /// The spec `tessera render` uses when none is given.
 pub const DEFAULT_SPEC: &str = include_str!("../../../examples/orbit.json");
 
+/// The command line, with the extension subcommands `X` after the library's own.
 #[derive(Debug, Parser)]
 #[command(name = "tessera", version, about = "GPU render worker: tiled wgpu rendering, GPU encode, metered GPU time")]
-pub struct Cli {
+pub struct Cli<X: Extension> {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Command<X>,
     /// Log lines on stderr: `text` (colour only at a terminal) or `json`
     /// (one object per line, for collectors). `TESSERA_LOG` sets the filter.
     #[arg(long, global = true, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -94,8 +95,16 @@ impl StoreArgs {
     }
 }
 
+/// Subcommands that live in crates this library does not depend on (the load
+/// test, in `tessera-loadtest`): the binary names them as the `X` of
+/// [`Cli`], and they are listed after the library's own.
+pub trait Extension: Subcommand + std::fmt::Debug {
+    /// Runs the subcommand (after logging is set up).
+    fn run(self) -> Result<(), CliError>;
+}
+
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum Command<X: Extension> {
     /// Render a clip spec (JSON or TOML) to an .avi (MJPEG) or .y4m clip, or a .jpg or .png frame.
     Render(render::RenderArgs),
     /// Validate a spec and print it with every default filled in.
@@ -128,9 +137,8 @@ pub enum Command {
     },
     /// Probe a worker over HTTP (GET, default /readyz on 127.0.0.1:8080): exit 0 on a 2xx, 1 otherwise.
     Health(health::HealthArgs),
-    /// Load a deployed worker or fleet over HTTP: open-loop submissions at a
-    /// fixed rate, then queue wait, run time, throughput, errors and cost.
-    Loadtest(loadtest::LoadtestArgs),
+    #[command(flatten)]
+    Extension(X),
 }
 
 /// An error with the exit code it maps to.
@@ -140,17 +148,20 @@ pub struct CliError {
     pub error: anyhow::Error,
 }
 
-pub(crate) fn usage(error: impl Into<anyhow::Error>) -> CliError {
+/// A usage error: exit code 2.
+pub fn usage(error: impl Into<anyhow::Error>) -> CliError {
     CliError { code: 2, error: error.into() }
 }
 
-pub(crate) fn runtime(error: impl Into<anyhow::Error>) -> CliError {
+/// A runtime failure: exit code 1.
+pub fn runtime(error: impl Into<anyhow::Error>) -> CliError {
     CliError { code: 1, error: error.into() }
 }
 
-/// Entry point: parses arguments, runs, prints errors; returns the exit code.
-pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+/// Entry point: parses arguments (the library's subcommands and `X`'s), runs,
+/// prints errors; returns the exit code.
+pub fn main<X: Extension>() -> i32 {
+    let cli = match Cli::<X>::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -170,7 +181,7 @@ pub fn main() -> i32 {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), CliError> {
+pub fn run<X: Extension>(cli: Cli<X>) -> Result<(), CliError> {
     match cli.command {
         Command::Render(args) => render::render(args),
         Command::Check { spec, price_book } => {
@@ -186,7 +197,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Templates { json } => info::templates(json),
         Command::Doctor { json } => info::doctor(json),
         Command::Health(args) => health::health(args),
-        Command::Loadtest(args) => loadtest::loadtest(args),
+        Command::Extension(x) => x.run(),
     }
 }
 
@@ -233,7 +244,7 @@ pub fn read_spec(path: Option<&Path>) -> Result<RawSpec, CliError> {
     spec::parse(&text, format).map_err(usage)
 }
 
-/// A Tokio runtime for the store's async API.
-pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// A Tokio runtime for the store's async API (and the load test's client).
+pub fn tokio_runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(runtime)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{load_price_book, runtime, usage, CliError, StoreArgs};
 use crate::gpu::GpuContext;
+use crate::service::server::{ConnLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, ServeConfig, Service};
 
 #[derive(Debug, clap::Args)]
@@ -18,6 +19,19 @@ pub struct ServeArgs {
     /// Prometheus /metrics address (the image sets 0.0.0.0:9090).
     #[arg(long, env = "TESSERA_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
+    /// Most connections open at once on each listener (API and metrics, each
+    /// its own). At the cap, new connections wait in the kernel's listen
+    /// backlog until one closes.
+    #[arg(long, env = "TESSERA_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Longest a client may take to send a request's headers (from the
+    /// connection's accept, or the end of its previous response),
+    /// milliseconds; past it the connection is closed. Idle keep-alive
+    /// connections are closed after as long.
+    #[arg(long, env = "TESSERA_HEADER_READ_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
     /// Jobs in flight to start from (the limit then adapts).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -56,6 +70,10 @@ pub struct ServeArgs {
     /// How long archived clips are kept, hours.
     #[arg(long, default_value_t = 720)]
     pub retention_h: u64,
+    /// Storage is billed per tenant and period of this many seconds (one
+    /// ledger event each); it must divide a day (86400).
+    #[arg(long, default_value_t = 3600)]
+    pub storage_period_s: u64,
     /// How often the ledger's total price is read for
     /// `tessera_ledger_charges_total` (the drift alert's reference), seconds.
     #[arg(long, default_value_t = 30)]
@@ -64,6 +82,11 @@ pub struct ServeArgs {
     /// DATA/pipeline-cache/HOSTNAME, one per worker on a shared volume).
     #[arg(long, env = "TESSERA_PIPELINE_CACHE")]
     pub pipeline_cache: Option<std::path::PathBuf>,
+    /// This worker's id in the registry and on its leases (default: the host
+    /// name, which is the pod name on Kubernetes). Stable across restarts, so
+    /// a restarted worker is the same worker; two live workers must not share one.
+    #[arg(long, env = "TESSERA_WORKER_ID")]
+    pub worker_id: Option<String>,
 }
 
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
@@ -76,6 +99,19 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     let mut config = ServeConfig::new(args.store.data.clone(), args.listen, args.metrics_listen);
     config.db = args.store.url()?;
+    config.conn_limits = ConnLimits {
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+    };
+    if let Some(id) = args.worker_id {
+        let ok = (1..=128).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c));
+        if !ok {
+            return Err(usage(anyhow::anyhow!(
+                "--worker-id must be 1 to 128 letters, digits, '-', '.', '_' or ':'; got `{id}`"
+            )));
+        }
+        config.worker_id = id;
+    }
     if let Some(dir) = args.pipeline_cache {
         config.pipeline_cache = dir;
     }
@@ -92,6 +128,13 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.lease = Duration::from_secs(args.lease_s);
     config.ledger_metrics_every = Duration::from_secs(args.ledger_metrics_s);
     config.retention = Duration::from_secs(args.retention_h * 3600);
+    if args.storage_period_s == 0 || 86_400 % args.storage_period_s != 0 {
+        return Err(usage(anyhow::anyhow!(
+            "--storage-period-s must divide a day (86400 s), like 60, 900 or 3600; got {}",
+            args.storage_period_s
+        )));
+    }
+    config.storage_period = Duration::from_secs(args.storage_period_s);
     let ctx = Arc::new(GpuContext::open().map_err(runtime)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)?;
     rt.block_on(async move {

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tessera_metering::Lane;
 use tessera_store::StoreUrl;
 
+use super::server::ConnLimits;
+
 /// Targets of one lane.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LaneTargets {
@@ -30,8 +32,15 @@ pub struct ServeConfig {
     pub db: StoreUrl,
     /// Where this worker keeps its compiled pipelines (per worker and adapter).
     pub pipeline_cache: PathBuf,
+    /// This worker's id in the registry and on its leases (`--worker-id`):
+    /// the host (pod) name by default, so a restarted pod is the same worker
+    /// (it reaps its own stale leases at once) and "missing" means missing.
+    pub worker_id: String,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
+    /// Each listener's connection cap and header read timeout
+    /// (`--max-connections`, `--header-read-timeout-ms`).
+    pub conn_limits: ConnLimits,
     /// `TESSERA_ADMIN_KEY`: creates tenants. Without it, tenant creation is disabled.
     pub admin_key: Option<String>,
     pub urgent: LaneTargets,
@@ -56,6 +65,9 @@ pub struct ServeConfig {
     /// (1: none). Used only where GPU timestamps time each job's passes.
     pub group_max: usize,
     pub retention: Duration,
+    /// Storage is billed per tenant and period of this length (it divides a
+    /// day): one ledger event per tenant each period.
+    pub storage_period: Duration,
     /// Requests per second a tenant may make (burst of twice that).
     pub rate_limit_per_s: u32,
     pub max_body_bytes: usize,
@@ -71,9 +83,11 @@ impl ServeConfig {
         Self {
             db: StoreUrl::in_data_dir(&data),
             pipeline_cache: data.join("pipeline-cache").join(hostname()),
+            worker_id: hostname(),
             data,
             listen,
             metrics_listen,
+            conn_limits: ConnLimits::default(),
             admin_key: std::env::var("TESSERA_ADMIN_KEY").ok().filter(|k| !k.is_empty()),
             urgent: LaneTargets { wait_slo: Duration::from_secs(10), max_wait: Duration::from_secs(60) },
             standard: LaneTargets { wait_slo: Duration::from_secs(120), max_wait: Duration::from_secs(900) },
@@ -88,6 +102,7 @@ impl ServeConfig {
             max_concurrency: 32,
             group_max: 8,
             retention: Duration::from_secs(30 * 86_400),
+            storage_period: Duration::from_secs(3600),
             rate_limit_per_s: 50,
             max_body_bytes: 64 * 1024,
             psnr_floor_db: 25.0,

@@ -21,10 +21,25 @@
 //! error with what it takes to bill it by hand. On shutdown `serve` waits for
 //! the writes in flight ([`settle`]).
 //!
-//! Ranges: one `bytes=` range (`a-b`, `a-`, `-n`), else 416. That includes
-//! several ranges: RFC 9110 would allow answering them with the whole clip,
-//! but that bills a client for a gigabyte it did not ask for. There is no
-//! `If-Range`: an attempt's clip is written once, under a name of its own.
+//! Ranges ([`parse_range`], RFC 9110 §14): one `bytes=` range, the unit in
+//! any case (`bytes`, `BYTES`, `Bytes`), white space around the range and
+//! empty list elements (`bytes= 0-99 ,`) tolerated:
+//! - `a-b` is 206 of bytes `a` to `b`, a `b` past the end (however many digits
+//!   it has) clamped to the last byte; `a-` is `a` to the end;
+//! - `-n` is the last `n` bytes, all of the clip when `n` is larger (206, as
+//!   any range);
+//! - 416 with `Content-Range: bytes */LENGTH` when the range cannot be served:
+//!   a first position at or past the end (including one too large for 64
+//!   bits), `-0`, a last position before the first (`5-3`), any range of an
+//!   empty clip;
+//! - 400 `bad_range` naming `Range` for a header that is not one byte range:
+//!   empty, another unit, not a number (`abc`, `+5`, a space inside), or
+//!   several ranges. RFC 9110 would allow ignoring such a header and
+//!   answering with the whole clip, but that bills a client for a gigabyte it
+//!   did not ask for.
+//!
+//! There is no `If-Range`: an attempt's clip is written once, under a name of
+//! its own.
 
 use std::io::SeekFrom;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,8 +78,9 @@ pub struct EgressWrites(AtomicUsize);
     get, path = "/v1/jobs/{id}/output", tag = "jobs", operation_id = "get_output",
     params(
         ("id" = String, Path, pattern = "^j_[0-9a-fA-F]{16}$", description = "Job id"),
-        ("Range" = Option<String>, Header, pattern = "^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$",
-            description = "One byte range: `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+        ("Range" = Option<String>, Header, pattern = "^[Bb][Yy][Tt][Ee][Ss][ \\t]*=[ \\t]*([0-9]+-[0-9]*|-[0-9]+)[ \\t]*$",
+            description = "One byte range: `bytes=FIRST-LAST` (a LAST past the end is the end), `bytes=FIRST-` \
+                or `bytes=-SUFFIX` (the last SUFFIX bytes, all of them if the clip is shorter); the unit in any case"),
     ),
     responses(
         (status = 200, description = "The whole clip", content_type = "video/x-msvideo", body = Vec<u8>,
@@ -75,7 +91,8 @@ pub struct EgressWrites(AtomicUsize);
         (status = 409, description = "The job has no output (yet)", body = ErrorBody),
         (status = 410, description = "The output is no longer retained", body = ErrorBody),
         (status = 400, description = "A malformed Range header (one range only)", body = ErrorBody),
-        (status = 416, description = "The range is not satisfiable: past the clip's end, or empty", body = ErrorBody,
+        (status = 416, description = "The range is not satisfiable: its first byte at or past the clip's end, \
+            `-0`, a last byte before the first, or an empty clip", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */LENGTH`"))),
         TenantErrors,
     ),
@@ -96,24 +113,22 @@ pub(crate) async fn output(
     let mut file = tokio::fs::File::open(&path).await.map_err(|_| expired())?;
     let len = file.metadata().await.map_err(|_| expired())?.len();
     // A Range the client sent but that is not one documented range (empty,
-    // not text, several ranges) is a 400, and one past the end a 416: never
-    // the whole clip billed in full for a request that asked for less.
+    // not text, several ranges) is a 400, and one the clip cannot serve a
+    // 416: never the whole clip billed in full for a request that asked for less.
     let range = match headers.get(header::RANGE) {
         None => None,
-        Some(r) => {
-            let text = r.to_str().ok().filter(|t| well_formed(t)).ok_or_else(|| {
-                ApiError::field(
+        Some(r) => match r.to_str().map_or(RangeRequest::Malformed, |text| parse_range(text, len)) {
+            RangeRequest::Bytes { first, last } => Some((first, last)),
+            RangeRequest::Unsatisfiable => return Ok(unsatisfiable(len)),
+            RangeRequest::Malformed => {
+                return Err(ApiError::field(
                     StatusCode::BAD_REQUEST,
                     "bad_range",
                     "Range",
                     "must be one range: bytes=FIRST-LAST, bytes=FIRST- or bytes=-SUFFIX",
-                )
-            })?;
-            match parse_range(text, len) {
-                Some(r) => Some(r),
-                None => return Ok(unsatisfiable(len)),
+                ))
             }
-        }
+        },
     };
     let (start, count) = range.map_or((0, len), |(s, e)| (s, e - s + 1));
     let content_range = match range {
@@ -154,47 +169,91 @@ fn unsatisfiable(len: u64) -> Response {
     resp
 }
 
-/// Whether `h` is one byte range as the document's pattern writes it
-/// (`^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$`): a malformed header is
-/// a 400, a well-formed range the clip cannot serve a 416.
-fn well_formed(h: &str) -> bool {
-    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    match h.split_once('=') {
-        Some((unit, spec)) if unit.eq_ignore_ascii_case("bytes") => match spec.split_once('-') {
-            Some(("", last)) => !last.is_empty() && digits(last),
-            Some((first, last)) => !first.is_empty() && digits(first) && digits(last),
-            None => false,
-        },
-        _ => false,
-    }
+/// What a `Range` header asks of a representation of some length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// One range the representation can serve: inclusive byte offsets, `first
+    /// <= last < len` (206).
+    Bytes { first: u64, last: u64 },
+    /// One well-formed byte range the representation cannot serve (416).
+    Unsatisfiable,
+    /// Not one byte range: another unit, not numbers, several ranges, empty (400).
+    Malformed,
 }
 
-/// One `bytes=` range of a representation of `len` bytes (exactly the
-/// document's pattern `^[Bb][Yy][Tt][Ee][Ss]=([0-9]+-[0-9]*|-[0-9]+)$`), as inclusive
-/// `(first, last)` offsets: `a-b` (`b` past the end is the end), `a-`, or the
-/// last `n` bytes with `-n`. `None` for anything else (another unit, several
-/// ranges, a sign or a space inside a number, a range past the end, an empty
-/// representation): the caller answers 416.
-pub fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
-    let (unit, spec) = h.split_once('=')?;
-    if !unit.eq_ignore_ascii_case("bytes") || spec.contains(',') || len == 0 {
-        return None;
+/// Reads a `Range` header (RFC 9110 §14.1.1 and §14.2) against a
+/// representation of `len` bytes:
+///
+/// ```text
+/// Range       = range-unit "=" range-set     ; "bytes", in any case
+/// range-set   = 1#range-spec                 ; exactly one here, see below
+/// range-spec  = first-pos "-" [ last-pos ] / "-" suffix-length
+/// ```
+///
+/// - `a-b`: `a` to `b`, a `b` past the end (even past `u64::MAX`) clamped to
+///   the last byte; `a-`: `a` to the end; a first position at or past the
+///   end (even past `u64::MAX`) is [`RangeRequest::Unsatisfiable`], and so is
+///   `b < a` (an invalid range-spec, which RFC 9110 lets a server refuse with
+///   416);
+/// - `-n`: the last `n` bytes, all of them when `n >= len`; `-0` is
+///   unsatisfiable;
+/// - nothing is satisfiable in an empty representation.
+///
+/// Lenient where RFC 9110 asks recipients to be: spaces and tabs around the
+/// unit, the `=` and the range, and empty list elements (`bytes=,0-5,`).
+/// Numbers are ASCII digits only (no sign, no space inside). More than one
+/// range is [`RangeRequest::Malformed`], like any text that is not one byte
+/// range; no arithmetic here can overflow.
+pub fn parse_range(h: &str, len: u64) -> RangeRequest {
+    use RangeRequest::{Bytes, Malformed, Unsatisfiable};
+    fn ows(s: &str) -> &str {
+        s.trim_matches([' ', '\t'])
     }
-    let (a, b) = spec.split_once('-')?;
-    let (start, end) = match (a, b) {
-        ("", suffix) => {
-            let n = digits(suffix).filter(|n| *n > 0)?;
-            (len.saturating_sub(n), len - 1)
-        }
-        (first, "") => (digits(first)?, len - 1),
-        (first, last) => (digits(first)?, digits(last)?.min(len - 1)),
+    let Some((unit, set)) = h.split_once('=') else { return Malformed };
+    if !ows(unit).eq_ignore_ascii_case("bytes") {
+        return Malformed;
+    }
+    let mut specs = set.split(',').map(ows).filter(|s| !s.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else { return Malformed };
+    let Some((first, last)) = spec.split_once('-') else { return Malformed };
+    let well_formed = match (first.is_empty(), last.is_empty()) {
+        (true, true) => false,
+        (true, false) => is_digits(last),
+        (false, _) => is_digits(first) && is_digits(last),
     };
-    (start <= end && start < len).then_some((start, end))
+    if !well_formed {
+        return Malformed;
+    }
+    if len == 0 {
+        return Unsatisfiable;
+    }
+    let end = len - 1;
+    if first.is_empty() {
+        // A suffix: the last n bytes (n too large for u64 is all of them too).
+        return match saturating_u64(last) {
+            0 => Unsatisfiable,
+            n => Bytes { first: len - n.min(len), last: end },
+        };
+    }
+    // A first position too large for u64 is past any end: `None` is 416.
+    let Ok(first) = first.parse::<u64>() else { return Unsatisfiable };
+    let last = if last.is_empty() { end } else { saturating_u64(last) };
+    if first > end || last < first {
+        return Unsatisfiable;
+    }
+    Bytes { first, last: last.min(end) }
 }
 
-/// A decimal number of ASCII digits only (`u64::from_str` would take `+5`).
-fn digits(s: &str) -> Option<u64> {
-    s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok()).flatten()
+/// Whether `s` is ASCII digits only (empty included): `u64::from_str` would
+/// also take a sign.
+fn is_digits(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A run of ASCII digits as a number, `u64::MAX` when it is larger (a last
+/// position or suffix length that large is clamped to the representation).
+fn saturating_u64(digits: &str) -> u64 {
+    digits.parse().unwrap_or(u64::MAX)
 }
 
 /// A download's body: what is left to send of it and its meter.
@@ -352,47 +411,149 @@ pub(crate) async fn settle(svc: &Service, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::parse_range;
+    use super::RangeRequest::{self, Bytes, Malformed, Unsatisfiable};
+
+    fn bytes(first: u64, last: u64) -> RangeRequest {
+        Bytes { first, last }
+    }
+
+    /// The length of the clip in the issue's report: 181 kB.
+    const CLIP: u64 = 181_034;
 
     #[test]
     fn one_range_in_each_form() {
-        assert_eq!(parse_range("bytes=0-11", 100), Some((0, 11)));
-        assert_eq!(parse_range("bytes=10-", 100), Some((10, 99)));
-        assert_eq!(parse_range("bytes=-4", 100), Some((96, 99)));
-        assert_eq!(parse_range("bytes=99-99", 100), Some((99, 99)));
-        // Units are case-insensitive; no white space inside.
-        assert_eq!(parse_range("Bytes=5-6", 100), Some((5, 6)));
-        assert_eq!(parse_range("bytes= 5 - 6", 100), None, "no white space inside, as the document's pattern says");
+        assert_eq!(parse_range("bytes=0-11", 100), bytes(0, 11));
+        assert_eq!(parse_range("bytes=10-", 100), bytes(10, 99));
+        assert_eq!(parse_range("bytes=-4", 100), bytes(96, 99));
+        assert_eq!(parse_range("bytes=99-99", 100), bytes(99, 99));
+        assert_eq!(parse_range("bytes=0-0", 1), bytes(0, 0));
+        assert_eq!(parse_range("bytes=007-010", 100), bytes(7, 10), "leading zeros are digits like any");
     }
 
     #[test]
-    fn ranges_past_the_end_are_clamped_or_refused() {
-        assert_eq!(parse_range("bytes=50-1000", 100), Some((50, 99)));
-        assert_eq!(parse_range("bytes=-1000", 100), Some((0, 99)), "a suffix longer than the clip is all of it");
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=100-200", 100), None);
+    fn the_unit_is_case_insensitive() {
+        for unit in ["bytes", "BYTES", "Bytes", "bYtEs"] {
+            assert_eq!(parse_range(&format!("{unit}=5-6"), 100), bytes(5, 6), "{unit}");
+        }
+    }
+
+    #[test]
+    fn a_last_position_past_the_end_is_clamped_to_the_last_byte() {
+        assert_eq!(parse_range("bytes=50-1000", 100), bytes(50, 99));
+        assert_eq!(parse_range("bytes=50-100", 100), bytes(50, 99), "one past the end");
+        assert_eq!(parse_range(&format!("bytes=0-{}", u64::MAX), 100), bytes(0, 99));
         let big = 1u64 << 40;
-        assert_eq!(parse_range(&format!("bytes={}-", big / 2), big), Some((big / 2, big - 1)));
+        assert_eq!(parse_range(&format!("bytes={}-", big / 2), big), bytes(big / 2, big - 1));
     }
 
     #[test]
-    fn anything_else_is_unsatisfiable() {
+    fn a_last_position_too_large_for_u64_is_clamped_too() {
+        // The issue's report: a 416 before, a 206 of bytes 448 to the end now.
+        assert_eq!(parse_range("bytes=448-99999999999999999999999", CLIP), bytes(448, CLIP - 1));
+        assert_eq!(parse_range("bytes=0-18446744073709551616", 100), bytes(0, 99), "u64::MAX + 1");
+        let many = "9".repeat(1000);
+        assert_eq!(parse_range(&format!("bytes=99-{many}"), 100), bytes(99, 99));
+        assert_eq!(parse_range(&format!("bytes={}-{many}", u64::MAX - 1), u64::MAX), bytes(u64::MAX - 1, u64::MAX - 1));
+    }
+
+    #[test]
+    fn a_first_position_at_or_past_the_end_is_unsatisfiable() {
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(parse_range(&format!("bytes={CLIP}-"), CLIP), Unsatisfiable);
+        assert_eq!(parse_range(&format!("bytes={}-", u64::MAX), 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable, "an empty clip has no bytes to range over");
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn a_first_position_too_large_for_u64_is_unsatisfiable_not_malformed() {
+        assert_eq!(parse_range("bytes=18446744073709551616-", 100), Unsatisfiable, "u64::MAX + 1");
+        assert_eq!(parse_range("bytes=99999999999999999999999-", CLIP), Unsatisfiable);
+        assert_eq!(parse_range("bytes=99999999999999999999999-99999999999999999999999", CLIP), Unsatisfiable);
+    }
+
+    #[test]
+    fn a_suffix_longer_than_the_clip_is_all_of_it() {
+        assert_eq!(parse_range("bytes=-1000", 100), bytes(0, 99));
+        assert_eq!(parse_range("bytes=-100", 100), bytes(0, 99));
+        assert_eq!(parse_range("bytes=-99", 100), bytes(1, 99));
+        assert_eq!(parse_range("bytes=-99999999999999999999999", CLIP), bytes(0, CLIP - 1), "past u64 too");
+        assert_eq!(parse_range(&format!("bytes=-{}", u64::MAX), u64::MAX), bytes(0, u64::MAX - 1));
+    }
+
+    #[test]
+    fn an_empty_suffix_is_unsatisfiable() {
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-000", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable, "nor is any suffix of an empty clip");
+    }
+
+    #[test]
+    fn a_last_position_before_the_first_is_unsatisfiable() {
+        // An invalid range-spec: 416 as before (RFC 9110 §15.5.17 allows it).
+        assert_eq!(parse_range("bytes=5-3", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=1-0", 100), Unsatisfiable);
+    }
+
+    #[test]
+    fn white_space_around_the_range_and_empty_list_elements_are_tolerated() {
         for h in [
-            "bytes=0-1,5-6",
-            "bytes=-0",
-            "bytes=5-3",
+            "bytes= 5-6",
+            "bytes=5-6 ",
+            " bytes=5-6",
+            "bytes =5-6",
+            "bytes = \t5-6\t ",
+            "bytes=,5-6",
+            "bytes=5-6,",
+            "bytes= , 5-6 , ,",
+        ] {
+            assert_eq!(parse_range(h, 100), bytes(5, 6), "{h:?}");
+        }
+        assert_eq!(parse_range("bytes= -4 ", 100), bytes(96, 99));
+        assert_eq!(parse_range("bytes= 448-99999999999999999999999 ", CLIP), bytes(448, CLIP - 1));
+    }
+
+    #[test]
+    fn several_ranges_are_malformed() {
+        for h in ["bytes=0-1,5-6", "bytes=0-1, 5-6", "bytes=-1,0-", "bytes=0-0,0-0"] {
+            assert_eq!(parse_range(h, 100), Malformed, "{h}");
+        }
+    }
+
+    #[test]
+    fn anything_else_is_malformed() {
+        for h in [
+            "",
+            " ",
+            "bytes",
             "bytes=",
+            "bytes=,",
             "bytes=-",
+            "bytes=abc",
             "bytes=abc-",
+            "bytes=0-abc",
+            "bytes=-abc",
             "bytes=+5-",
+            "bytes=5-+6",
+            "bytes=-+5",
             "bytes=5--6",
-            "bytes=18446744073709551616-",
+            "bytes=--5",
+            "bytes=5",
+            "bytes= 5 - 6",
+            "bytes=5 -6",
+            "bytes=0x10-",
+            "bytes=\u{0663}-",
             "items=0-1",
+            "byte=0-1",
+            "bytesx=0-1",
             "bytes 0-1",
             "0-1",
+            "=0-1",
         ] {
-            assert_eq!(parse_range(h, 100), None, "{h}");
+            assert_eq!(parse_range(h, 100), Malformed, "{h:?}");
         }
-        assert_eq!(parse_range("bytes=0-", 0), None, "an empty clip has no bytes to range over");
-        assert_eq!(parse_range("bytes=-5", 0), None);
+        assert_eq!(parse_range("items=0-1", 0), Malformed, "malformed before unsatisfiable");
+        assert_eq!(parse_range("bytes=abc", 0), Malformed);
     }
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod retry;
 mod scheduler;
+pub mod server;
 mod upkeep;
 
 use std::collections::HashMap;
@@ -49,6 +50,12 @@ pub struct Service {
     pub svc_metrics: metrics::ServiceMetrics,
     /// This process's id: it holds the leases of the attempts it runs.
     pub worker: WorkerId,
+    /// The other live workers, and those of them with nothing in flight,
+    /// from the registry (read every second): a clip's chunks are shared among
+    /// the live ones ([`Store::claim_sharing`]), and while some are idle this
+    /// worker claims one chunk per wake-up, so the idle ones get theirs.
+    pub peers: std::sync::atomic::AtomicU32,
+    pub idle_peers: std::sync::atomic::AtomicU32,
     pub controller: Mutex<metrics::ConcurrencyController>,
     /// Render groups: jobs sharing a template render in one submission.
     pub groups: group::Groups,
@@ -80,6 +87,8 @@ pub enum ServeError {
     Listen { addr: String, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("worker id `{id}` is in use by a live worker on {host}: give each worker its own --worker-id")]
+    WorkerIdInUse { id: String, host: String },
 }
 
 impl Service {
@@ -103,7 +112,9 @@ impl Service {
             tracing::info!("passes are timed on the host on this adapter: jobs render in submissions of their own");
         }
         Ok(Arc::new(Self {
-            worker: WorkerId::random(),
+            worker: WorkerId::new(config.worker_id.clone()),
+            peers: std::sync::atomic::AtomicU32::new(0),
+            idle_peers: std::sync::atomic::AtomicU32::new(0),
             config,
             ctx,
             store,
@@ -209,6 +220,27 @@ impl Service {
     }
 }
 
+/// A worker id is stable across restarts: a restarted worker waits until the
+/// registry shows its previous instance stale (a `kill -9` leaves it alive
+/// for up to a lease), and refuses to start beside a live worker of the same
+/// id, which would share its leases.
+async fn wait_for_previous_instance(svc: &Service) -> Result<(), ServeError> {
+    let alive_for = svc.config.lease.max(Duration::from_secs(3));
+    let deadline = Instant::now() + alive_for * 2 + Duration::from_secs(1);
+    loop {
+        let workers = svc.store.workers().await?;
+        let now = svc.store.now_ms();
+        let Some(same) = workers.iter().find(|w| w.info.id == svc.worker && svc.worker_alive(w, now)) else {
+            return Ok(());
+        };
+        if Instant::now() >= deadline {
+            return Err(ServeError::WorkerIdInUse { id: svc.worker.to_string(), host: same.info.host.clone() });
+        }
+        tracing::warn!(worker = %svc.worker, "waiting for the previous instance of this worker id to go stale");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Logs a recurring error once, then again only when it changes or every 30 s.
 #[derive(Debug, Default)]
 pub struct ErrorLog {
@@ -238,6 +270,7 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     let api = listen(svc.config.listen).await?;
     let metrics = listen(svc.config.metrics_listen).await?;
     let api_addr = api.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    wait_for_previous_instance(&svc).await?;
     svc.store.register_worker(&svc.info(&api_addr)).await?;
     println!(
         "tessera serving on http://{api_addr} (metrics on http://{}/metrics), worker {}, store {}, data in {}, GPU {}",
@@ -247,16 +280,15 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
         svc.config.data.display(),
         svc.ctx.adapter.name
     );
+    // The sender lives until the end of `serve`; the servers stop when it
+    // says so (or is gone).
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        // The sender lives until the end of `serve`: an error here means it is gone, so stop too.
-        let _closed = rx.wait_for(|s| *s).await;
-    };
     let (app, metrics_app) = (http::app(svc.clone()), http::metrics_app(svc.clone()));
-    let (rx1, rx2) = (stop_rx.clone(), stop_rx.clone());
-    let api_task = tokio::spawn(async move { axum::serve(api, app).with_graceful_shutdown(stopped(rx1)).await });
-    let metrics_task =
-        tokio::spawn(async move { axum::serve(metrics, metrics_app).with_graceful_shutdown(stopped(rx2)).await });
+    // Each listener with its own connection cap and the header read timeout.
+    let limits = svc.config.conn_limits;
+    server::check_descriptor_limit(&limits);
+    let api_task = tokio::spawn(server::run(api, app, limits, "API", stop_rx.clone()));
+    let metrics_task = tokio::spawn(server::run(metrics, metrics_app, limits, "metrics", stop_rx.clone()));
     let background = tokio::spawn(run_background(svc.clone()));
     let listener = tokio::spawn({
         let svc = svc.clone();
@@ -287,10 +319,8 @@ pub async fn serve(svc: Arc<Service>) -> Result<(), ServeError> {
     // Stops both servers; their tasks end with it.
     stop_tx.send_replace(true);
     for (name, task) in [("API", api_task), ("metrics", metrics_task)] {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "{name} server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "{name} server task failed"),
+        if let Err(e) = task.await {
+            tracing::warn!(error = %e, "{name} server task failed");
         }
     }
     // The API server waited for its connections: every download has ended

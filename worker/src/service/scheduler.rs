@@ -2,7 +2,8 @@
 //! adaptive limit, reaps expired leases (any other worker's, and its own that
 //! no running attempt holds), heartbeats
 //! the registry, publishes queue metrics, adapts the concurrency limit, saves
-//! the pipeline cache, and takes its turn at the fleet's upkeep.
+//! and saves the pipeline cache. The fleet's upkeep runs in a task of its own
+//! ([`upkeep::run_loop`]): a slow sweep or meter never delays a claim.
 //!
 //! It wakes every 200 ms and whenever work is queued (here, or anywhere in
 //! the fleet on PostgreSQL's NOTIFY): the wake-up is a hint, polling the
@@ -11,7 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_metering::event::now_ms;
 use tessera_metering::{AttemptRef, Lane, Outcome, PassTimes};
 
 use super::{attempt, upkeep, Service};
@@ -22,8 +22,7 @@ pub(super) async fn run(svc: Arc<Service>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // The reaper looks a few times per lease, so a lost worker's jobs wait little.
     let reap_every = (svc.config.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(5));
-    let sweep_every = (svc.config.lease * 2).max(Duration::from_secs(5));
-    let lead_ttl = sweep_every * 3;
+    tokio::spawn(upkeep::run_loop(svc.clone()));
     let mut due = Due::default();
     while !svc.shutting_down() {
         tokio::select! {
@@ -36,6 +35,7 @@ pub(super) async fn run(svc: Arc<Service>) {
         }
         if due.check("registry", Duration::from_secs(1)) {
             heartbeat_worker(&svc).await;
+            count_idle_peers(&svc).await;
             queue_metrics(&svc).await;
         }
         if due.check("fleet", Duration::from_secs(5)) {
@@ -45,19 +45,16 @@ pub(super) async fn run(svc: Arc<Service>) {
             ledger_metrics(&svc).await;
         }
         if due.check("concurrency", Duration::from_secs(2)) {
-            let limit = svc.controller.lock().unwrap_or_else(|e| e.into_inner()).adjust(svc.in_flight());
+            let mut controller = svc.controller.lock().unwrap_or_else(|e| e.into_inner());
+            controller.observe_device_errors(svc.ctx.error_counts());
+            let limit = controller.adjust(svc.in_flight());
+            drop(controller);
             svc.svc_metrics.concurrency_limit.set(limit as i64);
         }
         if due.check("pipeline cache", Duration::from_secs(10)) {
             if let Err(e) = svc.ctx.save_pipeline_cache() {
                 svc.errors.warn("saving the pipeline cache", &e);
             }
-        }
-        if due.check("upkeep", upkeep::PERIOD) {
-            upkeep::run(&svc, lead_ttl).await;
-        }
-        if due.check("sweep", sweep_every) {
-            upkeep::sweep(&svc, lead_ttl).await;
         }
     }
 }
@@ -68,7 +65,7 @@ pub(super) async fn run(svc: Arc<Service>) {
 async fn fleet_metrics(svc: &Service) {
     match svc.store.workers().await {
         Ok(workers) => {
-            let now = now_ms();
+            let now = svc.store.now_ms();
             let alive = workers.iter().filter(|w| svc.worker_alive(w, now)).count() as i64;
             let missing = workers.iter().filter(|w| w.stopped_at_ms.is_none()).count() as i64 - alive;
             svc.svc_metrics.fleet_workers.with_label_values(&["alive"]).set(alive);
@@ -111,7 +108,29 @@ impl Due {
     }
 }
 
-/// Claims and starts attempts while there is room under the limit.
+/// The other live workers, and how many of them have nothing in flight, as
+/// the registry shows them (heartbeats every second).
+async fn count_idle_peers(svc: &Service) {
+    match svc.store.workers().await {
+        Ok(workers) => {
+            let now = svc.store.now_ms();
+            let peers: Vec<_> =
+                workers.iter().filter(|w| w.info.id != svc.worker && svc.worker_alive(w, now)).collect();
+            let idle = peers.iter().filter(|w| w.jobs_in_flight == 0).count();
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            svc.peers.store(count(peers.len()), std::sync::atomic::Ordering::Relaxed);
+            svc.idle_peers.store(count(idle), std::sync::atomic::Ordering::Relaxed);
+        }
+        Err(e) => svc.errors.warn("reading the worker registry", &e),
+    }
+}
+
+/// Claims and starts attempts while there is room under the limit, never
+/// more than its share of one clip among the fleet's live workers. While
+/// other workers are idle it claims one chunk per wake-up (the others wake
+/// too, on the same notification or their next tick), so work spreads over
+/// the fleet instead of piling onto whichever worker polled first; alone or
+/// among busy workers it fills its limit at once.
 async fn dispatch(svc: &Arc<Service>) {
     // A lost device stays lost: claiming would only fail jobs that a healthy
     // worker can run. They stay queued for the fleet; readiness is already 503.
@@ -119,9 +138,12 @@ async fn dispatch(svc: &Arc<Service>) {
         return;
     }
     let lease_ms = svc.config.lease.as_millis() as i64;
-    while !svc.shutting_down() && svc.in_flight() < svc.limit() {
-        match svc.store.claim(&svc.worker, lease_ms).await {
+    let peers = svc.peers.load(std::sync::atomic::Ordering::Relaxed);
+    let mut claims = if svc.idle_peers.load(std::sync::atomic::Ordering::Relaxed) > 0 { 1 } else { usize::MAX };
+    while !svc.shutting_down() && svc.in_flight() < svc.limit() && claims > 0 {
+        match svc.store.claim_sharing(&svc.worker, lease_ms, peers).await {
             Ok(Some(claimed)) => {
+                claims -= 1;
                 svc.start_attempt(&claimed.job.id);
                 tokio::spawn(attempt::run(svc.clone(), claimed));
             }
@@ -184,7 +206,7 @@ async fn queue_metrics(svc: &Service) {
     for lane in Lane::ALL {
         let d = depths.iter().find(|(l, _)| *l == lane).map(|(_, d)| *d).unwrap_or_default();
         svc.svc_metrics.queue_depth.with_label_values(&[lane.as_str()]).set(d.queued);
-        let age = d.oldest_created_ms.map(|c| (now_ms() - c).max(0) as f64 / 1000.0).unwrap_or(0.0);
+        let age = d.oldest_created_ms.map(|c| (svc.store.now_ms() - c).max(0) as f64 / 1000.0).unwrap_or(0.0);
         svc.svc_metrics.oldest_age.with_label_values(&[lane.as_str()]).set(age);
     }
 }

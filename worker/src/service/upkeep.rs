@@ -1,19 +1,42 @@
 //! The fleet's periodic upkeep, done by one worker at a time (the store's
-//! leadership lease decides which): storage metering of every retained clip,
-//! retention, and sweeping partial clips that no running attempt owns.
-//! Storage events have deterministic ids per clip and period, so a leadership
-//! change mid-period never meters a clip twice.
+//! leadership lease decides which), in a task of its own beside the
+//! scheduler's claim loop: storage metering (the store closes each storage
+//! period into one event per tenant, from a watermark: see
+//! `tessera_store::storage`), retention, and sweeping partial clips that no
+//! running attempt owns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_metering::event::now_ms;
-use tessera_metering::{AttemptRef, UsageEvent};
 use tessera_store::{ChunkState, JobId};
 
 use super::Service;
 
 /// How often the upkeep meters storage and applies retention.
 pub(super) const PERIOD: Duration = Duration::from_secs(60);
+
+/// Runs the upkeep until the worker drains: metering and retention every
+/// [`PERIOD`] (or the storage period, if shorter), the sweep every two leases.
+pub(super) async fn run_loop(svc: Arc<Service>) {
+    let sweep_every = (svc.config.lease * 2).max(Duration::from_secs(5));
+    let lead_ttl = sweep_every * 3;
+    let meter_every = PERIOD.min(svc.config.storage_period).max(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut metered, mut swept): (Option<tokio::time::Instant>, Option<tokio::time::Instant>) = (None, None);
+    while !svc.shutting_down() {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        if metered.is_none_or(|t| now.duration_since(t) >= meter_every) {
+            metered = Some(now);
+            run(&svc, lead_ttl).await;
+        }
+        if swept.is_none_or(|t| now.duration_since(t) >= sweep_every) {
+            swept = Some(now);
+            sweep(&svc, lead_ttl).await;
+        }
+    }
+}
 
 /// Whether this worker leads the fleet's upkeep, taking or renewing the lead
 /// for `ttl`: the leader renews it at every sweep, so a leader that died hands
@@ -28,61 +51,28 @@ async fn leads(svc: &Service, ttl: Duration) -> bool {
     }
 }
 
-/// Meters storage and applies retention for the current period, if this worker leads.
-pub(super) async fn run(svc: &Service, lead_ttl: Duration) {
+/// Meters storage and applies retention, if this worker leads.
+async fn run(svc: &Service, lead_ttl: Duration) {
     if leads(svc, lead_ttl).await {
-        meter_storage(svc, (now_ms() as u64) / PERIOD.as_millis() as u64, PERIOD).await;
+        meter_storage(svc).await;
         retention(svc).await;
     }
 }
 
 /// Sweeps the files of attempts that are over without being an output, if this worker leads.
-pub(super) async fn sweep(svc: &Service, lead_ttl: Duration) {
+async fn sweep(svc: &Service, lead_ttl: Duration) {
     if leads(svc, lead_ttl).await {
         sweep_stale_files(svc).await;
     }
 }
 
-/// Meters the storage of every retained clip, and of every chunked clip's
-/// segments while they exist, over one period: one event per job and period.
-async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
-    let retained = match svc.store.retained(None).await {
-        Ok(r) => r,
-        Err(e) => return svc.errors.warn("listing retained clips", &e),
-    };
-    let segments = match svc.store.segments().await {
-        Ok(s) => s,
-        Err(e) => return svc.errors.warn("listing segments", &e),
-    };
-    let mut stored: std::collections::BTreeMap<JobId, (AttemptRef, i64)> = std::collections::BTreeMap::new();
-    for r in &retained {
-        let a = AttemptRef {
-            tenant_id: r.tenant.to_string(),
-            tier: r.tier.clone(),
-            job_id: r.job.to_string(),
-            attempt: r.attempt,
-            chunk: None,
-        };
-        stored.entry(r.job.clone()).or_insert((a, 0)).1 += r.bytes;
-    }
-    for s in &segments {
-        let a = AttemptRef {
-            tenant_id: s.tenant.to_string(),
-            tier: s.tier.clone(),
-            job_id: s.job.to_string(),
-            attempt: 0,
-            chunk: None,
-        };
-        stored.entry(s.job.clone()).or_insert((a, 0)).1 += s.bytes;
-    }
-    let mut events: Vec<UsageEvent> = stored
-        .values()
-        .map(|(a, bytes)| UsageEvent::storage(a, period_index, bytes.saturating_mul(period.as_secs() as i64)))
-        .collect();
-    // In id order: two leaders overlapping at a hand-over lock rows in the same order.
-    events.sort_by(|a, b| a.id.cmp(&b.id));
-    match svc.store.append(&events).await {
-        Ok(inserted) => {
+/// Closes the storage periods that ended: the store writes one event per
+/// tenant and period (byte-seconds from each clip's and segment's archive to
+/// its removal), and the counters move for the events that are new.
+async fn meter_storage(svc: &Service) {
+    let period_ms = svc.config.storage_period.as_millis() as i64;
+    match svc.store.close_storage_periods(period_ms).await {
+        Ok((events, inserted)) => {
             for (e, _) in events.iter().zip(inserted).filter(|(_, new)| *new) {
                 svc.metrics.record_storage(&svc.book, &e.tenant_id, &e.tier, u64::try_from(e.quantity).unwrap_or(0));
             }
@@ -93,7 +83,7 @@ async fn meter_storage(svc: &Service, period_index: u64, period: Duration) {
 
 /// Deletes clips past the retention period, then forgets them in the store.
 async fn retention(svc: &Service) {
-    let cutoff = now_ms() - svc.config.retention.as_millis() as i64;
+    let cutoff = svc.store.now_ms() - svc.config.retention.as_millis() as i64;
     let expired = match svc.store.retained(Some(cutoff)).await {
         Ok(r) => r,
         Err(e) => return svc.errors.warn("listing expired clips", &e),

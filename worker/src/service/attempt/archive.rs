@@ -11,9 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tessera_metering::event::now_ms;
-use tessera_metering::PassTimes;
 use tessera_metering::AdmittedQuote;
+use tessera_metering::PassTimes;
 use tessera_store::{ArchivedOutput, Claimed, Lease};
 
 use super::{AttemptError, Member};
@@ -35,11 +34,14 @@ pub(super) struct ClipOf<'a> {
     pub tier: &'a str,
     /// A chunked clip's chunks: frame range, worker, attempts, GPU time per pass.
     pub chunks: Option<serde_json::Value>,
+    /// Why the clip holds only part of the frames ordered (`cancelled`):
+    /// `spec.frames` are the frames it holds, from the spec's first frame.
+    pub partial: Option<&'static str>,
 }
 
 impl<'a> ClipOf<'a> {
     pub fn member(m: &'a Member) -> Self {
-        Self { claimed: &m.claimed, spec: &m.spec, quote: &m.quote, tier: &m.attempt.tier, chunks: None }
+        Self { claimed: &m.claimed, spec: &m.spec, quote: &m.quote, tier: &m.attempt.tier, chunks: None, partial: None }
     }
 }
 
@@ -83,16 +85,23 @@ pub(super) fn archive(
         "frame_range": {"first": spec.first_frame, "count": spec.frames},
         "clip_frames": spec.clip_frames, "clip_duration_s": spec.duration_s,
         "usage_ns": {"render": gpu.render_ns, "stitch": gpu.stitch_ns, "encode": gpu.encode_ns},
-        "price": q.price.to_string(), "currency": q.currency, "price_book": q.book,
+        "price": q.price_of(spec.frames).to_string(), "currency": q.currency, "price_book": q.book,
         "attempt": clip.claimed.lease.attempt,
         "failed_attempts": job.failures,
         "interrupted_attempts": job.interruptions,
         "worker": svc.worker,
         "adapter": svc.ctx.adapter.name,
-        "archived_at_ms": now_ms(),
+        "archived_at_ms": svc.store.now_ms(),
     });
     if let Some(chunks) = &clip.chunks {
         sidecar["chunks"] = chunks.clone();
+    }
+    if let Some(reason) = clip.partial {
+        // What a partial clip is: these frames of the order, billed as such.
+        sidecar["partial"] = serde_json::json!({
+            "reason": reason, "frames_ordered": job.frames_total,
+            "price_ordered": q.price.to_string(), "price": q.price_of(spec.frames).to_string(),
+        });
     }
     let tmp = meta.with_extension("json.partial");
     let text = serde_json::to_vec_pretty(&sidecar).map_err(|e| AttemptError::failed(format!("sidecar: {e}")))?;

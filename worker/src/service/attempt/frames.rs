@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use tessera_store::{ChunkKind, Lease, Segment};
+use tessera_store::{ChunkKind, Delivered, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
 use crate::encode::mux::{AviMuxer, Muxer, SegmentWriter, StreamInfo};
@@ -124,15 +124,31 @@ impl<'s> ActiveJob<'s> {
         self.mux.finish().map_err(|e| AttemptError::mux(&e))?;
         let (frames, spec) = (self.next - self.first, &self.member.spec);
         if self.member.claimed.chunk.kind == ChunkKind::Range {
-            // The job's join bills a cancelled clip, for every chunk's frames.
+            // A cancelled range keeps its frames so far in a segment: the
+            // job's join delivers (and bills) the clip's frames up to there.
             if cancelled {
-                return Ok(Rendered::Cancelled { frames, bill: None });
+                let delivered = match frames {
+                    0 => Delivered::Nothing,
+                    _ => Delivered::Segment(self.keep_segment(frames)?),
+                };
+                return Ok(Rendered::Cancelled { frames, bill: None, delivered });
             }
             return self.keep_segment(frames).map(|segment| Rendered::Segment { segment });
         }
         if cancelled {
-            // Billed for what it delivered: the frames rendered before the cancel.
-            return Ok(Rendered::Cancelled { frames, bill: Some(Bill::of(spec, &self.member.quote, frames)) });
+            // What was rendered before the cancel is delivered, a partial
+            // clip archived as the job's output, and billed: those frames at
+            // the quote's rates. No frame: nothing kept, nothing billed.
+            if frames == 0 {
+                return Ok(Rendered::Cancelled { frames, bill: None, delivered: Delivered::Nothing });
+            }
+            let mut part = spec.clone();
+            part.frames = frames;
+            let clip =
+                archive::ClipOf { spec: &part, partial: Some("cancelled"), ..archive::ClipOf::member(&self.member) };
+            let output = archive::archive(svc, &clip, &self.partial, &self.recorder.totals())?;
+            let bill = Bill::of(spec, &self.member.quote, frames);
+            return Ok(Rendered::Cancelled { frames, bill: Some(bill), delivered: Delivered::Clip(output) });
         }
         let duration = f64::from(frames) / f64::from(spec.fps);
         // A preview lasts its frames, not the whole clip's duration.
@@ -221,7 +237,13 @@ fn answer(member: Member, finished: Finished) {
         tracing::warn!(%lease, "the attempt's task is gone; its result is dropped");
         match unsent.rendered {
             Ok(Rendered::Complete { output, .. }) => archive::discard(&[output.path, output.metadata_path]),
-            Ok(Rendered::Segment { segment }) => remove(Path::new(&segment.path)),
+            Ok(Rendered::Segment { segment })
+            | Ok(Rendered::Cancelled { delivered: Delivered::Segment(segment), .. }) => {
+                remove(Path::new(&segment.path))
+            }
+            Ok(Rendered::Cancelled { delivered: Delivered::Clip(output), .. }) => {
+                archive::discard(&[output.path, output.metadata_path])
+            }
             _ => {}
         }
     }

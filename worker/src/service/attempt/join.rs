@@ -10,23 +10,27 @@
 //! 4. archives the clip with a sidecar listing its chunks, and settles the job
 //!    with its one billable output; the segments are removed afterwards.
 //!
-//! A job cancelled before every range was done is settled by its join
-//! instead: billed for the frames its ranges delivered, the segments removed.
-//! (A cancel after the last range is too late to save anything: the clip is
-//! joined and delivered.)
+//! A job cancelled before every range was done is delivered by its join too,
+//! as far as its frames run without a gap: the segments of the ranges from the
+//! first frame on (a cancelled range's partial segment ends them) are joined
+//! the same way into a partial clip (its sidecar says so, with its frame
+//! range), archived as the job's output, downloadable, and billed exactly its
+//! frames at the quote's rates. Frames after a gap are not delivered, so not
+//! billed; nothing delivered, nothing billed. (A cancel after the last range
+//! is too late to save anything: the clip is joined and delivered.)
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tessera_metering::{AdmittedQuote, AttemptRef, Pass, PassTimes};
-use tessera_store::{AttemptEnd, Chunk, ChunkKind, ChunkState, Claimed, Segment};
+use tessera_store::{Chunk, ChunkKind, ChunkState, Claimed, Delivered, Segment};
 
 use super::{archive, frames, settle, AttemptError, Beating, Finished, Rendered};
 use crate::encode::mux::{segment, StreamInfo, RIFF_LIMIT};
 use crate::render::{FrameRenderer, Readback};
 use crate::service::Service;
 use crate::spec::JobSpec;
-use crate::usage::{Bill, Closing, UsageRecorder};
+use crate::usage::{Bill, UsageRecorder};
 
 /// Joins (or, for a cancelled job, settles) the chunks of `claimed`'s job.
 pub(super) async fn join_and_settle(
@@ -43,12 +47,30 @@ pub(super) async fn join_and_settle(
         // A cancel that came after every frame was rendered is too late to
         // save anything: the clip is joined and delivered, as it is billed.
         Ok(chunks) if claimed.job.cancel_requested && segments_of(&chunks).is_err() => {
-            settle_cancelled(svc, &claimed, &spec, &quote, attempt, &chunks).await
+            let prefix = delivered_prefix(&chunks);
+            assemble(svc, &claimed, spec, quote, attempt, chunks, Some(prefix)).await
         }
-        Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks).await,
+        Ok(chunks) => assemble(svc, &claimed, spec, quote, attempt, chunks, None).await,
     };
     beating.stop();
     outcome
+}
+
+/// A cancelled job's deliverable frames: the segments of its ranges from the
+/// first frame on, in frame order, up to the first range without one or the
+/// first partial one (a range cancelled mid-way), which ends them.
+fn delivered_prefix(chunks: &[Chunk]) -> Vec<(u32, Segment)> {
+    let mut ranges: Vec<&Chunk> = chunks.iter().filter(|c| c.kind == ChunkKind::Range).collect();
+    ranges.sort_by_key(|c| c.first_frame);
+    let mut prefix = Vec::new();
+    for c in ranges {
+        let Some(s) = &c.segment else { break };
+        prefix.push((c.index, s.clone()));
+        if s.frames < c.frames {
+            break;
+        }
+    }
+    prefix
 }
 
 /// The segments of every range with its chunk index, in frame order; an
@@ -64,6 +86,8 @@ fn segments_of(chunks: &[Chunk]) -> Result<Vec<(u32, Segment)>, AttemptError> {
         .collect()
 }
 
+/// Joins `segments` (every range's, or a cancelled job's `delivered` prefix)
+/// into the clip, archives it, settles the job and removes the segments.
 async fn assemble(
     svc: &Arc<Service>,
     claimed: &Claimed,
@@ -71,8 +95,10 @@ async fn assemble(
     quote: AdmittedQuote,
     attempt: AttemptRef,
     chunks: Vec<Chunk>,
+    delivered: Option<Vec<(u32, Segment)>>,
 ) -> &'static str {
-    let segments = match segments_of(&chunks) {
+    let cancelled = delivered.is_some();
+    let segments = match delivered.map_or_else(|| segments_of(&chunks), Ok) {
         Ok(s) => s,
         Err(e) => return settle::unrendered(svc, claimed, e).await,
     };
@@ -90,6 +116,7 @@ async fn assemble(
         chunks: chunks.clone(),
         gpu,
         segments,
+        cancelled,
     };
     let rt = tokio::runtime::Handle::current();
     let finished = match tokio::task::spawn_blocking(move || work.run(&rt)).await {
@@ -99,9 +126,9 @@ async fn assemble(
             return settle::unrendered(svc, claimed, e).await;
         }
     };
-    let joined = matches!(finished.rendered, Ok(Rendered::Complete { .. }));
+    let joined = matches!(finished.rendered, Ok(Rendered::Complete { .. } | Rendered::Cancelled { .. }));
     let outcome = settle::settle(svc, claimed, &bill, finished).await;
-    if joined && outcome == "succeeded" {
+    if joined && matches!(outcome, "succeeded" | "cancelled") {
         remove_segments(svc, claimed, &chunks).await;
     }
     outcome
@@ -117,6 +144,8 @@ struct Join {
     chunks: Vec<Chunk>,
     gpu: std::collections::BTreeMap<(u32, Pass), i64>,
     segments: Vec<(u32, Segment)>,
+    /// The job was cancelled: `segments` are the frames it delivers.
+    cancelled: bool,
 }
 
 impl Join {
@@ -156,6 +185,16 @@ impl Join {
                 Err(e) => return Err(AttemptError::io(&format!("join: reading segment {}", s.path), &e)),
             }
         }
+        let mut segments = self.segments.clone();
+        if self.cancelled && !damaged.is_empty() {
+            // Nothing renders again for a cancelled job: it delivers its
+            // frames up to the first damaged segment.
+            let first_bad = damaged.iter().map(|(i, _)| *i).min().unwrap_or(0);
+            let keep = segments.iter().position(|(i, _)| *i == first_bad).unwrap_or(segments.len());
+            tracing::warn!(lease = %self.claimed.lease, ?damaged, "a cancelled job delivers its frames up to a damaged segment");
+            segments.truncate(keep);
+            damaged.clear();
+        }
         if !damaged.is_empty() {
             for (index, _) in &damaged {
                 if let Some((_, s)) = self.segments.iter().find(|(i, _)| i == index) {
@@ -165,7 +204,20 @@ impl Join {
             let reason = damaged.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
             return Ok(Rendered::Redo { ranges: damaged.into_iter().map(|(i, _)| i).collect(), reason });
         }
-        let list: Vec<(PathBuf, u32)> = self.segments.iter().map(|(_, s)| (PathBuf::from(&s.path), s.frames)).collect();
+        // A cancelled job's clip: the frames its segments hold, from the first.
+        let part;
+        let spec = if self.cancelled {
+            let mut p = spec.clone();
+            p.frames = segments.iter().map(|(_, s)| s.frames).sum();
+            part = p;
+            &part
+        } else {
+            spec
+        };
+        if spec.frames == 0 {
+            return Ok(Rendered::Cancelled { frames: 0, bill: None, delivered: Delivered::Nothing });
+        }
+        let list: Vec<(PathBuf, u32)> = segments.iter().map(|(_, s)| (PathBuf::from(&s.path), s.frames)).collect();
         let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
         let sample_at = spec.frames / 2;
         let mut sampled = None;
@@ -210,8 +262,17 @@ impl Join {
             quote: &self.quote,
             tier: &self.attempt.tier,
             chunks: Some(self.chunk_list(&recorder.totals())),
+            partial: self.cancelled.then_some("cancelled"),
         };
         let output = archive::archive(svc, &clip, partial, &usage)?;
+        if self.cancelled {
+            let bill = Bill::of(&self.spec, &self.quote, spec.frames);
+            return Ok(Rendered::Cancelled {
+                frames: spec.frames,
+                bill: Some(bill),
+                delivered: Delivered::Clip(output),
+            });
+        }
         // The frames this attempt rendered (its GPU time is one frame's): what
         // the concurrency controller's per-frame estimate may learn from.
         Ok(Rendered::Complete { frames: 1, output })
@@ -269,32 +330,6 @@ fn injected_damage(claimed: &Claimed, segments: &[(u32, Segment)]) {
 
 #[cfg(not(feature = "fault-injection"))]
 fn injected_damage(_claimed: &Claimed, _segments: &[(u32, Segment)]) {}
-
-/// A cancelled chunked job: billed for the frames its ranges delivered
-/// (finished ranges whole, cancelled ones up to their last frame).
-async fn settle_cancelled(
-    svc: &Arc<Service>,
-    claimed: &Claimed,
-    spec: &JobSpec,
-    quote: &AdmittedQuote,
-    attempt: AttemptRef,
-    chunks: &[Chunk],
-) -> &'static str {
-    let delivered: u32 = chunks
-        .iter()
-        .filter(|c| c.kind == ChunkKind::Range && matches!(c.state, ChunkState::Done | ChunkState::Cancelled))
-        .map(|c| c.frames_done)
-        .sum();
-    let bill = (delivered > 0).then(|| Bill::of(spec, quote, delivered));
-    let timing = svc.ctx.timing_source();
-    let closing = Closing { attempt, timing, totals: PassTimes::default(), pending: Vec::new() };
-    let end = AttemptEnd::Cancelled { frames: delivered };
-    let outcome = settle::write(svc, claimed, &end, &closing, bill.as_ref(), &[]).await;
-    if outcome == "cancelled" {
-        remove_segments(svc, claimed, chunks).await;
-    }
-    outcome
-}
 
 /// Removes a finished job's segments, then records that they are gone (what
 /// is left, the upkeep sweep removes later).

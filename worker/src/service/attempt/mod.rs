@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_metering::{quote, AdmittedQuote, AttemptRef};
-use tessera_store::{ArchivedOutput, ChunkKind, Claimed, Lease, Segment, StoreError};
+use tessera_store::{ArchivedOutput, ChunkKind, Claimed, Delivered, Lease, Segment, StoreError};
 
 use super::Service;
 use crate::spec::{JobSpec, RawSpec, SpecLimits};
@@ -109,8 +109,10 @@ pub enum Rendered {
     /// frames this attempt rendered (a join renders one, to check the clip).
     Complete { frames: u32, output: ArchivedOutput },
     /// Cancelled after `frames` frames, billed as `bill` (a range chunk's
-    /// frames are billed by its job's join).
-    Cancelled { frames: u32, bill: Option<Bill> },
+    /// frames are billed by its job's join), with what keeps those frames:
+    /// the partial clip (archived, downloadable), a range's partial segment
+    /// (for the join), or nothing when no frame was rendered.
+    Cancelled { frames: u32, bill: Option<Bill>, delivered: Delivered },
     /// A range chunk's frames are in their segment.
     Segment { segment: Segment },
     /// A join found the segments of these ranges damaged or gone (and removed
@@ -152,7 +154,6 @@ pub async fn run(svc: Arc<Service>, claimed: Claimed) {
     if job.attempts == 1 && wait_s > svc.config.lane(lane).wait_slo.as_secs_f64() {
         svc.svc_metrics.sla_breaches.with_label_values(&[lane.as_str()]).inc();
     }
-    svc.controller.lock().unwrap_or_else(|e| e.into_inner()).observe_wait(wait_s);
     let start = Instant::now();
     let outcome = match prepare(&svc, &claimed).await {
         Ok((spec, quote, attempt)) if claimed.chunk.kind == ChunkKind::Join => {
@@ -200,7 +201,8 @@ async fn prepare(svc: &Service, claimed: &Claimed) -> Result<(JobSpec, AdmittedQ
 fn legacy_quote(svc: &Service, spec: &JobSpec, price_micros: i64) -> Result<AdmittedQuote, AttemptError> {
     let req = spec.quote_request();
     let q = quote(&svc.book, &req).map_err(|e| AttemptError::fatal(e.to_string()))?;
-    let mut admitted = AdmittedQuote::new(&svc.book, &req, &q, spec.frames).map_err(|e| AttemptError::fatal(e.to_string()))?;
+    let mut admitted =
+        AdmittedQuote::new(&svc.book, &req, &q, spec.frames).map_err(|e| AttemptError::fatal(e.to_string()))?;
     admitted.price = tessera_metering::price::from_micros(price_micros);
     Ok(admitted)
 }

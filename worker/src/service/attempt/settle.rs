@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use tessera_metering::{AttemptRef, EventKind, Outcome, UsageEvent};
-use tessera_store::{AttemptEnd, Chunk, ChunkState, Claimed, Job, JobState, Lease, StoreError};
+use tessera_store::{AttemptEnd, Chunk, ChunkState, Claimed, Delivered, Job, JobState, Lease, StoreError};
 
 use super::{archive, AttemptError, Finished, Rendered};
 use crate::service::retry::{backoff, random_unit};
@@ -22,9 +22,14 @@ use crate::usage::{Bill, Closing};
 /// `tessera_jobs_total`.
 pub(super) async fn settle(svc: &Service, claimed: &Claimed, bill: &Bill, finished: Finished) -> &'static str {
     let Finished { rendered, closing } = finished;
+    // The concurrency controller compares GPU time per pixel-frame with the
+    // best recent time of frames of the same kind (template, tiles, size).
     let observe = |frames: u32| {
+        let Some(kind) = crate::service::metrics::FrameKind::of_stored(&claimed.job.spec_json, &svc.book) else {
+            return;
+        };
         let mut c = svc.controller.lock().unwrap_or_else(|e| e.into_inner());
-        c.observe_gpu(closing.totals.total_ns(), u64::from(frames));
+        c.observe_gpu(&kind, closing.totals.total_ns(), u64::from(frames));
     };
     let (end, bill, files) = match rendered {
         Ok(Rendered::Complete { frames, output }) => {
@@ -37,7 +42,14 @@ pub(super) async fn settle(svc: &Service, claimed: &Claimed, bill: &Bill, finish
             let files = vec![segment.path.clone()];
             (AttemptEnd::Segment(segment), None, files)
         }
-        Ok(Rendered::Cancelled { frames, bill }) => (AttemptEnd::Cancelled { frames }, bill, Vec::new()),
+        Ok(Rendered::Cancelled { frames, bill, delivered }) => {
+            let files = match &delivered {
+                Delivered::Nothing => Vec::new(),
+                Delivered::Clip(o) => vec![o.path.clone(), o.metadata_path.clone()],
+                Delivered::Segment(s) => vec![s.path.clone()],
+            };
+            (AttemptEnd::Cancelled { frames, delivered }, bill, files)
+        }
         Ok(Rendered::Redo { ranges, reason }) => {
             tracing::warn!(lease = %claimed.lease, %reason, ?ranges, "segments damaged: their ranges render again");
             (AttemptEnd::Redo { ranges, reason }, None, Vec::new())
@@ -212,9 +224,14 @@ fn settled_by(job: &Job, chunks: &[Chunk], claimed: &Claimed, end: &AttemptEnd) 
         AttemptEnd::Segment(seg) => chunk.segment.as_ref().is_some_and(|s| s.path == seg.path),
         AttemptEnd::Succeeded(output) => job.output.as_ref().is_some_and(|o| o.path == output.path),
         AttemptEnd::Failed { .. } => over && job.failures > claimed.job.failures,
-        AttemptEnd::Cancelled { frames } => {
+        AttemptEnd::Cancelled { frames, delivered } => {
+            let kept = match delivered {
+                Delivered::Nothing => true,
+                Delivered::Clip(o) => job.output.as_ref().is_some_and(|j| j.path == o.path),
+                Delivered::Segment(s) => chunk.segment.as_ref().is_some_and(|c| c.path == s.path),
+            };
             let ours = chunk.state == ChunkState::Cancelled && chunk.frames_done == *frames;
-            ours || (over && job.state == JobState::Cancelled && job.frames_done == *frames)
+            kept && (ours || (over && job.state == JobState::Cancelled && job.frames_done == *frames))
         }
         AttemptEnd::Interrupted { .. } => false,
         AttemptEnd::Redo { .. } => over && chunk.state == ChunkState::Blocked,

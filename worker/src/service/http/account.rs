@@ -35,7 +35,7 @@ use crate::spec::{self, SpecFormat, SpecLimits};
 )]
 pub(super) async fn workers(State(svc): State<Arc<Service>>, headers: HeaderMap) -> ApiResult<Json<WorkerList>> {
     admin(&svc, &headers, "listing workers")?;
-    let now = tessera_metering::event::now_ms();
+    let now = svc.store.now_ms();
     let workers = svc.store.workers().await.map_err(ApiError::store)?;
     let workers =
         workers.iter().map(|w| WorkerView::new(w, svc.worker_alive(w, now), w.info.id == svc.worker)).collect();
