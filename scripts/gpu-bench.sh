@@ -25,7 +25,7 @@
 #                     default target/gpu-bench/<UTC timestamp>.md)
 #   --only NAMES      run only these benches, comma-separated (env
 #                     TESSERA_GPU_BENCH_ONLY; default all: render, encode,
-#                     metering, chunks, queue, load)
+#                     metering, chunks, queue, load, concurrency)
 # Environment:
 #   TESSERA_BENCH_POSTGRES, else TESSERA_TEST_POSTGRES: the PostgreSQL server
 #     for the queue bench; without either, a throwaway cluster is started with
@@ -38,7 +38,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BENCHES=(render encode metering chunks queue load)
+BENCHES=(render encode metering chunks queue load concurrency)
 
 # Toy sizes for small mode, per bench (see each bench's `//!` header). Tiles
 # with a 32 px overlap need 128 px a side for 2x2 and 192 px for 3x3.
@@ -52,6 +52,8 @@ small_env() {
     # GPU timestamps on lavapipe too, so that the submissions table and the
     # grouping round (what a GPU node runs) are exercised.
     load) echo TESSERA_TIMING=gpu TESSERA_BENCH_JOBS=9 TESSERA_BENCH_SUBMIT_FRAMES=2 ;;
+    # A simulation (no GPU): fewer windows per load step.
+    concurrency) echo TESSERA_BENCH_WINDOWS=10 ;;
     *) die "no small-mode settings for bench '$1'" ;;
   esac
 }

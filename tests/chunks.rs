@@ -258,3 +258,58 @@ fn a_preview_in_chunks_is_the_clips_frames() {
         events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).map(|e| e.quantity).collect();
     assert_eq!(outputs, [5], "billed other than once for 5 frames");
 }
+
+/// A chunked clip cancelled mid-way delivers what it bills: its frames from
+/// the first up to where the cancel stopped them (the first range whole, the
+/// second as far as it got), joined into a partial clip whose frames are the
+/// whole render's first frames, downloadable, and billed exactly those frames.
+#[test]
+fn a_cancelled_chunked_clip_delivers_and_bills_its_first_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestStore::sqlite();
+    let args = ["--chunk-frames", "6", "--concurrency", "1", "--max-concurrency", "1", "--group-max", "1"];
+    let s = Server::start_on(&db, dir.path(), &args, &[]);
+    let key = s.tenant("acme", "mid");
+    let auth = format!("Bearer {key}");
+    // 48 frames: 8 ranges of 6 rendered one at a time, in order, and a join.
+    let spec = json!({"template": "dunes", "resolution": {"width": 192, "height": 108}, "fps": 24, "duration_s": 2,
+                      "tiles": {"cols": 2, "rows": 1, "overlap_px": 16}});
+    let id = s.submit(&key, &spec, None).json()["id"].as_str().unwrap().to_string();
+    let start = Instant::now();
+    while s.job(&key, &id)["frames_done"].as_u64().unwrap_or(0) < 8 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the clip never got going");
+        std::thread::sleep(Duration::from_millis(60)); // within the tenant's rate limit
+    }
+    let c = http(&s.api, "POST", &format!("/v1/jobs/{id}/cancel"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(c["cancel_requested"], true, "{c}");
+    let done = s.wait(&key, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "cancelled", "{done}\n{}", s.log_tail(30));
+    let billed = done["billed_frames"].as_u64().expect("the delivered frames are billed");
+    assert!((8..48).contains(&billed), "billed {billed} frames: {done}");
+
+    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert_eq!(got.status, 200, "the partial clip is downloadable");
+    let partial = dir.path().join("partial.avi");
+    std::fs::write(&partial, &got.body).unwrap();
+    let (part, all) = (frame_md5s(&partial), frame_md5s(&solo));
+    assert_eq!(part.len() as u64, billed, "the clip holds the frames billed");
+    assert_eq!(part, all[..part.len()], "the partial clip's frames are not the whole render's first frames");
+    let meta = http(&s.api, "GET", &format!("/v1/jobs/{id}/metadata"), &[("Authorization", &auth)], b"").json();
+    assert_eq!(
+        (meta["partial"]["reason"].as_str(), meta["frame_range"]["count"].as_u64()),
+        (Some("cancelled"), Some(billed))
+    );
+    let events = rt().block_on(async { db.open(dir.path()).await.events(&Default::default()).await.unwrap() });
+    let outputs: Vec<i64> =
+        events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).map(|e| e.quantity).collect();
+    assert_eq!(outputs, [billed as i64], "billed other than once for the delivered frames");
+    // The segments are gone once delivered.
+    let left = std::fs::read_dir(dir.path().join("clips")).unwrap().filter_map(|e| e.ok());
+    let segs: Vec<String> =
+        left.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".seg")).collect();
+    assert!(segs.is_empty(), "segments left: {segs:?}");
+}

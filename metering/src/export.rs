@@ -52,10 +52,17 @@ pub struct BucketRow {
     pub events: u64,
 }
 
+/// A bucket row's key: its start, then its dimensions (the rows' order).
+type BucketKey = (i64, String, String, &'static str, String, String, Option<u32>);
+
 /// Sums events into buckets.
 pub fn bucketize(events: &[UsageEvent], bucket: Bucket) -> Vec<BucketRow> {
-    type Key = (i64, String, String, &'static str, String, String, Option<u32>);
-    let mut rows: BTreeMap<Key, BucketRow> = BTreeMap::new();
+    let mut rows = BTreeMap::new();
+    add_to_buckets(&mut rows, events, bucket);
+    rows.into_values().collect()
+}
+
+fn add_to_buckets(rows: &mut BTreeMap<BucketKey, BucketRow>, events: &[UsageEvent], bucket: Bucket) {
     let w = bucket.millis();
     for e in events.iter().filter(|e| e.kind != EventKind::AttemptEnd) {
         let start = e.occurred_at_ms.div_euclid(w) * w;
@@ -79,7 +86,71 @@ pub fn bucketize(events: &[UsageEvent], bucket: Bucket) -> Vec<BucketRow> {
         row.amount_micros += e.amount_micros;
         row.events += 1;
     }
-    rows.into_values().collect()
+}
+
+/// An export written a page of events at a time (pages in time order, as
+/// the store reads them), so a ledger of any size exports in bounded memory:
+/// raw events go out as they come, and a bucket goes out once a later page
+/// has passed it. The text is exactly [`render`]'s of all the events at once.
+#[derive(Debug)]
+pub struct Exporter {
+    format: Format,
+    bucket: Option<Bucket>,
+    open: BTreeMap<BucketKey, BucketRow>,
+    started: bool,
+}
+
+impl Exporter {
+    pub fn new(format: Format, bucket: Option<Bucket>) -> Self {
+        Self { format, bucket, open: BTreeMap::new(), started: false }
+    }
+
+    fn header(&mut self) -> &'static str {
+        if std::mem::replace(&mut self.started, true) || self.format == Format::CloudEvents {
+            return "";
+        }
+        match self.bucket {
+            None => EVENTS_CSV_HEADER,
+            Some(_) => BUCKETS_CSV_HEADER,
+        }
+    }
+
+    fn rows(&self, rows: &[BucketRow]) -> String {
+        match self.format {
+            Format::Csv => buckets_csv_rows(rows),
+            Format::CloudEvents => buckets_cloudevents(rows),
+        }
+    }
+
+    /// The text for the next page of events (later than every earlier page's).
+    pub fn page(&mut self, events: &[UsageEvent]) -> String {
+        let mut out = self.header().to_string();
+        let Some(bucket) = self.bucket else {
+            out.push_str(&match self.format {
+                Format::Csv => events_csv_rows(events),
+                Format::CloudEvents => events_cloudevents(events),
+            });
+            return out;
+        };
+        add_to_buckets(&mut self.open, events, bucket);
+        // Buckets before the last event's are complete: no later page adds to them.
+        if let Some(last) = events.last() {
+            let w = bucket.millis();
+            let current = last.occurred_at_ms.div_euclid(w) * w;
+            let still_open = self.open.split_off(&(current, String::new(), String::new(), "", String::new(), String::new(), None));
+            let done: Vec<BucketRow> = std::mem::replace(&mut self.open, still_open).into_values().collect();
+            out.push_str(&self.rows(&done));
+        }
+        out
+    }
+
+    /// The text left when every page was given: the last buckets.
+    pub fn finish(mut self) -> String {
+        let mut out = self.header().to_string();
+        let rows: Vec<BucketRow> = std::mem::take(&mut self.open).into_values().collect();
+        out.push_str(&self.rows(&rows));
+        out
+    }
 }
 
 /// Exact seconds of a GPU event's nanoseconds.
@@ -106,11 +177,18 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+const EVENTS_CSV_HEADER: &str = "id,time,tenant_id,tier,job_id,attempt,kind,pass,seq,frames,quantity,unit,gpu_seconds,output_seconds,fps,resolution,variant,amount,timing,outcome\n";
+
+const BUCKETS_CSV_HEADER: &str =
+    "bucket_start,bucket_end,tenant_id,tier,kind,pass,outcome,fps,quantity,unit,gpu_seconds,output_seconds,amount,events\n";
+
 /// Raw events as CSV (header included).
 pub fn events_csv(events: &[UsageEvent]) -> String {
-    let mut out = String::from(
-        "id,time,tenant_id,tier,job_id,attempt,kind,pass,seq,frames,quantity,unit,gpu_seconds,output_seconds,fps,resolution,variant,amount,timing,outcome\n",
-    );
+    format!("{EVENTS_CSV_HEADER}{}", events_csv_rows(events))
+}
+
+fn events_csv_rows(events: &[UsageEvent]) -> String {
+    let mut out = String::new();
     for e in events {
         let fields = [
             e.id.clone(),
@@ -142,9 +220,11 @@ pub fn events_csv(events: &[UsageEvent]) -> String {
 
 /// Bucketed rows as CSV.
 pub fn buckets_csv(rows: &[BucketRow]) -> String {
-    let mut out = String::from(
-        "bucket_start,bucket_end,tenant_id,tier,kind,pass,outcome,fps,quantity,unit,gpu_seconds,output_seconds,amount,events\n",
-    );
+    format!("{BUCKETS_CSV_HEADER}{}", buckets_csv_rows(rows))
+}
+
+fn buckets_csv_rows(rows: &[BucketRow]) -> String {
+    let mut out = String::new();
     for r in rows {
         let fields = [
             rfc3339(r.start_ms),
@@ -234,5 +314,46 @@ pub fn render(events: &[UsageEvent], format: Format, bucket: Option<Bucket>) -> 
         (Format::Csv, Some(b)) => buckets_csv(&bucketize(events, b)),
         (Format::CloudEvents, None) => events_cloudevents(events),
         (Format::CloudEvents, Some(b)) => buckets_cloudevents(&bucketize(events, b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AttemptRef;
+    use crate::{Pass, TimingSource};
+
+    fn events(n: usize) -> Vec<UsageEvent> {
+        (0..n)
+            .map(|i| {
+                let a = AttemptRef {
+                    tenant_id: format!("t_{}", i % 3),
+                    tier: "mid".into(),
+                    job_id: format!("j_{}", i % 7),
+                    attempt: 1,
+                    chunk: None,
+                };
+                let mut e = UsageEvent::gpu(&a, Pass::ALL[i % 3], i as u64, 1, 1_000 + i as u64, TimingSource::Gpu);
+                e.occurred_at_ms = 1_800_000_000_000 + (i as i64) * 7_919;
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_export_in_pages_is_the_export_at_once() {
+        let all = events(500);
+        for format in [Format::Csv, Format::CloudEvents] {
+            for bucket in [None, Some(Bucket::Second), Some(Bucket::Minute), Some(Bucket::Hour)] {
+                for page in [1, 7, 100, 1_000] {
+                    let mut x = Exporter::new(format, bucket);
+                    let mut text: String = all.chunks(page).map(|p| x.page(p)).collect();
+                    text.push_str(&x.finish());
+                    assert_eq!(text, render(&all, format, bucket), "{format:?} {bucket:?} pages of {page}");
+                }
+            }
+            let empty = Exporter::new(format, None);
+            assert_eq!(empty.finish(), render(&[], format, None));
+        }
     }
 }

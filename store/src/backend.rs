@@ -196,7 +196,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Appends a running attempt's events while it holds `lease`, in one
     /// transaction with the check; [`crate::StoreError::LeaseLost`] otherwise.
     async fn append_fenced(&self, lease: &Lease, events: &[UsageEvent]) -> Result<Vec<bool>>;
-    async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>>;
+    /// A page of `limit` events matching `filter` (of `tenant`, by id), in
+    /// `(occurred_at_ms, id)` order after the key `after`.
+    async fn events_page(
+        &self,
+        filter: &EventFilter,
+        tenant: Option<&TenantId>,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>>;
     async fn job_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<Pass, i64>>;
     async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals>;
     async fn gpu_ns_totals(&self) -> Result<GpuTotals>;

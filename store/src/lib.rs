@@ -462,9 +462,44 @@ impl Store {
         self.backend.append_fenced(lease, events).await
     }
 
-    /// Events matching `filter`, oldest first, GPU events with their attempt's outcome.
+    /// Events matching `filter`, oldest first, GPU events with their attempt's
+    /// outcome, all in memory: for tests and small ranges. An export pages
+    /// through [`Store::events_page`] instead.
     pub async fn events(&self, filter: &EventFilter) -> Result<Vec<UsageEvent>> {
-        self.backend.events(filter).await
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.events_page(filter, after.take(), 10_000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.occurred_at_ms, last.id.clone()));
+            let full = page.len() == 10_000;
+            all.extend(page);
+            if !full {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// One page of `limit` events matching `filter`, oldest first, after the
+    /// key `(occurred_at_ms, id)` of the previous page's last event: a ledger
+    /// of any size is read a page at a time, each an index range scan. A
+    /// tenant named by name is resolved to its id first, so the ledger is
+    /// read by its tenant index.
+    pub async fn events_page(
+        &self,
+        filter: &EventFilter,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>> {
+        let tenant = match &filter.tenant {
+            None => None,
+            Some(t) => match self.backend.tenant(t).await? {
+                Some(found) => Some(found.id),
+                None => return Ok(Vec::new()),
+            },
+        };
+        self.backend.events_page(filter, tenant.as_ref(), after, limit.max(1)).await
     }
 
     /// A tenant's usage, summed in the store (not event by event in memory).

@@ -409,3 +409,20 @@ mod tests {
         assert!(!sqlite_placeholders(USAGE_TOTALS_SQL).contains('$'));
     }
 }
+
+/// A page of the ledger in `(occurred_at_ms, id)` order, after a key: `$1`
+/// from, `$2` to, `$3` and `$4` the last row's time and id (the key), `$5` the
+/// page size, and, with `tenant`, `$6` the tenant's id. Each page is an
+/// index range scan (`usage_by_time`, or `usage_by_tenant_time` for a
+/// tenant), so an export of any size streams at a flat cost per row.
+pub(crate) fn events_page_sql(tenant: bool) -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS_WITH_OUTCOME} FROM usage_events u
+         LEFT JOIN usage_events e ON e.kind = 'attempt_end' AND e.job_id = u.job_id AND e.attempt = u.attempt
+           AND u.kind = 'gpu'
+         WHERE u.occurred_at_ms >= $1 AND u.occurred_at_ms < $2 {}
+           AND (u.occurred_at_ms > $3 OR (u.occurred_at_ms = $3 AND u.id > $4))
+         ORDER BY u.occurred_at_ms, u.id LIMIT $5",
+        if tenant { "AND u.tenant_id = $6" } else { "" }
+    )
+}

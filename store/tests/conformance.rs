@@ -299,6 +299,19 @@ async fn a_job_runs_from_submission_to_one_bill(store: Store) {
         (Decimal::from(2), 10_000, 700)
     );
     assert_eq!(store.usage_totals(&tessera_store::TenantId::random()).await.unwrap(), Default::default());
+    // A tenant's events, by name or id alike (read by its index); another's, none.
+    let other = tenant(&store, "globex", "mid").await;
+    let ours: Vec<UsageEvent> =
+        store.events(&Default::default()).await.unwrap().into_iter().filter(|e| e.tenant_id == t.id.as_str()).collect();
+    assert!(!ours.is_empty());
+    for name in [t.name.clone(), t.id.to_string()] {
+        let f = tessera_store::EventFilter { tenant: Some(name), ..Default::default() };
+        assert_eq!(store.events(&f).await.unwrap(), ours);
+    }
+    for name in [other.name.clone(), "nobody".to_string()] {
+        let f = tessera_store::EventFilter { tenant: Some(name), ..Default::default() };
+        assert!(store.events(&f).await.unwrap().is_empty());
+    }
     // A settled lease is spent.
     let again = store.heartbeat(&claimed.lease, 10_000, 1).await.unwrap_err();
     assert!(matches!(again, StoreError::LeaseLost(_)), "{again}");
@@ -620,6 +633,15 @@ async fn the_ledger_records_each_event_exactly_once(store: Store) {
     let all = store.events(&Default::default()).await.unwrap();
     let ids: BTreeSet<_> = all.iter().map(|e| e.id.clone()).collect();
     assert_eq!((all.len(), ids.len()), (4_011, 4_011));
+    // Paged by the key of each page's last event: the same events, in order.
+    let (mut paged, mut after) = (Vec::new(), None);
+    loop {
+        let page = store.events_page(&Default::default(), after.take(), 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.occurred_at_ms, last.id.clone()));
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
     let e = all.iter().find(|e| e.id == events[4].id).unwrap();
     assert_eq!(e, &events[4], "an event did not come back as written");
     // Append-only: recorded usage cannot be changed or deleted.

@@ -32,9 +32,7 @@ use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
 use crate::error::{classify, Fault, StoreError};
 use crate::faults::Faults;
-use crate::rows::{
-    self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, EVENT_COLUMNS_WITH_OUTCOME, JOB_COLUMNS, JOB_RETURNING,
-};
+use crate::rows::{self, Columns, CHUNK_COLUMNS, CURRENT_COLUMNS, JOB_COLUMNS, JOB_RETURNING};
 use crate::storage;
 use crate::transition::{self, AttemptEnd};
 use crate::types::{
@@ -813,22 +811,25 @@ impl Backend for PgBackend {
         Ok(inserted)
     }
 
-    async fn events(&self, f: &EventFilter) -> Result<Vec<UsageEvent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {EVENT_COLUMNS_WITH_OUTCOME} FROM usage_events u
-             LEFT JOIN tenants t ON t.id = u.tenant_id
-             LEFT JOIN usage_events e ON e.kind = 'attempt_end' AND e.job_id = u.job_id AND e.attempt = u.attempt
-               AND u.kind = 'gpu'
-             WHERE u.occurred_at_ms >= $1 AND u.occurred_at_ms < $2
-               AND ($3::TEXT IS NULL OR u.tenant_id = $3 OR t.name = $3)
-             ORDER BY u.occurred_at_ms, u.id"
-        ))
-        .bind(f.from_ms.unwrap_or(i64::MIN))
-        .bind(f.to_ms.unwrap_or(i64::MAX))
-        .bind(&f.tenant)
-        .fetch_all(&self.pool)
-        .await
-        .db()?;
+    async fn events_page(
+        &self,
+        f: &EventFilter,
+        tenant: Option<&TenantId>,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>> {
+        let sql = rows::events_page_sql(tenant.is_some());
+        let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
+        let mut q = sqlx::query(&sql)
+            .bind(f.from_ms.unwrap_or(i64::MIN))
+            .bind(f.to_ms.unwrap_or(i64::MAX))
+            .bind(after_ms)
+            .bind(after_id)
+            .bind(i64::from(limit));
+        if let Some(t) = tenant {
+            q = q.bind(t.as_str().to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await.db()?;
         rows.iter().map(rows::event).collect()
     }
 

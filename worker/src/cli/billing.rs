@@ -215,6 +215,9 @@ pub enum UsageCommand {
     },
 }
 
+/// Ledger events read per page by `usage export`.
+const EXPORT_PAGE: u32 = 5_000;
+
 pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
     let rt = tokio_runtime()?;
     match cmd {
@@ -225,7 +228,6 @@ pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
                 tenant,
             };
             let db = store.open(&rt)?;
-            let events = rt.block_on(db.events(&filter)).map_err(runtime)?;
             let format = match format {
                 FormatArg::Csv => Format::Csv,
                 FormatArg::Cloudevents => Format::CloudEvents,
@@ -235,12 +237,33 @@ pub(super) fn usage_cmd(cmd: UsageCommand) -> Result<(), CliError> {
                 BucketArg::Minute => Bucket::Minute,
                 BucketArg::Hour => Bucket::Hour,
             });
-            let text = export::render(&events, format, bucket);
-            match output {
+            // Streamed a page of the ledger at a time: memory stays flat
+            // however long the range (the file is written whole or not at all).
+            let (mut sink, written): (Box<dyn Write>, Option<(PathBuf, PathBuf)>) = match &output {
                 Some(p) => {
-                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display())).map_err(runtime)?
+                    let tmp = p.with_extension("partial");
+                    let f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()));
+                    (Box::new(std::io::BufWriter::new(f.map_err(runtime)?)), Some((tmp, p.clone())))
                 }
-                None => print!("{text}"),
+                None => (Box::new(std::io::BufWriter::new(std::io::stdout().lock())), None),
+            };
+            let mut exporter = export::Exporter::new(format, bucket);
+            let mut after = None;
+            loop {
+                let page = rt.block_on(db.events_page(&filter, after.take(), EXPORT_PAGE)).map_err(runtime)?;
+                sink.write_all(exporter.page(&page).as_bytes()).map_err(runtime)?;
+                match page.last() {
+                    Some(last) if page.len() == EXPORT_PAGE as usize => {
+                        after = Some((last.occurred_at_ms, last.id.clone()))
+                    }
+                    _ => break,
+                }
+            }
+            sink.write_all(exporter.finish().as_bytes()).map_err(runtime)?;
+            sink.flush().map_err(runtime)?;
+            drop(sink);
+            if let Some((tmp, path)) = written {
+                std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display())).map_err(runtime)?;
             }
         }
         UsageCommand::Import { file, batch, store } => {
