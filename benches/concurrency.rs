@@ -177,7 +177,8 @@ struct Row {
     limit_min: usize,
     limit_max: usize,
     limit_end: usize,
-    in_flight_sum: usize,
+    /// Jobs in flight, summed over the simulation's steps.
+    in_flight_steps: usize,
     gpu_s: f64,
     frames_finished: f64,
     frames_rendered: f64,
@@ -201,6 +202,7 @@ fn simulate(ctl: &mut dyn Controller, windows: usize) -> Vec<Row> {
                     queue.push_back(Job { arrived_s: now, frames_left: FRAMES_PER_JOB, gpu_s: 0.0, cost });
                 }
                 dispatch(ctl, &mut queue, &mut running, now);
+                row.in_flight_steps += running.len();
                 // The GPU: every job in flight runs for the step; its frames
                 // take longer the more jobs share the GPU.
                 let t = frame_time(running.len());
@@ -222,7 +224,6 @@ fn simulate(ctl: &mut dyn Controller, windows: usize) -> Vec<Row> {
                 });
                 dispatch(ctl, &mut queue, &mut running, now);
             }
-            row.in_flight_sum += running.len();
             let limit = ctl.adjust(running.len());
             row.limit_min = row.limit_min.min(limit);
             row.limit_max = row.limit_max.max(limit);
@@ -281,7 +282,7 @@ fn main() {
                 r.limit_end,
                 r.limit_min,
                 r.limit_max,
-                r.in_flight_sum as f64 / windows as f64,
+                r.in_flight_steps as f64 / (windows * STEPS) as f64,
                 per_frame_ms,
                 throughput,
                 throughput / ceiling * 100.0,

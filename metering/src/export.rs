@@ -137,7 +137,8 @@ impl Exporter {
         if let Some(last) = events.last() {
             let w = bucket.millis();
             let current = last.occurred_at_ms.div_euclid(w) * w;
-            let still_open = self.open.split_off(&(current, String::new(), String::new(), "", String::new(), String::new(), None));
+            let still_open =
+                self.open.split_off(&(current, String::new(), String::new(), "", String::new(), String::new(), None));
             let done: Vec<BucketRow> = std::mem::replace(&mut self.open, still_open).into_values().collect();
             out.push_str(&self.rows(&done));
         }

@@ -126,6 +126,17 @@ pub struct StoredSegment {
     pub job_state: JobState,
 }
 
+/// An attempt that is over, with the files of it the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedAttempt {
+    pub job: JobId,
+    pub attempt: u32,
+    pub ended_at_ms: i64,
+    /// Paths the store still records (the job's clip and sidecar, the
+    /// chunk's segment): not to be removed.
+    pub kept: Vec<String>,
+}
+
 /// GPU nanoseconds per (tenant id, pass, attempt outcome or `running`).
 pub type GpuTotals = BTreeMap<(String, String, String), i64>;
 
@@ -185,6 +196,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn chunk_gpu_ns(&self, job: &JobId) -> Result<BTreeMap<(u32, Pass), i64>>;
     /// Every segment on disk.
     async fn segments(&self) -> Result<Vec<StoredSegment>>;
+    /// Attempts that ended in `[from_ms, to_ms)`, oldest first, at most `limit`.
+    async fn ended_attempts(&self, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<EndedAttempt>>;
+    /// A named watermark of the fleet's upkeep, if set.
+    async fn mark(&self, name: &str) -> Result<Option<i64>>;
+    /// Moves a named watermark forward (never back).
+    async fn set_mark(&self, name: &str, ms: i64) -> Result<()>;
     /// The job's segments were removed from disk.
     async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()>;
     /// The query plan of the claim, for operators and benchmarks.

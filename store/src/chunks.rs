@@ -90,6 +90,18 @@ pub(crate) const NUMBER_ATTEMPT: &str = "UPDATE chunks SET attempt = $3 WHERE jo
 pub(crate) const RECORD_ATTEMPT: &str =
     "INSERT INTO attempts (job_id, attempt, chunk, worker, started_at_ms) VALUES ($1, $2, $3, $4, $5)";
 
+/// The attempt is over (settled or reaped): `$1` job, `$2` attempt, `$3` now.
+pub(crate) const END_ATTEMPT: &str = "UPDATE attempts SET ended_at_ms = $3 WHERE job_id = $1 AND attempt = $2";
+
+/// Attempts that ended in `[$1, $2)`, oldest first, at most `$3`, with what
+/// of theirs the store keeps (the job's clip, their chunk's segment): the
+/// upkeep removes every other file of theirs.
+pub(crate) const ENDED_ATTEMPTS: &str = "SELECT a.job_id AS job_id, a.attempt AS attempt, a.ended_at_ms AS ended_at_ms,
+        j.output_path AS output_path, j.metadata_path AS metadata_path, c.segment_path AS segment_path
+    FROM attempts a JOIN jobs j ON j.id = a.job_id LEFT JOIN chunks c ON c.job_id = a.job_id AND c.idx = a.chunk
+    WHERE a.ended_at_ms IS NOT NULL AND a.ended_at_ms >= $1 AND a.ended_at_ms < $2
+    ORDER BY a.ended_at_ms, a.job_id, a.attempt LIMIT $3";
+
 /// Renews a lease with the chunk's progress: fence, `$5` until, `$6` frames.
 pub(crate) const HEARTBEAT: &str =
     concat!("UPDATE chunks SET lease_until_ms = $5, frames_done = $6 WHERE ", fence!(), " RETURNING job_id");

@@ -42,7 +42,7 @@ use tessera_metering::event::{month_of, Clock, SystemClock};
 use tessera_metering::tiers::{MonthUsage, Tier};
 use tessera_metering::{EventKind, Pass, PriceBook, QuoteRequest, UsageEvent};
 
-pub use backend::{Backend, BackendKind, GpuTotals, Reaped, Retained, Settled, StoredSegment, Submitted};
+pub use backend::{Backend, BackendKind, EndedAttempt, GpuTotals, Reaped, Retained, Settled, StoredSegment, Submitted};
 pub use error::StoreError;
 pub use transition::{AttemptEnd, Delivered};
 pub use types::{
@@ -419,6 +419,24 @@ impl Store {
     /// Every segment on disk, with its job's tenant and state.
     pub async fn segments(&self) -> Result<Vec<StoredSegment>> {
         self.backend.segments().await
+    }
+
+    /// Attempts that ended in `[from_ms, to_ms)`, oldest first, at most
+    /// `limit`, each with the files of it the store keeps: what the upkeep's
+    /// sweep reads instead of listing the clips directory.
+    pub async fn ended_attempts(&self, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<EndedAttempt>> {
+        self.backend.ended_attempts(from_ms, to_ms, limit).await
+    }
+
+    /// A named watermark of the fleet's upkeep (how far its sweep has read),
+    /// shared by whichever worker leads it.
+    pub async fn mark(&self, name: &str) -> Result<Option<i64>> {
+        self.backend.mark(name).await
+    }
+
+    /// Moves a named watermark forward (a stale leader cannot move it back).
+    pub async fn set_mark(&self, name: &str, ms: i64) -> Result<()> {
+        self.backend.set_mark(name, ms).await
     }
 
     /// Records that a job's segments were removed from disk.

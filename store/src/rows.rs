@@ -426,3 +426,19 @@ pub(crate) fn events_page_sql(tenant: bool) -> String {
         if tenant { "AND u.tenant_id = $6" } else { "" }
     )
 }
+
+pub(crate) fn ended_attempt(r: &impl Columns) -> Result<crate::backend::EndedAttempt> {
+    let kept = ["output_path", "metadata_path", "segment_path"]
+        .into_iter()
+        .map(|c| r.opt_text(c))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(crate::backend::EndedAttempt {
+        job: JobId::new(r.text("job_id")?),
+        attempt: count(r, "attempt")?,
+        ended_at_ms: r.int("ended_at_ms")?,
+        kept,
+    })
+}

@@ -70,6 +70,14 @@ pub(crate) const STORED_DURING: &str = "
     FROM stored_objects o LEFT JOIN tenants t ON t.id = o.tenant_id
     WHERE o.removed_at_ms IS NOT NULL AND o.removed_at_ms > $1 AND o.stored_at_ms < $2";
 
+/// A named watermark (`$1`), such as how far the upkeep's sweep has read.
+pub(crate) const MARK: &str = "SELECT closed_to_ms FROM meters WHERE name = $1";
+
+/// Moves the watermark `$1` to `$2` (forward only).
+pub(crate) const SET_MARK: &str = "INSERT INTO meters (name, closed_to_ms, period_ms) VALUES ($1, $2, 0)
+    ON CONFLICT (name) DO UPDATE SET closed_to_ms = excluded.closed_to_ms
+    WHERE meters.closed_to_ms < excluded.closed_to_ms";
+
 /// At most this many periods are closed per run: a meter that stalled for
 /// long catches up over a few runs rather than in one long transaction.
 pub(crate) const MAX_PERIODS_PER_RUN: usize = 48;

@@ -26,7 +26,8 @@ use tessera_metering::tiers::MonthUsage;
 use tessera_metering::{Lane, Outcome, Pass, UsageEvent};
 
 use crate::backend::{
-    Backend, BackendKind, GpuTotals, Reaped, Reserve, Result, Retained, Settled, StoredSegment, Submit, Submitted,
+    Backend, BackendKind, EndedAttempt, GpuTotals, Reaped, Reserve, Result, Retained, Settled, StoredSegment, Submit,
+    Submitted,
 };
 use crate::binds::{self, EVENT_INSERT_COLUMNS, JOB_INSERT_COLUMNS};
 use crate::chunks;
@@ -207,6 +208,9 @@ impl PgBackend {
         if s.unblock_join {
             sqlx::query(chunks::UNBLOCK_JOIN).bind(lease.job.as_str()).bind(now_ms).execute(&mut *tx).await.db()?;
         }
+        let ended =
+            sqlx::query(chunks::END_ATTEMPT).bind(lease.job.as_str()).bind(i64::from(lease.attempt)).bind(now_ms);
+        ended.execute(&mut *tx).await.db()?;
         for idx in &s.redo {
             let gone = sqlx::query(storage::REMOVE_SEGMENT).bind(lease.job.as_str()).bind(i64::from(*idx)).bind(now_ms);
             gone.execute(&mut *tx).await.db()?;
@@ -738,6 +742,27 @@ impl Backend for PgBackend {
     async fn segments(&self) -> Result<Vec<StoredSegment>> {
         let rows = sqlx::query(chunks::SEGMENTS).fetch_all(&self.pool).await.db()?;
         rows.iter().map(rows::stored_segment).collect()
+    }
+
+    async fn ended_attempts(&self, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<EndedAttempt>> {
+        let rows = sqlx::query(chunks::ENDED_ATTEMPTS)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .db()?;
+        rows.iter().map(rows::ended_attempt).collect()
+    }
+
+    async fn mark(&self, name: &str) -> Result<Option<i64>> {
+        let row = sqlx::query(storage::MARK).bind(name).fetch_optional(&self.pool).await.db()?;
+        row.map(|r| r.int("closed_to_ms")).transpose()
+    }
+
+    async fn set_mark(&self, name: &str, ms: i64) -> Result<()> {
+        sqlx::query(storage::SET_MARK).bind(name).bind(ms).execute(&self.pool).await.db()?;
+        Ok(())
     }
 
     async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()> {

@@ -217,8 +217,11 @@ const RISE: f64 = 1.25;
 const FLAT: f64 = 1.10;
 /// A cut for slowdown must bring it below this fraction of what it was...
 const RELIEF: f64 = 0.9;
-/// ...within this many windows with samples once the cut binds.
+/// ...within this many windows with samples once the cut binds...
 const CHECK_WINDOWS: u32 = 2;
+/// ...if the jobs in flight fell below this fraction of those at the cut (else
+/// the check says nothing: the cut may have come while they were rising).
+const FELL: f64 = 0.85;
 /// Busy windows in a row with a slowdown between `FLAT` and `RISE` after
 /// which a cut probes whether concurrency is the cause (a minute).
 const PROBE_AFTER: u32 = 30;
@@ -254,8 +257,8 @@ const MAX_KINDS: usize = 256;
 ///   and 1.25 is the GPU near saturation.
 ///
 /// A cut for slowdown is checked: two windows with samples after it binds,
-/// the slowdown must have fallen by a tenth. If not, concurrency was not the
-/// cause (the GPU itself got slower: clocks, another process on it), so every
+/// if the jobs in flight did fall, the slowdown must have fallen by a tenth.
+/// If not, concurrency was not the cause (the GPU itself got slower: clocks, another process on it), so every
 /// baseline moves up by that slowdown instead of cutting again and again; the
 /// limit, cut once, grows back. A busy worker that holds between 1.10 and 1.25
 /// for a minute cuts once, checked the same way, to tell a GPU slightly slower
@@ -295,8 +298,9 @@ struct Kind {
 
 #[derive(Debug, Clone, Copy)]
 struct CutCheck {
-    /// The slowdown that made the cut.
+    /// The slowdown that made the cut, and the jobs then in flight.
     slowdown: f64,
+    in_flight: usize,
     windows_left: u32,
 }
 
@@ -404,9 +408,10 @@ impl ConcurrencyController {
             if check.windows_left > 0 {
                 return (Step::Hold, None);
             }
+            let fell = (in_flight as f64) < FELL * check.in_flight as f64;
             let relieved = s < RELIEF * check.slowdown;
             self.check = None;
-            if !relieved {
+            if fell && !relieved {
                 self.near_saturation = 0;
                 return (Step::Hold, Some(s));
             }
@@ -415,7 +420,7 @@ impl ConcurrencyController {
         self.near_saturation = if near { self.near_saturation + 1 } else { 0 };
         if s > RISE || self.near_saturation >= PROBE_AFTER {
             self.near_saturation = 0;
-            self.check = Some(CutCheck { slowdown: s, windows_left: CHECK_WINDOWS });
+            self.check = Some(CutCheck { slowdown: s, in_flight, windows_left: CHECK_WINDOWS });
             (Step::Cut, None)
         } else if busy && s <= FLAT {
             (Step::Grow, None)

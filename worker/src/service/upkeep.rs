@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_store::{ChunkState, JobId};
+use tessera_store::JobId;
 
 use super::Service;
 
@@ -109,47 +109,62 @@ async fn retention(svc: &Service) {
 }
 
 /// Removes the files of attempts that are over without being the job's
-/// output, once they are older than two leases: `JOB.aN.*.partial` of an
-/// attempt whose worker was killed mid-write, and `JOB.aN.avi`/`.json` of an
-/// attempt whose worker died between archiving and settling (or lost its lease
-/// then). Files of a running attempt and of the job's output are kept.
+/// output, two leases after they ended: `JOB.aN.*.partial` of an attempt
+/// whose worker was killed mid-write, and `JOB.aN.avi`/`.json`/`.seg` of an
+/// attempt whose worker died between archiving and settling (or lost its
+/// lease then). The store says which attempts ended since the last sweep (a
+/// watermark shared by whichever worker leads), and what of each it keeps:
+/// no directory listing, and a cost per sweep that follows the attempts that
+/// ended, not the size of the archive.
 async fn sweep_stale_files(svc: &Service) {
     sweep_ended_segments(svc).await;
-    let Ok(dir) = std::fs::read_dir(svc.config.data.join("clips")) else { return };
-    let quiet = svc.config.lease * 2;
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((job, attempt)) = attempt_file(&name) else { continue };
-        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        if old.is_none_or(|age| age < quiet) {
-            continue;
+    let quiet = (svc.config.lease * 2).as_millis() as i64;
+    let mut from = match svc.store.mark(SWEEP_MARK).await {
+        Ok(mark) => mark.unwrap_or(0),
+        Err(e) => return svc.errors.warn("reading the sweep's watermark", &e),
+    };
+    let to = svc.store.now_ms() - quiet;
+    let clips = svc.config.data.join("clips");
+    for _ in 0..SWEEP_BATCHES {
+        let ended = match svc.store.ended_attempts(from, to, SWEEP_BATCH).await {
+            Ok(ended) => ended,
+            Err(e) => return svc.errors.warn("listing ended attempts", &e),
+        };
+        for a in &ended {
+            for name in attempt_files(&a.job, a.attempt) {
+                let path = clips.join(&name);
+                if a.kept.iter().any(|k| std::path::Path::new(k) == path) {
+                    continue;
+                }
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(file = %name, error = %e, "could not remove a stale clip");
+                    }
+                    _ => {}
+                }
+            }
         }
-        let path = entry.path();
-        let found = match svc.store.job(&job).await {
-            Ok(Some(j)) => svc.store.chunks(&job).await.map(|c| Some((j, c))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e),
+        let full = ended.len() == SWEEP_BATCH as usize;
+        // Past the last attempt read (attempts ending in the same millisecond
+        // as a full batch's last are read again: removing twice is harmless).
+        from = match ended.last() {
+            Some(last) if full => last.ended_at_ms.max(from + i64::from(last.ended_at_ms == from)),
+            _ => to,
         };
-        let keep = match found {
-            Ok(Some((j, chunks))) => {
-                let running = chunks.iter().any(|c| c.state == ChunkState::Running && c.attempt == attempt);
-                let segment =
-                    chunks.iter().filter_map(|c| c.segment.as_ref()).any(|s| std::path::Path::new(&s.path) == path);
-                let output = j.output.as_ref().is_some_and(|o| {
-                    [o.path.as_str(), o.metadata_path.as_str()].iter().any(|p| std::path::Path::new(p) == path)
-                });
-                running || segment || output
-            }
-            Ok(None) => false,
-            Err(e) => return svc.errors.warn("sweeping stale clips", &e),
-        };
-        if !keep {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!(file = %name, error = %e, "could not remove a stale clip");
-            }
+        if let Err(e) = svc.store.set_mark(SWEEP_MARK, from).await {
+            return svc.errors.warn("moving the sweep's watermark", &e);
+        }
+        if !full {
+            break;
         }
     }
 }
+
+/// The sweep's watermark in the store: attempts that ended before it are swept.
+const SWEEP_MARK: &str = "sweep";
+/// Attempts read per batch, and batches per sweep (the rest wait for the next).
+const SWEEP_BATCH: u32 = 500;
+const SWEEP_BATCHES: usize = 20;
 
 /// Removes the segments of jobs that ended (a join that died after settling,
 /// a job dead-lettered with some ranges done), then forgets them.
@@ -175,14 +190,10 @@ async fn sweep_ended_segments(svc: &Service) {
     }
 }
 
-/// The job and attempt of an attempt's file: `JOB.aN.avi`, `JOB.aN.json`,
-/// `JOB.aN.seg` (a chunk's segment), or any of them with `.partial`.
-fn attempt_file(name: &str) -> Option<(JobId, u32)> {
-    let name = name.strip_suffix(".partial").unwrap_or(name);
-    let stem =
-        name.strip_suffix(".avi").or_else(|| name.strip_suffix(".json")).or_else(|| name.strip_suffix(".seg"))?;
-    let (job, attempt) = stem.split_once(".a")?;
-    Some((JobId::parse(job)?, attempt.parse().ok()?))
+/// Every file an attempt may leave in the clips directory: its clip and
+/// sidecar, or its segment, each finished or `.partial`.
+fn attempt_files(job: &JobId, attempt: u32) -> [String; 6] {
+    ["avi", "json", "seg", "avi.partial", "json.partial", "seg.partial"].map(|ext| format!("{job}.a{attempt}.{ext}"))
 }
 
 #[cfg(test)]
@@ -190,19 +201,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_names_name_their_attempt() {
-        let (job, n) = attempt_file("j_0123456789abcdef.a3.avi.partial").unwrap();
-        assert_eq!((job.as_str(), n), ("j_0123456789abcdef", 3));
-        for name in [
-            "j_0123456789abcdef.a3.json.partial",
-            "j_0123456789abcdef.a3.avi",
-            "j_0123456789abcdef.a3.json",
-            "j_0123456789abcdef.a3.seg",
-            "j_0123456789abcdef.a3.seg.partial",
-        ] {
-            assert_eq!(attempt_file(name).map(|(_, n)| n), Some(3), "{name}");
-        }
-        assert!(attempt_file("notes.a1.avi.partial").is_none());
-        assert!(attempt_file("j_0123456789abcdef.a3.mp4").is_none());
+    fn an_attempts_files_are_named_by_its_job_and_number() {
+        let names = attempt_files(&JobId::new("j_0123456789abcdef"), 3);
+        assert_eq!(names[0], "j_0123456789abcdef.a3.avi");
+        assert_eq!(names[5], "j_0123456789abcdef.a3.seg.partial");
     }
 }
