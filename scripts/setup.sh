@@ -11,6 +11,7 @@ set -euo pipefail
 
 need_apt=()
 command -v ffprobe >/dev/null 2>&1 || need_apt+=(ffmpeg)
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' || need_apt+=(libvulkan1)

@@ -397,19 +397,6 @@ pub(crate) fn usage_totals<R: Columns>(rows: &[R]) -> Result<UsageTotals> {
     Ok(t)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders_keep_their_numbers() {
-        assert_eq!(sqlite_placeholders("a = $1 AND b = $12 OR c = $1"), "a = ?1 AND b = ?12 OR c = ?1");
-        assert_eq!(sqlite_placeholders("x = '$' || $2"), "x = '$' || ?2");
-        assert!(!sqlite_placeholders(MONTH_USAGE_SQL).contains('$'));
-        assert!(!sqlite_placeholders(USAGE_TOTALS_SQL).contains('$'));
-    }
-}
-
 /// A page of the ledger in `(occurred_at_ms, id)` order, after a key: `$1`
 /// from, `$2` to, `$3` and `$4` the last row's time and id (the key), `$5` the
 /// page size, and, with `tenant`, `$6` the tenant's id. Each page is an
@@ -441,4 +428,17 @@ pub(crate) fn ended_attempt(r: &impl Columns) -> Result<crate::backend::EndedAtt
         ended_at_ms: r.int("ended_at_ms")?,
         kept,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_keep_their_numbers() {
+        assert_eq!(sqlite_placeholders("a = $1 AND b = $12 OR c = $1"), "a = ?1 AND b = ?12 OR c = ?1");
+        assert_eq!(sqlite_placeholders("x = '$' || $2"), "x = '$' || ?2");
+        assert!(!sqlite_placeholders(MONTH_USAGE_SQL).contains('$'));
+        assert!(!sqlite_placeholders(USAGE_TOTALS_SQL).contains('$'));
+    }
 }

@@ -257,10 +257,11 @@ const MAX_KINDS: usize = 256;
 ///   and 1.25 is the GPU near saturation.
 ///
 /// A cut for slowdown is checked: two windows with samples after it binds,
-/// if the jobs in flight did fall, the slowdown must have fallen by a tenth.
-/// If not, concurrency was not the cause (the GPU itself got slower: clocks, another process on it), so every
-/// baseline moves up by that slowdown instead of cutting again and again; the
-/// limit, cut once, grows back. A busy worker that holds between 1.10 and 1.25
+/// if the jobs in flight did fall, the slowdown must have fallen by a tenth
+/// from its peak. If not, concurrency was not the cause (the GPU itself got
+/// slower: clocks, another process on it), so every baseline moves up by that
+/// slowdown instead of cutting again and again; the limit, cut once, grows
+/// back. A busy worker that holds between 1.10 and 1.25
 /// for a minute cuts once, checked the same way, to tell a GPU slightly slower
 /// than its baseline (which then moves) from one near saturation (which stays).
 ///
@@ -298,7 +299,7 @@ struct Kind {
 
 #[derive(Debug, Clone, Copy)]
 struct CutCheck {
-    /// The slowdown that made the cut, and the jobs then in flight.
+    /// The highest slowdown since the cut, and the jobs in flight at the cut.
     slowdown: f64,
     in_flight: usize,
     windows_left: u32,
@@ -343,7 +344,12 @@ impl ConcurrencyController {
         k.seen = self.window;
     }
 
-    /// A GPU error in this window (any number in one window cut once).
+    /// A GPU error in this window (any number in one window cut once). The
+    /// worker feeds the device's own counts instead
+    /// ([`observe_device_errors`](Self::observe_device_errors)): a failed
+    /// attempt is not counted as such, since most failures are the job's own
+    /// (a quality gate, a poisoned job's invalid commands) and one tenant's
+    /// bad jobs must not pin every tenant's limit at the minimum.
     pub fn observe_error(&mut self) {
         self.errors += 1;
     }
@@ -405,6 +411,9 @@ impl ConcurrencyController {
             if in_flight <= self.limit {
                 check.windows_left = check.windows_left.saturating_sub(1);
             }
+            // Frame times lag the jobs in flight (a finished job's time is
+            // its whole run's): the slowdown may peak after the cut.
+            check.slowdown = check.slowdown.max(s);
             if check.windows_left > 0 {
                 return (Step::Hold, None);
             }
@@ -662,5 +671,14 @@ mod tests {
             seen.push(window(&mut c, &hd(), 1.15, limit));
         }
         assert_eq!(seen, [6, 6, 7, 8]);
+    }
+
+    #[test]
+    fn a_stored_spec_gives_its_frame_kind() {
+        let book = PriceBook::default_book();
+        let orbit = include_str!("../../../examples/orbit.json");
+        let kind = FrameKind::of_stored(orbit, &book).expect("the example validates");
+        assert_eq!(kind, FrameKind::new("orbit@2/general", 4, 1920, 1080));
+        assert_eq!(FrameKind::of_stored("{\"template\": \"nope\"}", &book), None);
     }
 }
