@@ -54,9 +54,9 @@ fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill()
     let Some(db) = TestStore::postgres() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shared");
-    // Two attempts at a time per worker: room enough that one worker could
-    // take most of the clip, if claims did not spread.
-    let spread = ["--concurrency", "2", "--max-concurrency", "2"];
+    // Room for eight attempts per worker: enough that whichever worker woke
+    // first could take the whole clip, if claims did not spread.
+    let spread = ["--concurrency", "8", "--max-concurrency", "8"];
     let mut fleet: Vec<Server> = (0..3).map(|n| start_with(&db, &data, n, &spread)).collect();
     let key = fleet[0].tenant("acme", "mid");
     wait_for_registry(&fleet[0], 3);
