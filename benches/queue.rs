@@ -9,26 +9,40 @@
 //! - Ledger ingestion: N simulated workers append usage events in batches,
 //!   each re-sending a tenth of its previous batch; events per second, and the
 //!   ledger checked for exactly-once at the end.
+//! - Hot paths at the largest queue size with a large ledger: the ledger is
+//!   loaded (`TESSERA_BENCH_LEDGER_ROWS`, default 10M rows: 200 tenants, one of
+//!   them with a tenth of the rows, over six months, GPU windows with their
+//!   attempts' ends, egress and storage periods; no billed outputs, which only
+//!   a settlement writes) into the store still holding the queue, then: claim
+//!   p50/p99, queue depths (`Store::depths`, every second on every worker),
+//!   `/v1/usage`'s store calls (`usage_totals`, `month_usage`) for the big
+//!   tenant, and 1000-event ledger pages of that tenant and of all; and the
+//!   plans of each statement (`Store::explain_hot_paths`), the bench failing
+//!   when one scans `usage_events`, `jobs` or `chunks` sequentially. On
+//!   PostgreSQL the load is followed by `VACUUM ANALYZE` (through `psql`), as
+//!   autovacuum would do on a live ledger.
 //!
 //! PostgreSQL: the server in `TESSERA_BENCH_POSTGRES` (or `TESSERA_TEST_POSTGRES`),
 //! a fresh database per case. `TESSERA_BENCH_QUEUE_SIZES` (default
 //! `1000,10000,100000`), `TESSERA_BENCH_WORKERS` (default 8) and
-//! `TESSERA_BENCH_EVENTS` (default 400000) size the runs.
+//! `TESSERA_BENCH_EVENTS` (default 400000) and `TESSERA_BENCH_LEDGER_ROWS`
+//! (default 10000000) size the runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rust_decimal::Decimal;
-use tessera_metering::{AttemptRef, Lane, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
+use tessera_metering::event::{month_of, now_ms};
+use tessera_metering::{AttemptRef, EventKind, Lane, Outcome, Pass, PriceBook, QuoteRequest, TimingSource, UsageEvent};
 use tessera_store::testing::TestDatabase;
-use tessera_store::{EventFilter, JobId, NewJob, Store, StoreUrl, Submitted, Tenant, WorkerId};
+use tessera_store::{EventFilter, JobId, NewJob, Store, StoreUrl, Submitted, Tenant, TenantId, WorkerId};
 
 /// What one backend case needs: the store, and what keeps it alive.
 struct Case {
     store: Store,
     _dir: tempfile::TempDir,
-    _db: Option<TestDatabase>,
+    db: Option<TestDatabase>,
 }
 
 async fn open(backend: &str, server: Option<&str>) -> anyhow::Result<Case> {
@@ -40,7 +54,7 @@ async fn open(backend: &str, server: Option<&str>) -> anyhow::Result<Case> {
         }
         _ => (StoreUrl::in_data_dir(dir.path()), None),
     };
-    Ok(Case { store: Store::open(&url).await?, _dir: dir, _db: db })
+    Ok(Case { store: Store::open(&url).await?, _dir: dir, db })
 }
 
 /// A deterministic stream of pseudo-random numbers (no dependency, same every run).
@@ -255,6 +269,220 @@ async fn ingest(store: &Store, workers: usize, total: usize) -> anyhow::Result<(
     Ok((new as f64 / secs, sent as f64 / secs, sent - new))
 }
 
+/// Rows of one simulated job in the loaded ledger: 3 passes x 12 GPU windows,
+/// the attempt's end, its billed output, 7 egress requests, and 5 storage
+/// periods of its tenant.
+const JOB_ROWS: usize = 50;
+/// The loaded ledger spans the six months before now.
+const LEDGER_SPAN_MS: i64 = 183 * 86_400_000;
+const LEDGER_TENANTS: u64 = 200;
+
+/// The big tenant (a tenth of the ledger) or one of the 199 others (ids only:
+/// the ledger does not check them against `tenants`).
+fn ledger_tenant(job: usize, big: &str, rng: &mut Lcg) -> String {
+    if job % 10 == 0 {
+        big.into()
+    } else {
+        format!("t_{:03}", 1 + rng.next() % (LEDGER_TENANTS - 1))
+    }
+}
+
+/// The events of simulated job `job` of `jobs`, dated in order over the span.
+fn ledger_job(job: usize, jobs: usize, start_ms: i64, big: &str, rng: &mut Lcg) -> Vec<UsageEvent> {
+    let at = start_ms + (job as i64) * (LEDGER_SPAN_MS / jobs.max(1) as i64);
+    let a = AttemptRef {
+        tenant_id: ledger_tenant(job, big, rng),
+        tier: "mid".into(),
+        job_id: format!("j_{job:08}"),
+        attempt: 1,
+        chunk: None,
+    };
+    let mut events = Vec::with_capacity(JOB_ROWS);
+    for w in 0..12u64 {
+        for pass in Pass::ALL {
+            let ns = 2_000_000 + rng.next() % 40_000_000;
+            let e = UsageEvent::gpu(&a, pass, w * 24, 24, ns, TimingSource::Gpu);
+            events.push(UsageEvent { occurred_at_ms: at + (w as i64) * 1_000, ..e });
+        }
+    }
+    let end = UsageEvent::attempt_end(&a, Outcome::Succeeded);
+    events.push(UsageEvent { occurred_at_ms: at + 12_000, ..end });
+    // The billable output: written by `finish_reserved`, not `append`.
+    events.push(UsageEvent {
+        occurred_at_ms: at + 12_500,
+        ..UsageEvent::output(&a, 288, 24, "1280x720", "standard", Decimal::new(5, 2))
+    });
+    for r in 0..7u64 {
+        let e = UsageEvent::egress(&a, "w_bench", r, 100_000 + (rng.next() % 1_000_000) as i64);
+        events.push(UsageEvent { occurred_at_ms: at + 13_000 + r as i64, ..e });
+    }
+    for p in 0..5i64 {
+        // Distinct per tenant: the job's own milliseconds.
+        events.push(UsageEvent::storage_period(&a.tenant_id, "mid", at + 20_000 + p, 60_000, 1 << 30));
+    }
+    debug_assert_eq!(events.len(), JOB_ROWS);
+    events
+}
+
+/// Appends about `rows` ledger rows in batches of 10k (one transaction each),
+/// two appenders at a time, a tenth of them `big`'s. Returns (rows appended, seconds).
+async fn load_ledger(store: &Store, rows: usize, big: &TenantId) -> anyhow::Result<(usize, f64)> {
+    let jobs = rows.div_ceil(JOB_ROWS);
+    let start_ms = now_ms() - LEDGER_SPAN_MS;
+    let per_batch = 10_000 / JOB_ROWS;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..2usize)
+        .map(|k| {
+            let (store, big) = (store.clone(), big.to_string());
+            tokio::spawn(async move {
+                let mut rng = Lcg(100 + k as u64);
+                let mut appended = 0usize;
+                let mut first = k * per_batch;
+                while first < jobs {
+                    let (outputs, batch): (Vec<UsageEvent>, Vec<UsageEvent>) = (first..(first + per_batch).min(jobs))
+                        .flat_map(|j| ledger_job(j, jobs, start_ms, &big, &mut rng))
+                        .partition(|e| e.kind == EventKind::Output);
+                    let mut new = store.append(&batch).await?;
+                    // `append` refuses outputs: the batch's outputs end their
+                    // (never reserved) renders in one `finish_reserved` call.
+                    new.extend(store.finish_reserved(&JobId::new(outputs[0].job_id.clone()), &outputs).await?);
+                    anyhow::ensure!(new.iter().all(|n| *n), "a loaded event was already in the ledger");
+                    appended += new.len();
+                    first += 2 * per_batch;
+                }
+                anyhow::Ok(appended)
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for task in tasks {
+        appended += task.await??;
+    }
+    Ok((appended, t.elapsed().as_secs_f64()))
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// `YYYY-MM` of the month before `month` (`YYYY-MM`).
+fn previous_month(month: &str) -> String {
+    let (y, m) = month.split_once('-').unwrap_or(("1970", "01"));
+    let (y, m): (i32, u32) = (y.parse().unwrap_or(1970), m.parse().unwrap_or(1));
+    if m == 1 {
+        format!("{}-12", y - 1)
+    } else {
+        format!("{y}-{:02}", m - 1)
+    }
+}
+
+/// The planner's statistics, as autovacuum would leave them on a live ledger
+/// (bench-only: through `psql`, which the PostgreSQL server comes with).
+fn vacuum_analyze(url: &str) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let out = std::process::Command::new("psql")
+        // sqlx's own parameters (`?statement-cache-capacity=...`) are not libpq's.
+        .args([url.split('?').next().unwrap_or(url), "-v", "ON_ERROR_STOP=1", "-qc", "VACUUM ANALYZE"])
+        .output()
+        .context("running psql for VACUUM ANALYZE")?;
+    anyhow::ensure!(out.status.success(), "VACUUM ANALYZE failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Times `samples` runs of `f` (after one warm-up run): (p50, p99) in ms.
+async fn time<F, Fut, T>(samples: usize, mut f: F) -> anyhow::Result<(f64, f64)>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = tessera_store::Result<T>>,
+{
+    f(0).await?;
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        f(i).await?;
+        lat.push(t.elapsed());
+    }
+    Ok((pct(&mut lat, 0.5), pct(&mut lat, 0.99)))
+}
+
+/// A full scan of a hot table in a plan line: PostgreSQL's `Seq Scan on`
+/// (also `Parallel Seq Scan on`) of `usage_events`, `jobs` or `chunks`;
+/// SQLite's bare `SCAN x` (no `USING ... INDEX`) of any table (its plans name
+/// tables by alias; `SEARCH` is an index lookup, and `SCAN CONSTANT ROW` or a
+/// subquery's rows are no table).
+fn full_scan(line: &str) -> bool {
+    let line = line.trim();
+    if ["usage_events", "jobs", "chunks"]
+        .iter()
+        .any(|t| line.contains(&format!("Seq Scan on {t} ")) || line.ends_with(&format!("Seq Scan on {t}")))
+    {
+        return true;
+    }
+    line.strip_prefix("SCAN ")
+        .is_some_and(|rest| !rest.contains("USING") && !rest.starts_with("CONSTANT ROW") && !rest.starts_with('('))
+}
+
+struct HotPaths {
+    rows: usize,
+    load_s: f64,
+    analyze_s: Option<f64>,
+    queued: usize,
+    figures: Vec<(&'static str, usize, f64, f64)>,
+    plans: Vec<(String, String)>,
+}
+
+/// The hot paths of a store holding a queue, once a ledger of `rows` rows is loaded.
+async fn hot_paths(case: &Case, rows: usize) -> anyhow::Result<HotPaths> {
+    let store = &case.store;
+    let big = store.create_tenant(&PriceBook::default_book(), "ledger-big", "mid", None).await?.id;
+    let (rows, load_s) = load_ledger(store, rows, &big).await?;
+    let analyze_s = case.db.as_ref().map(|db| vacuum_analyze(db.url())).transpose()?;
+    let mut queued: usize = store.depths().await?.iter().map(|(_, d)| d.queued as usize).sum();
+    if queued < 400 {
+        // Toy sizes: the claims bench emptied the queue.
+        let t = store.create_tenant(&PriceBook::default_book(), "bench-hot", "mid", None).await?;
+        let mut rng = Lcg(13);
+        let batch: Vec<NewJob> = (0..400).map(|_| job(&t, &mut rng)).collect();
+        store.enqueue_unchecked(&batch, 60_000).await?;
+        queued += batch.len();
+    }
+    let mut figures = Vec::new();
+    let me = WorkerId::random();
+    let claims = (queued / 2).min(200);
+    let (p50, p99) = time(claims, |_| store.claim(&me, 60_000)).await?;
+    figures.push(("claim", claims, p50, p99));
+    let (p50, p99) = time(300, |_| store.depths()).await?;
+    figures.push(("queue depths (`Store::depths`)", 300, p50, p99));
+    let (p50, p99) = time(20, |_| store.usage_totals(&big)).await?;
+    figures.push(("`/v1/usage`: usage totals of the big tenant", 20, p50, p99));
+    let (p50, p99) = time(100, |_| store.month_usage(&big)).await?;
+    figures.push(("`/v1/usage`: month usage of the big tenant, this month", 100, p50, p99));
+    let last_month = previous_month(&month_of(now_ms()));
+    let (p50, p99) = time(100, |_| store.month_usage_of(&big, &last_month)).await?;
+    figures.push(("month usage of the big tenant, last (full) month", 100, p50, p99));
+    for tenant in [Some(big.to_string()), None] {
+        let filter = EventFilter { tenant: tenant.clone(), ..EventFilter::default() };
+        // Consecutive pages from the start, each after the previous page's last key.
+        let mut keys = vec![None];
+        for _ in 0..50 {
+            let page = store.events_page(&filter, keys.last().cloned().flatten(), 1_000).await?;
+            let Some(last) = page.last() else { break };
+            keys.push(Some((last.occurred_at_ms, last.id.clone())));
+        }
+        let pages = keys.len();
+        let (p50, p99) = time(pages, |i| store.events_page(&filter, keys[i % keys.len()].clone(), 1_000)).await?;
+        let who = if tenant.is_some() { "big tenant" } else { "all tenants" };
+        figures.push((leak(format!("ledger page of 1000, {who}, first {pages} pages")), pages, p50, p99));
+        // A page deep in the ledger: after the key of an event of the last day.
+        let recent = EventFilter { from_ms: Some(now_ms() - 86_400_000), ..filter.clone() };
+        let deep = store.events_page(&recent, None, 1).await?.first().map(|e| (e.occurred_at_ms, e.id.clone()));
+        let (p50, p99) = time(10, |_| store.events_page(&filter, deep.clone(), 1_000)).await?;
+        figures.push((leak(format!("ledger page of 1000, {who}, after a key of the last day")), 10, p50, p99));
+    }
+    let plans = store.explain_hot_paths().await?;
+    Ok(HotPaths { rows, load_s, analyze_s, queued, figures, plans })
+}
+
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     Ok(std::env::var(name).ok().map(|s| s.parse()).transpose()?.unwrap_or(default))
 }
@@ -268,6 +496,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let workers = env_usize("TESSERA_BENCH_WORKERS", 8)?;
     let events = env_usize("TESSERA_BENCH_EVENTS", 400_000)?;
+    let ledger_rows = env_usize("TESSERA_BENCH_LEDGER_ROWS", 10_000_000)?;
     let mut backends = vec!["sqlite"];
     match &server {
         Some(_) => backends.push("postgres"),
@@ -279,6 +508,7 @@ fn main() -> anyhow::Result<()> {
     println!("| backend | queued | seed s | claim p50 ms | claim p99 ms | claim mean ms | claims/s (4 claimers) |");
     println!("|---|---|---|---|---|---|---|");
     let mut plans = Vec::new();
+    let mut largest = Vec::new();
     for backend in &backends {
         for &n in &sizes {
             let case = rt.block_on(open(backend, server.as_deref()))?;
@@ -289,6 +519,7 @@ fn main() -> anyhow::Result<()> {
             );
             if n == *sizes.iter().max().unwrap_or(&n) {
                 plans.push((backend.to_string(), n, rt.block_on(case.store.explain_claim())?));
+                largest.push((backend.to_string(), case));
             }
         }
     }
@@ -299,6 +530,29 @@ fn main() -> anyhow::Result<()> {
             plan.trim_end()
         );
     }
+    // The hot paths, in the stores still holding the largest queue.
+    let mut scans = Vec::new();
+    for (backend, case) in largest {
+        let h = rt.block_on(hot_paths(&case, ledger_rows))?;
+        let analyzed = h.analyze_s.map(|s| format!(", then VACUUM ANALYZE in {s:.1} s")).unwrap_or_default();
+        println!(
+            "\nhot paths on {backend}: {} jobs queued, {} ledger rows loaded in {:.1} s ({:.0} rows/s){analyzed}\n",
+            h.queued,
+            h.rows,
+            h.load_s,
+            h.rows as f64 / h.load_s
+        );
+        println!("| backend | statement | samples | p50 ms | p99 ms |");
+        println!("|---|---|---|---|---|");
+        for (name, samples, p50, p99) in &h.figures {
+            println!("| {backend} | {name} | {samples} | {p50:.3} | {p99:.3} |");
+        }
+        for (name, plan) in &h.plans {
+            println!("\n{name} plan on {backend}:\n\n```text\n{}\n```", plan.trim_end());
+            scans.extend(plan.lines().filter(|l| full_scan(l)).map(|l| format!("{backend} {name}: {}", l.trim())));
+        }
+    }
+    anyhow::ensure!(scans.is_empty(), "hot-path plans scan a whole table:\n{}", scans.join("\n"));
     println!("\n| backend | add to start mean ms | p50 ms | p99 ms | wake-up |");
     println!("|---|---|---|---|---|");
     for backend in &backends {

@@ -137,6 +137,24 @@ pub struct EndedAttempt {
     pub kept: Vec<String>,
 }
 
+/// The latest events' tenants and times, from which [`Backend::explain_hot_paths`]
+/// binds its tenant and month (an index range scan of `usage_by_time`).
+pub(crate) const EXPLAIN_SAMPLE_SQL: &str =
+    "SELECT tenant_id, occurred_at_ms FROM usage_events ORDER BY occurred_at_ms DESC, id DESC LIMIT 1000";
+
+/// The tenant with the most of the sampled events (the heaviest plausible
+/// one, whose plans are the likeliest to scan) and the month of the latest
+/// event; a made-up tenant and the month of `now_ms` on an empty ledger.
+pub(crate) fn explain_binds(sample: &[(String, i64)], now_ms: i64) -> (String, String) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (tenant, _) in sample {
+        *counts.entry(tenant.as_str()).or_default() += 1;
+    }
+    let tenant = counts.iter().max_by_key(|(_, n)| **n).map_or("t_explain", |(t, _)| *t).to_string();
+    let latest = sample.first().map_or(now_ms, |(_, ms)| *ms);
+    (tenant, tessera_metering::event::month_of(latest))
+}
+
 /// GPU nanoseconds per (tenant id, pass, attempt outcome or `running`).
 pub type GpuTotals = BTreeMap<(String, String, String), i64>;
 
@@ -206,6 +224,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn forget_segments(&self, job: &JobId, now_ms: i64) -> Result<()>;
     /// The query plan of the claim, for operators and benchmarks.
     async fn explain_claim(&self) -> Result<String>;
+    /// The query plans of the hot paths, as (name, plan): see
+    /// [`crate::Store::explain_hot_paths`].
+    async fn explain_hot_paths(&self) -> Result<Vec<(String, String)>>;
 
     // The ledger.
     /// Appends events; returns for each whether it was new.

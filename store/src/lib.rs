@@ -449,6 +449,17 @@ impl Store {
         self.backend.explain_claim().await
     }
 
+    /// The query plans (EXPLAIN on PostgreSQL, EXPLAIN QUERY PLAN on SQLite)
+    /// of the statements the fleet runs all the time, as (name, plan): the
+    /// claim, the queue depths, a tenant's usage totals and month usage
+    /// (`/v1/usage`), and a 1000-event page of the ledger of one tenant and of
+    /// all. The tenant bound is the one with the most of the latest 1000
+    /// events, the month that of the latest event. For operators and benches:
+    /// none of these plans should scan `usage_events`, `jobs` or `chunks`.
+    pub async fn explain_hot_paths(&self) -> Result<Vec<(String, String)>> {
+        self.backend.explain_hot_paths().await
+    }
+
     // The ledger.
 
     /// Appends events, skipping ids already recorded; for each, whether it was

@@ -408,7 +408,7 @@ pub(crate) fn events_page_sql(tenant: bool) -> String {
          LEFT JOIN usage_events e ON e.kind = 'attempt_end' AND e.job_id = u.job_id AND e.attempt = u.attempt
            AND u.kind = 'gpu'
          WHERE u.occurred_at_ms >= $1 AND u.occurred_at_ms < $2 {}
-           AND (u.occurred_at_ms > $3 OR (u.occurred_at_ms = $3 AND u.id > $4))
+           AND (u.occurred_at_ms, u.id) > ($3, $4)
          ORDER BY u.occurred_at_ms, u.id LIMIT $5",
         if tenant { "AND u.tenant_id = $6" } else { "" }
     )

@@ -390,6 +390,10 @@ fn unnest_sql() -> &'static str {
     })
 }
 
+/// Queued jobs and the oldest's age per lane (the `jobs_queued` index).
+const DEPTHS_SQL: &str = "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
+             WHERE state = 'queued' GROUP BY lane_rank";
+
 #[async_trait]
 impl Backend for PgBackend {
     fn kind(&self) -> BackendKind {
@@ -715,13 +719,7 @@ impl Backend for PgBackend {
     }
 
     async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>> {
-        let rows = sqlx::query(
-            "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
-             WHERE state = 'queued' GROUP BY lane_rank",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .db()?;
+        let rows = sqlx::query(DEPTHS_SQL).fetch_all(&self.pool).await.db()?;
         rows::depths(&rows)
     }
 
@@ -807,6 +805,42 @@ impl Backend for PgBackend {
             .db()?;
         let lines: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(0).map_err(err)).collect::<Result<_>>()?;
         Ok(lines.join("\n"))
+    }
+
+    async fn explain_hot_paths(&self) -> Result<Vec<(String, String)>> {
+        let sample: Vec<(String, i64)> = sqlx::query(crate::backend::EXPLAIN_SAMPLE_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(|r| Ok((r.text("tenant_id")?, r.int("occurred_at_ms")?)))
+            .collect::<Result<_>>()?;
+        let (tenant, month) = crate::backend::explain_binds(&sample, now_ms_for_explain());
+        let plan = |sql: &str| format!("EXPLAIN {sql}");
+        let text = |rows: Vec<PgRow>| -> Result<String> {
+            let lines: Vec<String> =
+                rows.iter().map(|r| r.try_get::<String, _>(0).map_err(err)).collect::<Result<_>>()?;
+            Ok(lines.join("\n"))
+        };
+        let mut plans = vec![("claim".to_string(), self.explain_claim().await?)];
+        let rows = sqlx::query(&plan(DEPTHS_SQL)).fetch_all(&self.pool).await.db()?;
+        plans.push(("depths".into(), text(rows)?));
+        let rows = sqlx::query(&plan(rows::USAGE_TOTALS_SQL)).bind(&tenant).fetch_all(&self.pool).await.db()?;
+        plans.push(("usage totals of a tenant".into(), text(rows)?));
+        let rows =
+            sqlx::query(&plan(rows::MONTH_USAGE_SQL)).bind(&tenant).bind(&month).fetch_all(&self.pool).await.db()?;
+        plans.push(("month usage of a tenant".into(), text(rows)?));
+        for with_tenant in [true, false] {
+            let sql = plan(&rows::events_page_sql(with_tenant));
+            let mut q = sqlx::query(&sql).bind(i64::MIN).bind(i64::MAX).bind(i64::MIN).bind("").bind(1000i64);
+            if with_tenant {
+                q = q.bind(&tenant);
+            }
+            let rows = q.fetch_all(&self.pool).await.db()?;
+            let name = if with_tenant { "events page of a tenant" } else { "events page of all tenants" };
+            plans.push((name.into(), text(rows)?));
+        }
+        Ok(plans)
     }
 
     #[cfg(feature = "testing")]

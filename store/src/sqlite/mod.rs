@@ -333,6 +333,22 @@ impl SqliteBackend {
     }
 }
 
+/// An `EXPLAIN QUERY PLAN`'s rows as text, each step indented under its parent.
+fn sqlite_plan(rows: &[SqliteRow]) -> Result<String> {
+    let mut depth = std::collections::HashMap::new();
+    let mut lines = Vec::with_capacity(rows.len());
+    for r in rows {
+        let d = depth.get(&r.int("parent")?).map_or(0, |d| d + 1);
+        depth.insert(r.int("id")?, d);
+        lines.push(format!("{}{}", "  ".repeat(d), r.text("detail")?));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Queued jobs and the oldest's age per lane (the `jobs_queued` index).
+const DEPTHS_SQL: &str = "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
+             WHERE state = 'queued' GROUP BY lane_rank";
+
 #[async_trait]
 impl Backend for SqliteBackend {
     fn kind(&self) -> BackendKind {
@@ -721,13 +737,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn depths(&self) -> Result<Vec<(Lane, LaneDepth)>> {
-        let rows = sqlx::query(
-            "SELECT lane_rank, COUNT(*) AS queued, MIN(created_at_ms) AS oldest FROM jobs
-             WHERE state = 'queued' GROUP BY lane_rank",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .db()?;
+        let rows = sqlx::query(DEPTHS_SQL).fetch_all(&self.pool).await.db()?;
         rows::depths(&rows)
     }
 
@@ -737,6 +747,38 @@ impl Backend for SqliteBackend {
             sqlx::query(&sql).bind(0i64).bind("w_explain").bind(1i64).bind(3i64).fetch_all(&self.pool).await.db()?;
         let plan: Vec<String> = rows.iter().map(|r| r.text("detail")).collect::<Result<_>>()?;
         Ok(plan.join("\n"))
+    }
+
+    async fn explain_hot_paths(&self) -> Result<Vec<(String, String)>> {
+        let sample: Vec<(String, i64)> = sqlx::query(crate::backend::EXPLAIN_SAMPLE_SQL)
+            .fetch_all(&self.pool)
+            .await
+            .db()?
+            .iter()
+            .map(|r| Ok((r.text("tenant_id")?, r.int("occurred_at_ms")?)))
+            .collect::<Result<_>>()?;
+        let (tenant, month) = crate::backend::explain_binds(&sample, tessera_metering::event::now_ms());
+        let plan = |sql: String| format!("EXPLAIN QUERY PLAN {sql}");
+        let mut plans = vec![("claim".to_string(), self.explain_claim().await?)];
+        let rows = sqlx::query(&plan(DEPTHS_SQL.into())).fetch_all(&self.pool).await.db()?;
+        plans.push(("depths".into(), sqlite_plan(&rows)?));
+        let sql = plan(rows::sqlite_placeholders(rows::USAGE_TOTALS_SQL));
+        let rows = sqlx::query(&sql).bind(&tenant).fetch_all(&self.pool).await.db()?;
+        plans.push(("usage totals of a tenant".into(), sqlite_plan(&rows)?));
+        let sql = plan(rows::sqlite_placeholders(rows::MONTH_USAGE_SQL));
+        let rows = sqlx::query(&sql).bind(&tenant).bind(&month).fetch_all(&self.pool).await.db()?;
+        plans.push(("month usage of a tenant".into(), sqlite_plan(&rows)?));
+        for with_tenant in [true, false] {
+            let sql = plan(rows::sqlite_placeholders(&rows::events_page_sql(with_tenant)));
+            let mut q = sqlx::query(&sql).bind(i64::MIN).bind(i64::MAX).bind(i64::MIN).bind("").bind(1000i64);
+            if with_tenant {
+                q = q.bind(&tenant);
+            }
+            let rows = q.fetch_all(&self.pool).await.db()?;
+            let name = if with_tenant { "events page of a tenant" } else { "events page of all tenants" };
+            plans.push((name.into(), sqlite_plan(&rows)?));
+        }
+        Ok(plans)
     }
 
     #[cfg(feature = "testing")]
