@@ -90,6 +90,13 @@ conformance_clocked!(
     a_job_admitted_in_a_months_last_second_counts_in_that_month,
     a_reaped_attempt_appends_nothing_behind_the_reaper,
     storage_is_billed_for_the_time_each_clip_is_kept,
+    queue_order_is_lane_then_rank_and_aging_wins,
+    a_stale_attempt_is_fenced_out,
+    failures_back_off_then_dead_letter,
+    the_reaper_requeues_expired_leases_of_other_workers,
+    transactions_roll_back_after_an_injected_error,
+    workers_register_and_one_leads_each_task,
+    listings_pages_and_depths,
 );
 
 conformance!(
@@ -98,17 +105,10 @@ conformance!(
     idempotency_keys_give_one_job_and_409_on_another_body,
     concurrent_admissions_never_exceed_a_cap,
     concurrent_claims_take_each_job_once,
-    a_stale_attempt_is_fenced_out,
-    failures_back_off_then_dead_letter,
     interruptions_spend_their_own_budget,
-    queue_order_is_lane_then_rank_and_aging_wins,
     cancel_a_queued_and_a_running_job,
     the_ledger_records_each_event_exactly_once,
-    the_reaper_requeues_expired_leases_of_other_workers,
-    transactions_roll_back_after_an_injected_error,
     renders_outside_the_queue_reserve_and_bill_once,
-    workers_register_and_one_leads_each_task,
-    listings_pages_and_depths,
     a_chunked_job_spreads_over_workers_and_joins_once,
     a_chunked_job_cancels_and_dies_as_one,
     a_clip_spreads_over_idle_workers,
@@ -426,12 +426,13 @@ async fn concurrent_claims_take_each_job_once(store: Store) {
     assert_eq!((all.len(), unique.len()), (60, 60), "a job was claimed twice or not at all");
 }
 
-async fn a_stale_attempt_is_fenced_out(store: Store) {
+async fn a_stale_attempt_is_fenced_out(store: Store, clock: Arc<tessera_metering::event::ManualClock>) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let t = tenant(&store, "acme", "mid").await;
     let id = queued(&store, &t, Lane::Standard).await;
     let (paused, healthy) = (worker(), worker());
     let old = store.claim(&paused, 1).await.unwrap().unwrap().lease;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock.advance(20);
     // The paused worker's lease expired; another worker's reaper takes it over.
     let reaped = store.reap(&healthy, &[], 100).await.unwrap();
     assert_eq!(reaped.len(), 1);
@@ -468,7 +469,8 @@ async fn a_stale_attempt_is_fenced_out(store: Store) {
     assert!(job.errors[0].contains("lease expired"), "{:?}", job.errors);
 }
 
-async fn failures_back_off_then_dead_letter(store: Store) {
+async fn failures_back_off_then_dead_letter(store: Store, clock: Arc<tessera_metering::event::ManualClock>) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let t = tenant(&store, "acme", "mid").await;
     let id = queued(&store, &t, Lane::Standard).await;
     let w = worker();
@@ -480,7 +482,7 @@ async fn failures_back_off_then_dead_letter(store: Store) {
     assert_eq!((s.job.state, s.job.failures, s.job.attempts), (JobState::Queued, 1, 1));
     assert!(s.job.not_before_ms > store.now_ms() + 100);
     assert!(store.claim(&w, 60_000).await.unwrap().is_none(), "claimed during its backoff");
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(350);
     let lease = store.claim(&w, 60_000).await.unwrap().expect("claimable after its backoff").lease;
     store.settle(&lease, &fail(0), &[]).await.unwrap();
     let lease = store.claim(&w, 60_000).await.unwrap().unwrap().lease;
@@ -528,13 +530,14 @@ async fn interruptions_spend_their_own_budget(store: Store) {
     assert!(s.job.errors.last().unwrap().contains("3 interruptions"), "{:?}", s.job.errors);
 }
 
-async fn queue_order_is_lane_then_rank_and_aging_wins(store: Store) {
+async fn queue_order_is_lane_then_rank_and_aging_wins(store: Store, clock: Arc<tessera_metering::event::ManualClock>) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let ent = tenant(&store, "big", "enterprise").await;
     let mid = tenant(&store, "small", "mid").await;
     // Bulk first, then standard from a low tier, then standard from a high tier, then urgent.
     let bulk = queued(&store, &ent, Lane::Bulk).await;
     let std_mid = queued(&store, &mid, Lane::Standard).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    clock.advance(5);
     let std_ent = queued(&store, &ent, Lane::Standard).await;
     let urgent = queued(&store, &ent, Lane::Urgent).await;
     let w = worker();
@@ -544,20 +547,23 @@ async fn queue_order_is_lane_then_rank_and_aging_wins(store: Store) {
     }
     // Within a lane the enterprise tier's 30 s weight beats mid's 10 s and a few ms of age.
     assert_eq!(order, vec![urgent, std_ent, std_mid, bulk]);
-    // Aging: a bulk job past its lane's wait goes ahead of a stream of urgent work.
+    // Aging: a bulk job past its lane's wait goes ahead of a stream of urgent work,
+    // and not a tick before. Each round queues one urgent job and claims one job,
+    // 10 ms of store time apart.
     let aged = NewJob { max_wait_ms: 150, ..new_job(&ent, Lane::Bulk, None, 24) };
     submit(&store, &ent, &aged).await;
-    let start = std::time::Instant::now();
+    let submitted_at = clock.now_ms();
     loop {
         queued(&store, &ent, Lane::Urgent).await;
         let c = store.claim(&w, 60_000).await.unwrap().unwrap();
-        let waited = start.elapsed();
+        let waited = clock.now_ms() - submitted_at;
         if c.job.id == aged.id {
-            assert!(waited >= Duration::from_millis(140), "the bulk job jumped the urgent lane after {waited:?}");
+            assert!(waited >= 150, "the bulk job jumped the urgent lane after {waited} ms");
+            assert!(waited <= 160, "the aged job waited {waited} ms past its 150 ms");
             break;
         }
-        assert!(waited < Duration::from_secs(5), "the aged job starved");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(waited < 5_000, "the aged job starved");
+        clock.advance(10);
     }
 }
 
@@ -658,11 +664,18 @@ async fn the_ledger_records_each_event_exactly_once(store: Store) {
     assert_eq!(store.finish_reserved(&job, &[out1, out2]).await.unwrap(), vec![true, false]);
 }
 
-async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
+async fn the_reaper_requeues_expired_leases_of_other_workers(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let t = tenant(&store, "acme", "mid").await;
     let (me, lost, alive) = (worker(), worker(), worker());
+    // A millisecond apart: same-instant jobs of one lane and tier are taken in id order.
     let a = queued(&store, &t, Lane::Standard).await;
+    clock.advance(1);
     let b = queued(&store, &t, Lane::Standard).await;
+    clock.advance(1);
     let c = queued(&store, &t, Lane::Standard).await;
     let la = store.claim(&lost, 1).await.unwrap().unwrap().lease;
     let lb = store.claim(&alive, 60_000).await.unwrap().unwrap().lease;
@@ -670,7 +683,7 @@ async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
     assert_eq!((la.job.clone(), lb.job.clone(), lc.job.clone()), (a.clone(), b.clone(), c.clone()));
     // The lost attempt had metered some GPU time, and its job a cancel request.
     store.append(&[UsageEvent::gpu(&attempt(&t, &la), Pass::Render, 0, 5, 42, TimingSource::Gpu)]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock.advance(20);
     // My own expired lease is alive (I am running its attempt): only the lost
     // worker's is reaped.
     let reaped = store.reap(&me, std::slice::from_ref(&c), 100).await.unwrap();
@@ -704,12 +717,16 @@ async fn the_reaper_requeues_expired_leases_of_other_workers(store: Store) {
     // failed for good) is reaped by my own reaper too.
     queued(&store, &t, Lane::Standard).await;
     let ld = store.claim(&me, 1).await.unwrap().unwrap().lease;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    clock.advance(20);
     let reaped = store.reap(&me, &[], 100).await.unwrap();
     assert_eq!(reaped.iter().map(|r| r.lease.clone()).collect::<Vec<_>>(), vec![ld]);
 }
 
-async fn transactions_roll_back_after_an_injected_error(store: Store) {
+async fn transactions_roll_back_after_an_injected_error(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let t = tenant(&store, "acme", "mid").await;
     // Admission and enqueue commit together or not at all.
     let job = new_job(&t, Lane::Standard, Some("k"), 24);
@@ -734,7 +751,7 @@ async fn transactions_roll_back_after_an_injected_error(store: Store) {
     // A failed reap leaves the lease for the next reaper.
     let id = queued(&store, &t, Lane::Bulk).await;
     let lease = store.claim(&w, 1).await.unwrap().unwrap().lease;
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    clock.advance(10);
     store.inject_fault("reap");
     assert!(store.reap(&worker(), &[], 10).await.is_err());
     assert_eq!(leases(&store, &id).await, vec![lease.clone()]);
@@ -810,7 +827,8 @@ async fn renders_outside_the_queue_reserve_and_bill_once(store: Store) {
     assert_eq!(admitted, 19);
 }
 
-async fn workers_register_and_one_leads_each_task(store: Store) {
+async fn workers_register_and_one_leads_each_task(store: Store, clock: Arc<tessera_metering::event::ManualClock>) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let info = |host: &str| WorkerInfo {
         id: WorkerId::random(),
         host: host.into(),
@@ -834,7 +852,7 @@ async fn workers_register_and_one_leads_each_task(store: Store) {
     assert!(!store.try_lead("storage", &b.id, 100).await.unwrap());
     assert!(store.try_lead("storage", &a.id, 100).await.unwrap());
     assert!(store.try_lead("retention", &b.id, 100).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    clock.advance(150);
     assert!(store.try_lead("storage", &b.id, 100).await.unwrap());
     assert!(!store.try_lead("storage", &a.id, 100).await.unwrap());
     // No server, no signal: listen returns (SQLite) or keeps running (PostgreSQL).
@@ -856,13 +874,14 @@ async fn workers_register_and_one_leads_each_task(store: Store) {
     }
 }
 
-async fn listings_pages_and_depths(store: Store) {
+async fn listings_pages_and_depths(store: Store, clock: Arc<tessera_metering::event::ManualClock>) {
+    clock.set(at("2026-06-10T12:00:00Z"));
     let t = tenant(&store, "acme", "enterprise").await;
     let u = tenant(&store, "other", "enterprise").await;
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(queued(&store, &t, Lane::ALL[i % 3]).await);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        clock.advance(2);
     }
     queued(&store, &u, Lane::Bulk).await;
     let w = worker();
