@@ -8,7 +8,7 @@ use tessera_metering::UsageEvent;
 
 use crate::score::{self, ScoreInputs};
 use crate::transition::{ChunkUpdate, JobUpdate};
-use crate::types::NewJob;
+use crate::types::{Lease, NewJob};
 
 type Q<'q, DB> = Query<'q, DB, <DB as Database>::Arguments<'q>>;
 
@@ -56,6 +56,20 @@ where
         .bind(e.outcome.map(|o| o.as_str().to_string()))
         .bind(e.occurred_at_ms)
         .bind(month_of(e.occurred_at_ms))
+}
+
+/// Binds a lease to the `$1`..`$4` of a fenced statement (`chunks::FENCED`):
+/// job, chunk, attempt number, lease owner.
+pub(crate) fn lease<'q, DB>(q: Q<'q, DB>, lease: &Lease) -> Q<'q, DB>
+where
+    DB: Database,
+    i64: Encode<'q, DB> + Type<DB>,
+    String: Encode<'q, DB> + Type<DB>,
+{
+    q.bind(lease.job.as_str().to_string())
+        .bind(i64::from(lease.chunk))
+        .bind(i64::from(lease.attempt))
+        .bind(lease.owner.as_str().to_string())
 }
 
 /// Columns of [`new_job`], in order; state is `queued`.

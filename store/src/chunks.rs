@@ -1,5 +1,6 @@
-//! The statements of the chunk state machine, written once with PostgreSQL's
-//! placeholders (`$1`) and run on SQLite through [`crate::rows::sqlite_placeholders`].
+//! The statements of the chunk state machine, written once with numbered
+//! placeholders (`$1`, which both drivers read); only the claim has a
+//! statement per dialect.
 //! Each backend sequences them in one transaction: it locks the job, then the
 //! fenced chunk, asks [`crate::transition::settle_chunk`] what both become,
 //! and writes that. Lock order (PostgreSQL): whatever waits for a lock takes

@@ -26,6 +26,7 @@ pub mod faults;
 pub mod postgres;
 mod rows;
 pub mod score;
+mod sql;
 pub mod sqlite;
 pub mod storage;
 #[cfg(feature = "testing")]

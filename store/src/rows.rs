@@ -344,29 +344,6 @@ pub(crate) fn retained(r: &impl Columns) -> Result<Retained> {
     })
 }
 
-/// A statement written with PostgreSQL's placeholders (`$1`, `$2`, ...) in
-/// SQLite's numbered form (`?1`, `?2`, ...), for the statements both backends share.
-pub(crate) fn sqlite_placeholders(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        let numbered = c == '$' && chars.peek().is_some_and(char::is_ascii_digit);
-        out.push(if numbered { '?' } else { c });
-    }
-    out
-}
-
-/// [`sqlite_placeholders`] of a static statement, converted once per process.
-pub(crate) fn sqlite_static(sql: &'static str) -> &'static str {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CONVERTED: Mutex<Option<HashMap<&'static str, &'static str>>> = Mutex::new(None);
-    let mut map = CONVERTED.lock().unwrap_or_else(|e| e.into_inner());
-    map.get_or_insert_with(HashMap::new)
-        .entry(sql)
-        .or_insert_with(|| Box::leak(sqlite_placeholders(sql).into_boxed_str()))
-}
-
 /// The statement both backends run for [`usage_totals`].
 pub(crate) const USAGE_TOTALS_SQL: &str = "SELECT kind, pass, fps, CAST(SUM(quantity) AS BIGINT) AS quantity,
         CAST(SUM(amount_micros) AS BIGINT) AS micros
@@ -428,17 +405,4 @@ pub(crate) fn ended_attempt(r: &impl Columns) -> Result<crate::backend::EndedAtt
         ended_at_ms: r.int("ended_at_ms")?,
         kept,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholders_keep_their_numbers() {
-        assert_eq!(sqlite_placeholders("a = $1 AND b = $12 OR c = $1"), "a = ?1 AND b = ?12 OR c = ?1");
-        assert_eq!(sqlite_placeholders("x = '$' || $2"), "x = '$' || ?2");
-        assert!(!sqlite_placeholders(MONTH_USAGE_SQL).contains('$'));
-        assert!(!sqlite_placeholders(USAGE_TOTALS_SQL).contains('$'));
-    }
 }

@@ -1,6 +1,5 @@
-//! Storage metered by elapsed time, written once for every backend (with
-//! PostgreSQL's placeholders; SQLite runs them through
-//! [`crate::rows::sqlite_placeholders`]).
+//! Storage metered by elapsed time, written once for every backend (numbered
+//! placeholders, `$1`, which both drivers read).
 //!
 //! Every file the store keeps for a tenant is a row of `stored_objects`: a
 //! job's clip from the settlement that archived it, a chunk's segment from the
