@@ -257,6 +257,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     // Retention.
     async fn retained(&self, finished_before_ms: Option<i64>) -> Result<Vec<Retained>>;
     async fn forget_output(&self, job: &JobId, now_ms: i64) -> Result<()>;
+    /// Makes the ledger's partitions of this month and the next (PostgreSQL),
+    /// then rolls up the months that ended [`crate::rollup::CLOSE_AFTER_MS`]
+    /// before `now_ms` and are still open, oldest first. Returns the months closed.
+    async fn maintain_ledger(&self, now_ms: i64) -> Result<Vec<String>>;
+
     /// Closes every storage period of `period_ms` that ended by `now_ms`
     /// since the meter's watermark ([`crate::storage`]): one event per tenant
     /// and period, appended with the watermark's move. Returns the events and

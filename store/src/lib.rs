@@ -24,6 +24,7 @@ mod chunks;
 pub mod error;
 pub mod faults;
 pub mod postgres;
+pub mod rollup;
 mod rows;
 pub mod score;
 mod sql;
@@ -48,7 +49,7 @@ pub use error::StoreError;
 pub use transition::{AttemptEnd, Delivered};
 pub use types::{
     chunk_plan, ArchivedOutput, Chunk, ChunkKind, ChunkState, Claimed, EventFilter, Job, JobFilter, JobId, JobState,
-    LaneDepth, Lease, NewJob, Segment, Tenant, TenantId, Worker, WorkerId, WorkerInfo,
+    LaneDepth, Lease, NewJob, Segment, Tenant, TenantId, UsageTotals, Worker, WorkerId, WorkerInfo,
 };
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -591,6 +592,13 @@ impl Store {
             return Err(StoreError::Query(format!("a storage period of {period_ms} ms does not divide a day")));
         }
         self.backend.close_storage_periods(self.now_ms(), period_ms).await
+    }
+
+    /// The ledger's monthly upkeep (see [`rollup`]): partitions made ahead on
+    /// PostgreSQL, and the months that ended a day ago rolled up. Returns the
+    /// months it closed.
+    pub async fn maintain_ledger(&self) -> Result<Vec<String>> {
+        self.backend.maintain_ledger(self.now_ms()).await
     }
 
     // Workers.

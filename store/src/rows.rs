@@ -297,7 +297,7 @@ pub(crate) const MONTH_USAGE_SQL: &str = "
            CAST(SUM(r.amount_micros) AS BIGINT) AS micros
     FROM reservations r
     WHERE r.tenant_id = $1 AND r.month = $2 AND r.released = 0
-      AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output')
+      AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = r.job_id || '/output' AND u.month = r.month)
     GROUP BY r.fps";
 
 /// A month's usage from the rows of [`MONTH_USAGE_SQL`].
@@ -344,10 +344,27 @@ pub(crate) fn retained(r: &impl Columns) -> Result<Retained> {
     })
 }
 
-/// The statement both backends run for [`usage_totals`].
-pub(crate) const USAGE_TOTALS_SQL: &str = "SELECT kind, pass, fps, CAST(SUM(quantity) AS BIGINT) AS quantity,
-        CAST(SUM(amount_micros) AS BIGINT) AS micros
-    FROM usage_events WHERE tenant_id = $1 AND kind <> 'attempt_end' GROUP BY kind, pass, fps";
+/// The statement both backends run for [`usage_totals`] of tenant `$1`, on
+/// the snapshot that read `$2`, the first open month: the closed months'
+/// rollups and the open months' rows (`usage_by_tenant_month`, on PostgreSQL
+/// only the open months' partitions), so its cost follows a month's usage,
+/// not the ledger's. A rollup keys no pass as `''` and no fps as 0.
+pub(crate) const USAGE_TOTALS_SQL: &str = "SELECT kind, NULLIF(pass, '') AS pass, NULLIF(fps, 0) AS fps,
+        CAST(SUM(quantity) AS BIGINT) AS quantity, CAST(SUM(micros) AS BIGINT) AS micros
+    FROM (SELECT kind, COALESCE(pass, '') AS pass, COALESCE(fps, 0) AS fps, quantity, amount_micros AS micros
+          FROM usage_events
+          WHERE tenant_id = $1 AND month >= $2 AND kind <> 'attempt_end'
+          UNION ALL
+          SELECT kind, pass, fps, quantity, micros FROM usage_rollups WHERE tenant_id = $1) t
+    GROUP BY kind, pass, fps";
+
+/// The price charged over the whole ledger, on the snapshot that read `$1`,
+/// the first open month: the closed months' rollups and the open months'
+/// outputs (`usage_outputs`, an index-only scan).
+pub(crate) const CHARGED_SQL: &str = "SELECT
+        CAST((SELECT COALESCE(SUM(micros), 0) FROM usage_rollups WHERE kind = 'output')
+           + (SELECT COALESCE(SUM(amount_micros), 0) FROM usage_events
+              WHERE kind = 'output' AND month >= $1) AS BIGINT) AS micros";
 
 /// A tenant's usage from rows of (kind, pass, fps, quantity, micros).
 pub(crate) fn usage_totals<R: Columns>(rows: &[R]) -> Result<UsageTotals> {

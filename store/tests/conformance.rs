@@ -15,7 +15,7 @@ use tessera_metering::{
 };
 use tessera_store::{
     ArchivedOutput, AttemptEnd, Delivered, JobFilter, JobId, JobState, Lease, NewJob, Reservation, Store, StoreError,
-    Submitted, Tenant, WorkerId, WorkerInfo,
+    Submitted, Tenant, UsageTotals, WorkerId, WorkerInfo,
 };
 
 mod legacy;
@@ -97,6 +97,7 @@ conformance_clocked!(
     transactions_roll_back_after_an_injected_error,
     workers_register_and_one_leads_each_task,
     listings_pages_and_depths,
+    closed_months_roll_up_and_every_total_stays_exact,
 );
 
 conformance!(
@@ -1151,6 +1152,101 @@ async fn a_job_admitted_in_a_months_last_second_counts_in_that_month(
     assert_eq!(store.month_usage_of(&t.id, "2028-02").await.unwrap().reserved_seconds, Decimal::from(1));
     clock.set(at("2028-03-01T00:00:01Z"));
     assert_eq!(store.month_usage(&t.id).await.unwrap(), Default::default());
+}
+
+/// The totals recomputed from every row of the ledger: what the rollups plus
+/// the open months must always equal.
+async fn totals_from_rows(store: &Store, tenant: &Tenant) -> (UsageTotals, i64) {
+    let mut t = UsageTotals::default();
+    let mut charged = 0;
+    for e in store.events(&Default::default()).await.unwrap() {
+        if e.kind == EventKind::Output {
+            charged += e.amount_micros;
+        }
+        if e.tenant_id != tenant.id.as_str() {
+            continue;
+        }
+        match e.kind {
+            EventKind::Gpu => *t.gpu_ns.entry(e.pass.unwrap()).or_default() += e.quantity,
+            EventKind::Output => {
+                let o = t.output.entry(e.fps.unwrap()).or_default();
+                o.0 += e.quantity;
+                o.1 += e.amount_micros;
+            }
+            EventKind::Egress => t.egress_bytes += e.quantity,
+            EventKind::Storage => t.storage_byte_seconds += e.quantity,
+            EventKind::AttemptEnd => {}
+        }
+    }
+    (t, charged)
+}
+
+/// A month is rolled up a day after it ends, once; the totals (`/v1/usage`,
+/// the ledger's charges) equal the sums of every row before and after, and
+/// a row billed in a closed month (a job admitted in it, delivered after)
+/// still counts, once.
+async fn closed_months_roll_up_and_every_total_stays_exact(
+    store: Store,
+    clock: Arc<tessera_metering::event::ManualClock>,
+) {
+    clock.set(at("2026-10-15T12:00:00Z"));
+    let (t, other) = (tenant(&store, "acme", "mid").await, tenant(&store, "other", "mid").await);
+    assert_eq!(store.maintain_ledger().await.unwrap(), Vec::<String>::new(), "an empty ledger closes nothing");
+    let w = worker();
+    for tenant in [&t, &other, &t] {
+        let id = queued(&store, tenant, Lane::Standard).await;
+        let c = store.claim(&w, 60_000).await.unwrap().unwrap();
+        let events = stamped(success_events(tenant, &c.lease, 24), clock.now_ms());
+        store.settle(&c.lease, &AttemptEnd::Succeeded(archived(&id)), &events).await.unwrap();
+        clock.advance(1_000);
+    }
+    // Admitted in October's last second, running when October closes.
+    clock.set(at("2026-10-31T23:59:59Z"));
+    let late = queued(&store, &t, Lane::Standard).await;
+    let late_lease = store.claim(&w, 600_000_000).await.unwrap().unwrap().lease;
+    let october = totals_from_rows(&store, &t).await;
+    assert_eq!((store.usage_totals(&t.id).await.unwrap(), store.ledger_charged_micros().await.unwrap()), october);
+    assert_eq!(october.1, 30_000, "three outputs at 0.01");
+
+    // Less than a day after October ended: nothing closes.
+    clock.set(at("2026-11-01T12:00:00Z"));
+    store.append(&stamped(gpu_events(&t, &late_lease, 7_000), clock.now_ms())).await.unwrap();
+    assert_eq!(store.maintain_ledger().await.unwrap(), Vec::<String>::new());
+    // A day after: October closes, once; the totals do not move.
+    clock.set(at("2026-11-02T00:00:01Z"));
+    assert_eq!(store.maintain_ledger().await.unwrap(), vec!["2026-10".to_string()]);
+    assert_eq!(store.maintain_ledger().await.unwrap(), Vec::<String>::new(), "closed twice");
+    let closed = totals_from_rows(&store, &t).await;
+    assert_eq!(closed.0.gpu_ns[&Pass::Render], october.0.gpu_ns[&Pass::Render] + 7_000);
+    assert_eq!((store.usage_totals(&t.id).await.unwrap(), store.ledger_charged_micros().await.unwrap()), closed);
+
+    // The late job is delivered in November and billed in October, its
+    // reservation's month: the closed month's rollup takes it.
+    let events = stamped(success_events(&t, &late_lease, 24), clock.now_ms());
+    store.settle(&late_lease, &AttemptEnd::Succeeded(archived(&late)), &events).await.unwrap();
+    let after = totals_from_rows(&store, &t).await;
+    assert_eq!(after.0.output[&24], (closed.0.output[&24].0 + 24, closed.0.output[&24].1 + 10_000));
+    assert_eq!((store.usage_totals(&t.id).await.unwrap(), store.ledger_charged_micros().await.unwrap()), after);
+    let billed = store.month_usage_of(&t.id, "2026-10").await.unwrap();
+    assert_eq!((billed.used_seconds, billed.spent), (Decimal::from(3), Decimal::new(3, 2)));
+    assert_eq!(store.usage_totals(&other.id).await.unwrap(), totals_from_rows(&store, &other).await.0);
+
+    // Months later, November and the months after close in order; totals hold.
+    clock.set(at("2027-02-02T00:00:00Z"));
+    let storage = UsageEvent::storage_period(t.id.as_str(), "mid", at("2027-01-31T23:00:00Z"), 3_600_000, 1 << 40);
+    store.append(&[storage]).await.unwrap();
+    let months = store.maintain_ledger().await.unwrap();
+    assert_eq!(months, ["2026-11", "2026-12", "2027-01"].map(String::from).to_vec());
+    let all = totals_from_rows(&store, &t).await;
+    assert_eq!(all.0.storage_byte_seconds, 1 << 40);
+    assert_eq!((store.usage_totals(&t.id).await.unwrap(), store.ledger_charged_micros().await.unwrap()), all);
+    // A failed close changes nothing and the next one closes the month.
+    clock.set(at("2027-03-02T00:00:00Z"));
+    store.inject_fault("rollup");
+    assert!(store.maintain_ledger().await.is_err());
+    assert_eq!(store.usage_totals(&t.id).await.unwrap(), all.0);
+    assert_eq!(store.maintain_ledger().await.unwrap(), vec!["2027-02".to_string()]);
+    assert_eq!(store.usage_totals(&t.id).await.unwrap(), all.0);
 }
 
 /// Counters = ledger after a pause: a worker paused past its lease and resumed

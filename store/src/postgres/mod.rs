@@ -26,7 +26,7 @@ use crate::backend::BackendKind;
 use crate::binds::EVENT_INSERT_COLUMNS;
 use crate::error::Fault;
 use crate::sql::prelude::*;
-use crate::sql::{driver_errors, sql_backend, Dialect, NoTurn, WriteTx};
+use crate::sql::{driver_errors, sql_backend, Dialect, NoTurn, Tx};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -99,12 +99,39 @@ impl PgBackend {
         lock_rows_or_skip: " FOR UPDATE SKIP LOCKED",
         claim: chunks::CLAIM_POSTGRES,
         explain: "EXPLAIN",
+        lock_ledger: Some("LOCK TABLE usage_events IN SHARE MODE"),
         json_strings_of_3: "SELECT jsonb_array_elements_text(CAST($3 AS JSONB))",
     };
 
     /// A write transaction: row locks, not turns, keep writers apart.
-    async fn write(&self) -> Result<WriteTx<Postgres, NoTurn>> {
-        Ok(WriteTx::new(self.pool.begin().await.db()?, NoTurn))
+    async fn write(&self) -> Result<Tx<Postgres, NoTurn>> {
+        Ok(Tx::new(self.pool.begin().await.db()?, NoTurn))
+    }
+
+    /// A read-only transaction on one snapshot.
+    async fn snapshot(&self) -> Result<Tx<Postgres, NoTurn>> {
+        let mut tx = self.pool.begin().await.db()?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await.db()?;
+        Ok(Tx::new(tx, NoTurn))
+    }
+
+    /// Makes the ledger's partitions of `months` (see the migration
+    /// `0009_ledger_by_month`); a month whose rows are in the default
+    /// partition already stays there.
+    async fn make_months(&self, months: &[String]) -> Result<()> {
+        for m in months {
+            let made = sqlx::query("SELECT usage_events_partition($1) AS made").bind(m);
+            if !made.fetch_one(&self.pool).await.db()?.flag("made")? {
+                tracing::warn!(month = %m, "the ledger's rows of this month are in its default partition");
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds off inserts into `month` until the transaction ends.
+    async fn lock_month(tx: &mut PgConnection, month: &str) -> Result<()> {
+        sqlx::query("SELECT usage_events_lock_month($1)").bind(month).execute(&mut *tx).await.db()?;
+        Ok(())
     }
 
     async fn turn(&self) -> NoTurn {
@@ -217,7 +244,8 @@ fn unnest_sql() -> &'static str {
                  $7::TEXT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[],
                  $14::BIGINT[], $15::TEXT[], $16::TEXT[], $17::BIGINT[], $18::TEXT[])
                  AS u({EVENT_INSERT_COLUMNS})
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+             WHERE NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.id = u.id)
+             ON CONFLICT (id, month) DO NOTHING RETURNING id",
             month = binds::billing_month_sql("u.kind", "u.job_id", "u.month")
         )
     })

@@ -200,6 +200,12 @@ macro_rules! sql_helpers {
                 rows.iter().map(|r| Ok((rows::pass(&r.text("pass")?)?, r.int("ns")?))).collect()
             }
 
+            /// The first month the ledger has not rolled up (see [`crate::rollup`]).
+            async fn open_from(tx: &mut $conn) -> Result<String> {
+                let row = sqlx::query("SELECT open_from FROM ledger_rollup").fetch_one(&mut *tx).await.db()?;
+                row.text("open_from")
+            }
+
             /// The claim's plan, bound as a worker claiming now would bind it.
             async fn explain_claim_sql(&self) -> Result<String> {
                 let sql = format!("{} {}", Self::SQL.explain, Self::SQL.claim);

@@ -8,8 +8,12 @@
 //!   `SKIP LOCKED`) on PostgreSQL; nothing on SQLite, whose one writer
 //!   serialises every write transaction;
 //! - **the claim**: one statement each ([`crate::chunks`]);
-//! - **transactions**: a write transaction ([`WriteTx`]) is `BEGIN IMMEDIATE`
+//! - **transactions**: a write transaction ([`Tx`]) is `BEGIN IMMEDIATE`
 //!   in this process's writer queue on SQLite, a plain `BEGIN` on PostgreSQL;
+//!   a read of several statements runs on one snapshot (`REPEATABLE READ`
+//!   on PostgreSQL, any transaction on SQLite);
+//! - **the ledger's months**: partitions made ahead and a month's partition
+//!   locked while it is rolled up, on PostgreSQL; nothing on SQLite;
 //! - **batch insert**: `INSERT ... SELECT FROM UNNEST(arrays)` on PostgreSQL,
 //!   a prepared statement per row on SQLite;
 //! - **notify**: `pg_notify` and `LISTEN` on PostgreSQL; one node needs none;
@@ -64,17 +68,21 @@ pub(crate) struct Dialect {
     pub claim: &'static str,
     /// The prefix that turns a statement into its plan.
     pub explain: &'static str,
+    /// Holds off every insert into the ledger until the transaction ends, if
+    /// other writers could insert meanwhile.
+    pub lock_ledger: Option<&'static str>,
     /// A subquery of the strings of the JSON array bound to `$3`.
     pub json_strings_of_3: &'static str,
 }
 
-/// A write transaction, and whatever turn the backend takes to start one.
-pub(crate) struct WriteTx<DB: Database, Turn> {
+/// A transaction, and whatever turn the backend took to start it (a write
+/// transaction's place in SQLite's writer queue; nothing for a read).
+pub(crate) struct Tx<DB: Database, Turn> {
     tx: Transaction<'static, DB>,
     _turn: Turn,
 }
 
-impl<DB: Database, Turn> WriteTx<DB, Turn> {
+impl<DB: Database, Turn> Tx<DB, Turn> {
     pub(crate) fn new(tx: Transaction<'static, DB>, turn: Turn) -> Self {
         Self { tx, _turn: turn }
     }
@@ -90,14 +98,14 @@ impl<DB: Database, Turn> WriteTx<DB, Turn> {
     }
 }
 
-impl<DB: Database, Turn> Deref for WriteTx<DB, Turn> {
+impl<DB: Database, Turn> Deref for Tx<DB, Turn> {
     type Target = DB::Connection;
     fn deref(&self) -> &DB::Connection {
         &self.tx
     }
 }
 
-impl<DB: Database, Turn> DerefMut for WriteTx<DB, Turn> {
+impl<DB: Database, Turn> DerefMut for Tx<DB, Turn> {
     fn deref_mut(&mut self) -> &mut DB::Connection {
         &mut self.tx
     }

@@ -7,8 +7,11 @@
 //!
 //! - fields `pool` (the driver's pool) and `faults`;
 //! - `KIND`, and `SQL`, its [`super::Dialect`];
-//! - `write(&self)`, a write transaction ([`super::WriteTx`]), and
-//!   `turn(&self)`, the turn a single write statement outside one takes;
+//! - `write(&self)`, a write transaction ([`super::Tx`]), `snapshot(&self)`,
+//!   a read-only one on one snapshot, and `turn(&self)`, the turn a single
+//!   write statement outside a transaction takes;
+//! - `make_months(&self, months)`, the ledger's partitions of those months,
+//!   and `lock_month(conn, month)`, holding off inserts into a month;
 //! - `notify(conn)`, telling the fleet that work was queued;
 //! - `append_in(conn, events)`, the ledger's batch insert (for each event,
 //!   whether it was new);
@@ -470,9 +473,13 @@ macro_rules! sql_backend {
                 let mut plans = vec![("claim".to_string(), self.explain_claim_sql().await?)];
                 let rows = sqlx::query(&plan(crate::sql::DEPTHS_SQL)).fetch_all(&self.pool).await.db()?;
                 plans.push(("depths".into(), Self::plan_text(&rows)?));
+                let open_from = Self::open_from(&mut *self.pool.acquire().await.db()?).await?;
                 let totals = plan(rows::USAGE_TOTALS_SQL);
-                let rows = sqlx::query(&totals).bind(&tenant).fetch_all(&self.pool).await.db()?;
+                let rows = sqlx::query(&totals).bind(&tenant).bind(&open_from).fetch_all(&self.pool).await.db()?;
                 plans.push(("usage totals of a tenant".into(), Self::plan_text(&rows)?));
+                let charged = plan(rows::CHARGED_SQL);
+                let rows = sqlx::query(&charged).bind(&open_from).fetch_all(&self.pool).await.db()?;
+                plans.push(("charges of the whole ledger".into(), Self::plan_text(&rows)?));
                 let month_usage = plan(rows::MONTH_USAGE_SQL);
                 let rows = sqlx::query(&month_usage).bind(&tenant).bind(&month).fetch_all(&self.pool).await.db()?;
                 plans.push(("month usage of a tenant".into(), Self::plan_text(&rows)?));
@@ -544,9 +551,47 @@ macro_rules! sql_backend {
             }
 
             async fn usage_totals(&self, tenant: &TenantId) -> Result<UsageTotals> {
-                let totals = sqlx::query(rows::USAGE_TOTALS_SQL).bind(tenant.as_str());
-                let rows = totals.fetch_all(&self.pool).await.db()?;
+                // One snapshot: a month closed meanwhile is counted once, rolled up or not.
+                let mut tx = self.snapshot().await?;
+                let open_from = Self::open_from(&mut tx).await?;
+                let totals = sqlx::query(rows::USAGE_TOTALS_SQL).bind(tenant.as_str()).bind(open_from);
+                let rows = totals.fetch_all(&mut *tx).await.db()?;
+                tx.commit().await.db()?;
                 rows::usage_totals(&rows)
+            }
+
+            async fn maintain_ledger(&self, now_ms: i64) -> Result<Vec<String>> {
+                let this = month_of(now_ms);
+                let next = crate::rollup::next_month(&this);
+                self.make_months(&[this, next]).await?;
+                // Months that ended a grace period ago, oldest first.
+                let open = month_of(now_ms - crate::rollup::CLOSE_AFTER_MS);
+                let mut tx = self.write().await?;
+                let sql = format!("SELECT open_from FROM ledger_rollup{}", Self::SQL.lock_rows);
+                let mut month = sqlx::query(&sql).fetch_one(&mut *tx).await.db()?.text("open_from")?;
+                if month.is_empty() {
+                    // Nothing rolled up yet: start at the ledger's first month
+                    // (once; the ledger is held still while it is read).
+                    if let Some(lock) = Self::SQL.lock_ledger {
+                        sqlx::query(lock).execute(&mut *tx).await.db()?;
+                    }
+                    let first = sqlx::query("SELECT MIN(month) AS first FROM usage_events");
+                    match first.fetch_one(&mut *tx).await.db()?.opt_text("first")? {
+                        Some(first) => month = first,
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                let mut closed = Vec::new();
+                while month < open && closed.len() < crate::rollup::MONTHS_PER_CALL {
+                    Self::lock_month(&mut tx, &month).await?;
+                    sqlx::query(crate::rollup::ROLL_UP_MONTH).bind(&month).execute(&mut *tx).await.db()?;
+                    let next = crate::rollup::next_month(&month);
+                    closed.push(std::mem::replace(&mut month, next));
+                }
+                sqlx::query("UPDATE ledger_rollup SET open_from = $1").bind(&month).execute(&mut *tx).await.db()?;
+                self.faults.check("rollup")?;
+                tx.commit().await.db()?;
+                Ok(closed)
             }
 
             async fn gpu_ns_totals(&self) -> Result<GpuTotals> {
@@ -565,13 +610,10 @@ macro_rules! sql_backend {
             }
 
             async fn ledger_charged_micros(&self) -> Result<i64> {
-                let row = sqlx::query(
-                    "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) AS micros
-                     FROM usage_events WHERE kind = 'output'",
-                )
-                .fetch_one(&self.pool)
-                .await
-                .db()?;
+                let mut tx = self.snapshot().await?;
+                let open_from = Self::open_from(&mut tx).await?;
+                let row = sqlx::query(rows::CHARGED_SQL).bind(open_from).fetch_one(&mut *tx).await.db()?;
+                tx.commit().await.db()?;
                 row.int("micros")
             }
 

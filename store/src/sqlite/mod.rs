@@ -26,7 +26,7 @@ use crate::backend::BackendKind;
 use crate::binds::EVENT_INSERT_COLUMNS;
 use crate::error::Fault;
 use crate::sql::prelude::*;
-use crate::sql::{driver_errors, sql_backend, Dialect, WriteTx};
+use crate::sql::{driver_errors, sql_backend, Dialect, NoTurn, Tx};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -93,14 +93,30 @@ impl SqliteBackend {
         lock_rows_or_skip: "",
         claim: chunks::CLAIM_SQLITE,
         explain: "EXPLAIN QUERY PLAN",
+        lock_ledger: None,
         json_strings_of_3: "SELECT value FROM json_each($3)",
     };
 
     /// Starts a write transaction, in turn.
-    async fn write(&self) -> Result<WriteTx<Sqlite, OwnedMutexGuard<()>>> {
+    async fn write(&self) -> Result<Tx<Sqlite, OwnedMutexGuard<()>>> {
         let turn = self.turn().await;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await.db()?;
-        Ok(WriteTx::new(tx, turn))
+        Ok(Tx::new(tx, turn))
+    }
+
+    /// A read transaction: SQLite reads one snapshot until it ends.
+    async fn snapshot(&self) -> Result<Tx<Sqlite, NoTurn>> {
+        Ok(Tx::new(self.pool.begin().await.db()?, NoTurn))
+    }
+
+    /// One table: no partitions to make.
+    async fn make_months(&self, _months: &[String]) -> Result<()> {
+        Ok(())
+    }
+
+    /// The write transaction holds off every other insert already.
+    async fn lock_month(_tx: &mut SqliteConnection, _month: &str) -> Result<()> {
+        Ok(())
     }
 
     /// One node: the process that queues work wakes its own dispatcher.

@@ -2,8 +2,9 @@
 //! leadership lease decides which), in a task of its own beside the
 //! scheduler's claim loop: storage metering (the store closes each storage
 //! period into one event per tenant, from a watermark: see
-//! `tessera_store::storage`), retention, and sweeping partial clips that no
-//! running attempt owns.
+//! `tessera_store::storage`), the ledger's months (partitions made ahead,
+//! ended months rolled up: see `tessera_store::rollup`), retention, and
+//! sweeping partial clips that no running attempt owns.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,7 @@ async fn leads(svc: &Service, ttl: Duration) -> bool {
 async fn run(svc: &Service, lead_ttl: Duration) {
     if leads(svc, lead_ttl).await {
         meter_storage(svc).await;
+        maintain_ledger(svc).await;
         retention(svc).await;
     }
 }
@@ -78,6 +80,17 @@ async fn meter_storage(svc: &Service) {
             }
         }
         Err(e) => svc.errors.warn("metering storage", &e),
+    }
+}
+
+/// Makes the ledger's partitions of this month and the next, and rolls up the
+/// months that ended a day ago, so that the totals read a month's rows, not
+/// the ledger's.
+async fn maintain_ledger(svc: &Service) {
+    match svc.store.maintain_ledger().await {
+        Ok(closed) if !closed.is_empty() => tracing::info!(months = ?closed, "rolled up the ledger's closed months"),
+        Ok(_) => {}
+        Err(e) => svc.errors.warn("rolling up the ledger's months", &e),
     }
 }
 
