@@ -36,3 +36,5 @@ END;
 
 -- The open months' charges (every 30 s): an index-only scan.
 CREATE INDEX usage_outputs_by_month ON usage_events (month, amount_micros) WHERE kind = 'output';
+-- A month's rows, for its roll-up (PostgreSQL reads the month's partition).
+CREATE INDEX usage_by_month ON usage_events (month, kind);
