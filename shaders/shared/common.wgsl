@@ -90,3 +90,13 @@ fn linear_to_srgb(c: vec3<f32>) -> vec3<f32> {
     let hi = 1.055 * pow(c, vec3<f32>(1.0 / 2.4)) - 0.055;
     return select(hi, lo, c <= vec3<f32>(0.0031308));
 }
+
+// The GPU entropy coder's sizes (shaders/encode/huffman.wgsl).
+struct HuffmanUniforms {
+    // MCUs of the frame, MCUs per restart segment, segments.
+    mcu_count: u32,
+    restart: u32,
+    segments: u32,
+    // Scratch words each segment may fill; past them it overflows.
+    cap_words: u32,
+}

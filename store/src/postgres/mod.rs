@@ -100,6 +100,7 @@ impl PgBackend {
         claim: chunks::CLAIM_POSTGRES,
         explain: "EXPLAIN",
         lock_ledger: Some("LOCK TABLE usage_events IN SHARE MODE"),
+        long_statements: Some("SET LOCAL statement_timeout = '15min'"),
         json_strings_of_3: "SELECT jsonb_array_elements_text(CAST($3 AS JSONB))",
     };
 

@@ -71,6 +71,9 @@ pub(crate) struct Dialect {
     /// Holds off every insert into the ledger until the transaction ends, if
     /// other writers could insert meanwhile.
     pub lock_ledger: Option<&'static str>,
+    /// Lifts the statement timeout for the rest of the transaction: a month's
+    /// roll-up reads the whole month, which may take longer than any hot path may.
+    pub long_statements: Option<&'static str>,
     /// A subquery of the strings of the JSON array bound to `$3`.
     pub json_strings_of_3: &'static str,
 }

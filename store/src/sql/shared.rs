@@ -582,6 +582,11 @@ macro_rules! sql_backend {
                     }
                 }
                 let mut closed = Vec::new();
+                if month < open {
+                    if let Some(lift) = Self::SQL.long_statements {
+                        sqlx::query(lift).execute(&mut *tx).await.db()?;
+                    }
+                }
                 while month < open && closed.len() < crate::rollup::MONTHS_PER_CALL {
                     Self::lock_month(&mut tx, &month).await?;
                     sqlx::query(crate::rollup::ROLL_UP_MONTH).bind(&month).execute(&mut *tx).await.db()?;

@@ -94,6 +94,7 @@ impl SqliteBackend {
         claim: chunks::CLAIM_SQLITE,
         explain: "EXPLAIN QUERY PLAN",
         lock_ledger: None,
+        long_statements: None,
         json_strings_of_3: "SELECT value FROM json_each($3)",
     };
 

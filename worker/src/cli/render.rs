@@ -14,6 +14,7 @@ use tessera_metering::{quote, AdmittedQuote, AttemptRef, Metrics, Outcome, Price
 use tessera_store::{JobId, Reservation, Store, StoreError, Tenant};
 
 use super::{load_price_book, read_spec, runtime, tokio_runtime, usage, CliError, StoreArgs};
+use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::encode::mux;
 use crate::gpu::GpuContext;
 use crate::render::clip::{self, ClipSummary};
@@ -46,6 +47,11 @@ pub struct RenderArgs {
     /// Meter the render for this tenant (name or id): admission, usage ledger, billing.
     #[arg(long)]
     pub tenant: Option<String>,
+    /// Where JPEG frames are Huffman-coded: `gpu` reads back only the
+    /// compressed scan; `cpu` reads back the coefficients and codes them on
+    /// the CPU (the reference; the same bytes).
+    #[arg(long, value_enum, env = "TESSERA_ENTROPY", default_value_t = Entropy::Gpu)]
+    pub entropy: Entropy,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -166,7 +172,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         Some(name) => Some(admit(&args, &spec, book, name)?),
         None => None,
     };
-    let (ctx, bar) = match prepare(&args.output, u64::from(spec.frames)) {
+    let (ctx, bar) = match prepare(&args.output, u64::from(spec.frames), args.entropy) {
         Ok(prepared) => prepared,
         Err(e) => {
             // Admitted but never rendered: the reservation must not hold the caps.
@@ -231,11 +237,12 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
 }
 
 /// The output's directory, the GPU and the progress bar.
-fn prepare(output: &Path, frames: u64) -> Result<(GpuContext, indicatif::ProgressBar), CliError> {
+fn prepare(output: &Path, frames: u64, entropy: Entropy) -> Result<(GpuContext, indicatif::ProgressBar), CliError> {
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display())).map_err(runtime)?;
     }
     let ctx = GpuContext::open().map_err(runtime)?;
+    ctx.set_entropy(entropy);
     Ok((ctx, progress_bar(frames)?))
 }
 
@@ -264,7 +271,17 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
     };
     let fps = s.frames as f64 / s.wall.as_secs_f64().max(1e-9);
     let entropy = if s.cpu_encode_ns > 0 {
-        format!(" + CPU entropy coding {}", format_seconds(s.cpu_encode_ns))
+        let host = match s.entropy {
+            Entropy::Gpu => "host readback and JFIF (entropy coding on the GPU)",
+            Entropy::Cpu => "host readback and CPU entropy coding",
+        };
+        let kib = |b: u64| b.div_ceil(1024);
+        format!(
+            " + {host} {}; {} KiB read back for {} KiB written",
+            format_seconds(s.cpu_encode_ns),
+            kib(s.readback_bytes),
+            kib(s.output_bytes)
+        )
     } else {
         String::new()
     };

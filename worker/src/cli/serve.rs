@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{load_price_book, runtime, usage, CliError, StoreArgs};
+use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::gpu::GpuContext;
 use crate::service::server::{ConnLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, ServeConfig, Service};
@@ -16,6 +17,11 @@ pub struct ServeArgs {
     /// API address (the image sets 0.0.0.0:8080).
     #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Where JPEG frames are Huffman-coded: `gpu` reads back only the
+    /// compressed scan; `cpu` reads back the coefficients and codes them on
+    /// the CPU (the reference; the same bytes).
+    #[arg(long, value_enum, env = "TESSERA_ENTROPY", default_value_t = Entropy::Gpu)]
+    pub entropy: Entropy,
     /// Prometheus /metrics address (the image sets 0.0.0.0:9090).
     #[arg(long, env = "TESSERA_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
@@ -91,6 +97,7 @@ pub struct ServeArgs {
 
 pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     let book = load_price_book(args.store.price_book.as_deref())?;
+    let entropy = args.entropy;
     let counts = [args.concurrency as u64, u64::from(args.max_attempts), u64::from(args.max_interruptions)];
     if counts.contains(&0) || args.lease_s == 0 || args.group_max == 0 || args.ledger_metrics_s == 0 {
         return Err(usage(anyhow::anyhow!(
@@ -136,6 +143,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     config.storage_period = Duration::from_secs(args.storage_period_s);
     let ctx = Arc::new(GpuContext::open().map_err(runtime)?);
+    ctx.set_entropy(entropy);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)?;
     rt.block_on(async move {
         let svc = Service::new(config, ctx, book).await.map_err(runtime)?;

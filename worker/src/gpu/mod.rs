@@ -126,6 +126,8 @@ pub struct GpuContext {
     pipelines: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
     /// Off only to measure what reuse saves (benches/load.rs).
     pipeline_reuse: std::sync::atomic::AtomicBool,
+    /// Where JPEG frames are Huffman-coded (`--entropy`): 0 GPU, 1 CPU.
+    entropy_on_cpu: std::sync::atomic::AtomicBool,
     info: wgpu::AdapterInfo,
     /// Serialises host-timed submissions ([`GpuContext::exclusive`]).
     host_timed: Mutex<()>,
@@ -285,6 +287,7 @@ impl GpuContext {
             errors,
             pipelines: Mutex::default(),
             pipeline_reuse: std::sync::atomic::AtomicBool::new(true),
+            entropy_on_cpu: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -325,6 +328,22 @@ impl GpuContext {
         match self.disk_cache.get() {
             Some(c) => c.save(),
             None => Ok(false),
+        }
+    }
+
+    /// Where JPEG frames encoded from now on are Huffman-coded.
+    pub fn set_entropy(&self, entropy: crate::encode::jpeg::gpu_entropy::Entropy) {
+        let cpu = entropy == crate::encode::jpeg::gpu_entropy::Entropy::Cpu;
+        self.entropy_on_cpu.store(cpu, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where JPEG frames are Huffman-coded (the GPU unless set otherwise).
+    pub fn entropy(&self) -> crate::encode::jpeg::gpu_entropy::Entropy {
+        use crate::encode::jpeg::gpu_entropy::Entropy;
+        if self.entropy_on_cpu.load(std::sync::atomic::Ordering::Relaxed) {
+            Entropy::Cpu
+        } else {
+            Entropy::Gpu
         }
     }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use tessera_metering::{PassTimes, TimingSource};
 
 use super::frame::{FrameRenderer, RenderError};
+use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::encode::mux::{MuxError, Muxer, StreamInfo};
 use crate::gpu::GpuContext;
 use crate::spec::JobSpec;
@@ -18,8 +19,14 @@ pub struct ClipSummary {
     pub tiles: usize,
     pub wall: Duration,
     pub gpu: PassTimes,
-    /// Host time spent entropy-coding on the CPU (JPEG outputs).
+    /// Host time spent encoding after the GPU (JPEG outputs): the readback
+    /// and the JFIF file, and with CPU entropy the Huffman coding.
     pub cpu_encode_ns: u64,
+    /// Where JPEG frames were Huffman-coded.
+    pub entropy: Entropy,
+    /// Bytes read back from the GPU, and bytes of the frames written.
+    pub readback_bytes: u64,
+    pub output_bytes: u64,
     pub timing: TimingSource,
 }
 
@@ -53,12 +60,14 @@ pub fn render_clip(
     let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
     muxer.write_header(&info)?;
     let mut gpu = PassTimes::default();
-    let mut cpu_encode_ns = 0u64;
+    let (mut cpu_encode_ns, mut readback_bytes, mut output_bytes) = (0u64, 0u64, 0u64);
     for index in 0..spec.frames {
         let frame = renderer.render_frame(index, muxer.input())?;
         muxer.write_frame(&frame.data)?;
         gpu.merge(&frame.times);
         cpu_encode_ns += frame.cpu_encode_ns;
+        readback_bytes += frame.readback_bytes;
+        output_bytes += frame.data.len() as u64;
         on_frame(index, &frame.times)?;
     }
     muxer.finish()?;
@@ -68,6 +77,9 @@ pub fn render_clip(
         wall: start.elapsed(),
         gpu,
         cpu_encode_ns,
+        entropy: ctx.entropy(),
+        readback_bytes,
+        output_bytes,
         timing: renderer.timing_source(),
     })
 }

@@ -135,10 +135,14 @@ pub enum Readback {
 pub struct RenderedFrame {
     pub data: Vec<u8>,
     pub times: PassTimes,
-    /// Host time of CPU-side encoding (JPEG Huffman coding), not GPU time.
+    /// Host time of the frame's encoding after the GPU is done: mapping the
+    /// readback and writing the JFIF file (GPU entropy), or Huffman coding
+    /// the read-back coefficients too (CPU entropy). Not GPU time.
     pub cpu_encode_ns: u64,
     /// For JPEG frames: how many AC coefficients are non-zero (0 means a flat, blank frame).
     pub nonzero_ac: Option<u64>,
+    /// Bytes read back from the GPU for the frame's output.
+    pub readback_bytes: u64,
 }
 
 /// A frame and, when asked for, the RGBA8 frame it was encoded from (the
@@ -348,10 +352,11 @@ impl<'a> FrameRenderer<'a> {
         let copied = sample_rgba && readback != Readback::Rgba8;
         let rgba = if copied { Some(self.read(Readback::Rgba8)?) } else { None };
         let start = Instant::now();
-        let (data, nonzero_ac) = self.read_with_stats(readback)?;
+        let (data, nonzero_ac, readback_bytes) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
         let rgba = rgba.or_else(|| sample_rgba.then(|| data.clone()));
-        Ok(SampledFrame { frame: RenderedFrame { data, times, cpu_encode_ns, nonzero_ac }, rgba })
+        let frame = RenderedFrame { data, times, cpu_encode_ns, nonzero_ac, readback_bytes };
+        Ok(SampledFrame { frame, rgba })
     }
 
     /// Encodes the frame already in the frame texture again, without rendering:
@@ -383,16 +388,17 @@ impl<'a> FrameRenderer<'a> {
         drop(exclusive);
         self.submitted = Some(submission);
         let start = Instant::now();
-        let (data, nonzero_ac) = self.read_with_stats(readback)?;
+        let (data, nonzero_ac, readback_bytes) = self.read_with_stats(readback)?;
         let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac })
+        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac, readback_bytes })
     }
 
     fn prepare_encoder(&mut self, readback: Readback) {
-        let fits = matches!(
-            (&self.encoder, readback),
-            (Some(FrameEncoder::Yuv(_)), Readback::Yuv420) | (Some(FrameEncoder::Jpeg(_)), Readback::Jpeg)
-        );
+        let fits = match (&self.encoder, readback) {
+            (Some(FrameEncoder::Yuv(_)), Readback::Yuv420) => true,
+            (Some(FrameEncoder::Jpeg(jpeg)), Readback::Jpeg) => jpeg.entropy() == self.ctx.entropy(),
+            _ => false,
+        };
         if fits {
             return;
         }
@@ -530,15 +536,16 @@ impl<'a> FrameRenderer<'a> {
         );
     }
 
-    /// Reads back, and for JPEG counts the non-zero AC coefficients on the way.
-    fn read_with_stats(&self, readback: Readback) -> Result<(Vec<u8>, Option<u64>), RenderError> {
+    /// Reads back, and for JPEG counts the non-zero AC coefficients on the
+    /// way; also says how many bytes came back from the GPU.
+    fn read_with_stats(&self, readback: Readback) -> Result<(Vec<u8>, Option<u64>, u64), RenderError> {
         if let (Readback::Jpeg, Some(FrameEncoder::Jpeg(jpeg))) = (readback, &self.encoder) {
-            let coeffs = jpeg.read(self.ctx, self.submitted.as_ref())?;
-            let nonzero = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
-            let data = crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality);
-            return Ok((data, Some(nonzero)));
+            let encoded = jpeg.encode(self.ctx, self.submitted.as_ref())?;
+            return Ok((encoded.data, Some(encoded.nonzero_ac), encoded.readback_bytes));
         }
-        Ok((self.read(readback)?, None))
+        let data = self.read(readback)?;
+        let bytes = data.len() as u64;
+        Ok((data, None, bytes))
     }
 
     fn read(&self, readback: Readback) -> Result<Vec<u8>, RenderError> {
@@ -555,10 +562,7 @@ impl<'a> FrameRenderer<'a> {
             }
             Readback::Yuv420 | Readback::Jpeg => match &self.encoder {
                 Some(FrameEncoder::Yuv(yuv)) => Ok(yuv.read(self.ctx, self.submitted.as_ref())?),
-                Some(FrameEncoder::Jpeg(jpeg)) => {
-                    let coeffs = jpeg.read(self.ctx, self.submitted.as_ref())?;
-                    Ok(crate::encode::jpeg::encode_coefficients(&coeffs, jpeg.grid, jpeg.quality))
-                }
+                Some(FrameEncoder::Jpeg(jpeg)) => Ok(jpeg.encode(self.ctx, self.submitted.as_ref())?.data),
                 None => Ok(Vec::new()),
             },
         }

@@ -13,6 +13,7 @@ pub const BLOOM: &str = include_str!("../../../shaders/post/bloom.wgsl");
 pub const STITCH: &str = include_str!("../../../shaders/stitch.wgsl");
 pub const YUV420: &str = include_str!("../../../shaders/encode/yuv420.wgsl");
 pub const JPEG: &str = include_str!("../../../shaders/encode/jpeg.wgsl");
+pub const HUFFMAN: &str = include_str!("../../../shaders/encode/huffman.wgsl");
 
 /// Joins sources into one module.
 pub fn compose(parts: &[&str]) -> String {
@@ -50,6 +51,7 @@ pub fn all_modules() -> Vec<ModuleSource> {
         ("stitch", "stitch.wgsl", STITCH),
         ("yuv420", "encode/yuv420.wgsl", YUV420),
         ("jpeg", "encode/jpeg.wgsl", JPEG),
+        ("huffman", "encode/huffman.wgsl", HUFFMAN),
     ];
     for (name, file, src) in fixed {
         modules.push(ModuleSource {

@@ -1,10 +1,13 @@
 //! The GPU half of the JPEG encoder (shaders/encode/jpeg.wgsl): one pass from the
-//! stitched frame texture to quantised coefficients, and their readback.
+//! stitched frame texture to quantised coefficients, then (with the GPU entropy
+//! coder, the default) their Huffman coding on the device ([`GpuEntropy`]), and
+//! the readback of the scan, or of the coefficients for the CPU coder.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::jfif::quant_tables;
-use super::{McuGrid, COEFFS_PER_MCU};
+use super::gpu_entropy::{Entropy, GpuEntropy};
+use super::jfif::{quant_tables, write_jpeg};
+use super::{huffman, McuGrid, COEFFS_PER_MCU};
 use crate::gpu::binding::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
 use crate::render::shaders::{compose, COMMON, JPEG};
@@ -29,8 +32,19 @@ pub struct JpegPass {
     group: wgpu::BindGroup,
     coeffs: wgpu::Buffer,
     readback: wgpu::Buffer,
+    entropy: Option<GpuEntropy>,
     pub grid: McuGrid,
     pub quality: u8,
+}
+
+/// A frame's JPEG file, and what it took.
+#[derive(Debug, Clone)]
+pub struct EncodedJpeg {
+    pub data: Vec<u8>,
+    /// Non-zero AC coefficients (the blank-frame gate).
+    pub nonzero_ac: u64,
+    /// Bytes read back from the GPU for it.
+    pub readback_bytes: u64,
 }
 
 impl JpegPass {
@@ -74,12 +88,17 @@ impl JpegPass {
                 wgpu::BindGroupEntry { binding: 2, resource: coeffs.as_entire_binding() },
             ],
         });
-        Self { pipeline, group, coeffs, readback, grid, quality }
+        let entropy = (ctx.entropy() == Entropy::Gpu).then(|| GpuEntropy::new(ctx, &coeffs, grid));
+        Self { pipeline, group, coeffs, readback, entropy, grid, quality }
     }
 
-    /// Bytes read back per frame.
-    pub fn readback_bytes(&self) -> u64 {
-        self.coeffs.size()
+    /// Where this pass's entropy coding runs.
+    pub fn entropy(&self) -> Entropy {
+        if self.entropy.is_some() {
+            Entropy::Gpu
+        } else {
+            Entropy::Cpu
+        }
     }
 
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
@@ -88,16 +107,57 @@ impl JpegPass {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.group, &[]);
         pass.dispatch_workgroups(groups.min(MAX_GROUPS_X), groups.div_ceil(MAX_GROUPS_X), 1);
+        if let Some(entropy) = &self.entropy {
+            entropy.record(pass);
+        }
     }
 
     pub fn copy_out(&self, encoder: &mut wgpu::CommandEncoder) {
-        encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size());
+        match &self.entropy {
+            Some(entropy) => entropy.copy_out(encoder),
+            None => encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size()),
+        }
     }
 
-    /// The quantised coefficients, MCU order, zigzag within each block.
+    /// The quantised coefficients, MCU order, zigzag within each block, once
+    /// [`JpegPass::copy_out`] (CPU entropy) has been submitted in `after`.
     pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Vec<i16>, GpuError> {
         let bytes = readback::read_buffer(ctx, &self.readback, self.coeffs.size(), after)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The frame's JPEG file, once the submission `after` that held the pass
+    /// and [`JpegPass::copy_out`] is done: the GPU's scan wrapped in JFIF, or
+    /// the coefficients coded on the CPU (`--entropy cpu`, or a frame whose
+    /// scan outgrew the GPU coder's scratch).
+    pub fn encode(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<EncodedJpeg, GpuError> {
+        let mut readback_bytes = 0;
+        if let Some(entropy) = &self.entropy {
+            if let Some(coded) = entropy.read(ctx, after)? {
+                let data = write_jpeg(&coded.scan, self.grid, self.quality);
+                return Ok(EncodedJpeg { data, nonzero_ac: coded.nonzero_ac, readback_bytes: coded.readback_bytes });
+            }
+            tracing::warn!(grid = ?self.grid, "a restart segment outgrew the GPU entropy coder; coding the frame on the CPU");
+            readback_bytes += 8;
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size());
+            let submission = ctx.queue.submit([encoder.finish()]);
+            return self.encode_on_cpu(ctx, Some(&submission), readback_bytes);
+        }
+        self.encode_on_cpu(ctx, after, readback_bytes)
+    }
+
+    fn encode_on_cpu(
+        &self,
+        ctx: &GpuContext,
+        after: Option<&wgpu::SubmissionIndex>,
+        readback_bytes: u64,
+    ) -> Result<EncodedJpeg, GpuError> {
+        let coeffs = self.read(ctx, after)?;
+        let nonzero_ac = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
+        let scan = huffman::encode_scan(&coeffs, self.grid, huffman::default_threads());
+        let data = write_jpeg(&scan, self.grid, self.quality);
+        Ok(EncodedJpeg { data, nonzero_ac, readback_bytes: readback_bytes + self.coeffs.size() })
     }
 }
 

@@ -1,5 +1,7 @@
 //! Baseline Huffman coding of quantised blocks with the standard tables, one
-//! restart segment per MCU row so that segments are coded on parallel threads.
+//! restart segment of [`super::RESTART_MCUS`] MCUs at a time, segments on
+//! parallel threads: the reference the GPU coder
+//! (shaders/encode/huffman.wgsl) matches byte for byte.
 
 use std::sync::OnceLock;
 
@@ -104,13 +106,14 @@ fn encode_block(w: &mut BitWriter, block: &[i16], prev_dc: i32, table: usize) ->
     dc
 }
 
-/// Codes one restart segment: MCU row `row`. DC prediction starts from zero.
-pub fn encode_segment(coeffs: &[i16], grid: McuGrid, row: u32) -> Vec<u8> {
-    let per_row = grid.mcus_x as usize * COEFFS_PER_MCU;
-    let start = row as usize * per_row;
-    let mut w = BitWriter::with_capacity(per_row / 4);
+/// Codes restart segment `seg`. DC prediction starts from zero.
+pub fn encode_segment(coeffs: &[i16], grid: McuGrid, seg: usize) -> Vec<u8> {
+    let per_segment = usize::from(grid.restart_interval()) * COEFFS_PER_MCU;
+    let start = seg * per_segment;
+    let end = (start + per_segment).min(grid.mcu_count() * COEFFS_PER_MCU);
+    let mut w = BitWriter::with_capacity(per_segment / 4);
     let mut pred = [0i32; 3];
-    for mcu in coeffs[start..start + per_row].chunks_exact(COEFFS_PER_MCU) {
+    for mcu in coeffs[start..end].chunks_exact(COEFFS_PER_MCU) {
         for (k, block) in mcu.chunks_exact(64).enumerate() {
             let comp = k.saturating_sub(3); // 0..3 → Y, 4 → Cb, 5 → Cr
             let table = usize::from(comp > 0);
@@ -128,21 +131,21 @@ pub fn default_threads() -> usize {
 /// Codes the whole scan: segments in parallel, joined with RST0..RST7 markers.
 pub fn encode_scan(coeffs: &[i16], grid: McuGrid, threads: usize) -> Vec<u8> {
     assert_eq!(coeffs.len(), grid.mcu_count() * COEFFS_PER_MCU, "coefficient count does not match the MCU grid");
-    let rows = grid.mcus_y;
-    let threads = threads.clamp(1, rows as usize);
-    let per_thread = (rows as usize).div_ceil(threads);
+    let segments = grid.segments();
+    let threads = threads.clamp(1, segments);
+    let per_thread = segments.div_ceil(threads);
     let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let first = (t * per_thread) as u32;
-                let last = (((t + 1) * per_thread) as u32).min(rows);
+                let first = t * per_thread;
+                let last = ((t + 1) * per_thread).min(segments);
                 s.spawn(move || {
                     let mut out = Vec::new();
-                    for row in first..last {
-                        if row > 0 {
-                            out.extend_from_slice(&[0xFF, 0xD0 + (row - 1) as u8 % 8]);
+                    for seg in first..last {
+                        if seg > 0 {
+                            out.extend_from_slice(&[0xFF, 0xD0 + ((seg - 1) % 8) as u8]);
                         }
-                        out.extend(encode_segment(coeffs, grid, row));
+                        out.extend(encode_segment(coeffs, grid, seg));
                     }
                     out
                 })

@@ -1,16 +1,24 @@
 //! JPEG encoding: the GPU does colour conversion, subsampling, DCT, quantisation
-//! and zigzag ([`gpu::JpegPass`], shaders/encode/jpeg.wgsl); the CPU reads back
-//! only the quantised coefficients (i16) and Huffman-codes them in parallel, one
-//! restart segment per MCU row ([`huffman`]), then wraps the scan in a baseline
-//! JFIF file ([`jfif`]).
+//! and zigzag ([`gpu::JpegPass`], shaders/encode/jpeg.wgsl), then Huffman-codes
+//! the coefficients, a restart segment of [`RESTART_MCUS`] MCUs per invocation
+//! ([`gpu_entropy`], shaders/encode/huffman.wgsl), so only the compressed scan
+//! is read back; the host wraps it in a baseline JFIF file ([`jfif`]). With
+//! `--entropy cpu` the coefficients (i16) are read back and coded on the CPU
+//! in parallel ([`huffman`], the reference: the same bytes).
 
 pub mod gpu;
+pub mod gpu_entropy;
 pub mod huffman;
 pub mod jfif;
 pub mod tables;
 
 /// Coefficients per MCU: four luma blocks and one block each of Cb and Cr (4:2:0).
 pub const COEFFS_PER_MCU: usize = 6 * 64;
+
+/// MCUs per restart segment: the unit the entropy coders code in parallel (a
+/// GPU invocation, a CPU thread's share). Eight MCUs (2048 pixels) give a 4K
+/// frame 4050 segments for a few bytes of RST marker each.
+pub const RESTART_MCUS: u32 = 8;
 
 /// The MCU grid of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +38,15 @@ impl McuGrid {
         self.mcus_x as usize * self.mcus_y as usize
     }
 
-    /// The restart interval: one MCU row per entropy-coded segment.
+    /// The restart interval in MCUs: [`RESTART_MCUS`], or every MCU of a
+    /// frame with fewer (decoders expect an interval the frame can fill).
     pub fn restart_interval(&self) -> u16 {
-        self.mcus_x as u16
+        (RESTART_MCUS as usize).min(self.mcu_count()).max(1) as u16
+    }
+
+    /// Restart segments of the frame; the last may be short.
+    pub fn segments(&self) -> usize {
+        self.mcu_count().div_ceil(usize::from(self.restart_interval()))
     }
 }
 

@@ -1,0 +1,247 @@
+//! The GPU half of entropy coding (shaders/encode/huffman.wgsl): the JPEG
+//! pass's coefficients are Huffman-coded on the device, one restart segment
+//! per invocation, placed by a prefix sum and compacted with their RST
+//! markers, so only the finished scan (and two header words) is read back.
+//! [`super::huffman`] is the reference: the same bytes for the same
+//! coefficients, and the fallback for a frame whose segment outgrows its
+//! scratch (never seen on real pictures; the frame is then coded on the CPU).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytemuck::{Pod, Zeroable};
+
+use super::tables::{HuffmanCodes, AC_CHROMA, AC_LUMA, DC_CHROMA, DC_LUMA};
+use super::{McuGrid, COEFFS_PER_MCU};
+use crate::gpu::binding::{layout, module, pipeline, storage_entry, uniform_entry};
+use crate::gpu::{readback, GpuContext, GpuError};
+use crate::render::shaders::{compose, COMMON, HUFFMAN};
+
+/// Mirror of `HuffmanUniforms` in shaders/shared/common.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct HuffmanUniforms {
+    pub mcu_count: u32,
+    pub restart: u32,
+    pub segments: u32,
+    pub cap_words: u32,
+}
+const _: () = assert!(size_of::<HuffmanUniforms>() == 16);
+
+/// What `scan[0]` holds when a segment outgrew its scratch.
+const OVERFLOW: u32 = u32::MAX;
+/// Header words before the scan: its length in bytes, the non-zero AC count.
+const HEADER_WORDS: u64 = 2;
+/// Invocations per workgroup of `code_segments`.
+const CODE_GROUP: u32 = 64;
+
+/// Where the entropy coder runs (`--entropy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entropy {
+    /// Huffman coding on the GPU; only the compressed scan is read back.
+    #[default]
+    Gpu,
+    /// The coefficients are read back and coded on the CPU (the reference).
+    Cpu,
+}
+
+impl Entropy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entropy::Gpu => "gpu",
+            Entropy::Cpu => "cpu",
+        }
+    }
+}
+
+/// The standard tables as the shader reads them: code | length << 16 per
+/// symbol, DC luma, DC chroma (12 each), AC luma, AC chroma (256 each).
+pub fn code_table() -> Vec<u32> {
+    let mut out = Vec::with_capacity(536);
+    for (spec, n) in [(DC_LUMA, 12), (DC_CHROMA, 12), (AC_LUMA, 256), (AC_CHROMA, 256)] {
+        let c = HuffmanCodes::new(&spec);
+        out.extend((0..n).map(|s| u32::from(c.code[s]) | (u32::from(c.len[s]) << 16)));
+    }
+    out
+}
+
+/// A frame's scan as the GPU coded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodedScan {
+    pub scan: Vec<u8>,
+    /// Non-zero AC coefficients of the frame (the blank-frame gate).
+    pub nonzero_ac: u64,
+    /// Bytes read back for it (header words included).
+    pub readback_bytes: u64,
+}
+
+/// The entropy passes of one frame size, over the JPEG pass's coefficients.
+#[derive(Debug)]
+pub struct GpuEntropy {
+    code: std::sync::Arc<wgpu::ComputePipeline>,
+    place: std::sync::Arc<wgpu::ComputePipeline>,
+    compact: std::sync::Arc<wgpu::ComputePipeline>,
+    group: wgpu::BindGroup,
+    compact_group: wgpu::BindGroup,
+    scan: wgpu::Buffer,
+    dispatch: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    segments: u32,
+    /// Bytes the last frame's scan took (header included), which sizes the
+    /// next frame's copy; and the bytes the current frame's copy moves.
+    last_bytes: AtomicU64,
+    copied: AtomicU64,
+}
+
+impl GpuEntropy {
+    pub fn new(ctx: &GpuContext, coeffs: &wgpu::Buffer, grid: McuGrid) -> Self {
+        let entries = [
+            uniform_entry(0),
+            storage_entry(1, true),
+            storage_entry(2, true),
+            storage_entry(3, false),
+            storage_entry(4, false),
+            storage_entry(5, false),
+            storage_entry(6, false),
+            storage_entry(7, false),
+        ];
+        // The compaction is dispatched from `dispatch`: its bind group must not
+        // hold that buffer writable (one usage per buffer in a dispatch).
+        let layouts = [layout(ctx, "huffman", &entries), layout(ctx, "huffman compact", &entries[..7])];
+        let make = |entry: &'static str, l: usize| {
+            ctx.cached(&format!("encode/huffman/{entry}"), || {
+                let module = module(&ctx.device, "huffman", &compose(&[COMMON, HUFFMAN]));
+                pipeline(ctx, &layouts[l], &module, entry)
+            })
+        };
+        let (code, place, compact) = (make("code_segments", 0), make("place_segments", 0), make("compact", 1));
+        let restart = u32::from(grid.restart_interval());
+        let mcus = grid.mcu_count() as u32;
+        let segments = mcus.div_ceil(restart);
+        // A segment may take as many bytes as its coefficients do (i16 each):
+        // far more than any picture codes to; noise past it falls back to the CPU.
+        let cap_words = restart * (COEFFS_PER_MCU as u32) / 2;
+        let scratch_words = u64::from(segments) * u64::from(cap_words);
+        let scan_words = HEADER_WORDS + scratch_words + u64::from(segments);
+        let usage = wgpu::BufferUsages::STORAGE;
+        let u = HuffmanUniforms { mcu_count: mcus, restart, segments, cap_words };
+        let uniforms = buffer(ctx, "huffman uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        ctx.queue.write_buffer(&uniforms, 0, bytemuck::bytes_of(&u));
+        let table = code_table();
+        let codes = buffer(ctx, "huffman codes", (table.len() * 4) as u64, usage | wgpu::BufferUsages::COPY_DST);
+        ctx.queue.write_buffer(&codes, 0, bytemuck::cast_slice(&table));
+        let scratch = buffer(ctx, "huffman scratch", scratch_words * 4, usage);
+        let sizes = buffer(ctx, "huffman sizes", u64::from(segments) * 8, usage);
+        let offsets = buffer(ctx, "huffman offsets", (u64::from(segments) + 1) * 4, usage);
+        let scan = buffer(ctx, "jpeg scan", scan_words * 4, usage | wgpu::BufferUsages::COPY_SRC);
+        let dispatch = buffer(ctx, "huffman dispatch", 12, usage | wgpu::BufferUsages::INDIRECT);
+        let readback = buffer(
+            ctx,
+            "jpeg scan readback",
+            scan_words * 4,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let bound = [&uniforms, coeffs, &codes, &scratch, &sizes, &offsets, &scan, &dispatch];
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = bound
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("huffman"),
+            layout: &code.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let compact_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("huffman compact"),
+            layout: &compact.get_bind_group_layout(0),
+            entries: &entries[..7],
+        });
+        // The first frame's copy: a quarter of a byte per coefficient, about
+        // what a detailed frame at quality 95 codes to; later frames follow
+        // the one before.
+        let first = (HEADER_WORDS * 4 + grid.mcu_count() as u64 * COEFFS_PER_MCU as u64 / 4).min(scan_words * 4);
+        Self {
+            code,
+            place,
+            compact,
+            group,
+            compact_group,
+            scan,
+            dispatch,
+            readback,
+            segments,
+            last_bytes: AtomicU64::new(first),
+            copied: AtomicU64::new(0),
+        }
+    }
+
+    /// Records the three passes, after the JPEG pass, in the same compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.set_pipeline(&self.code);
+        pass.dispatch_workgroups(self.segments.div_ceil(CODE_GROUP), 1, 1);
+        pass.set_pipeline(&self.place);
+        pass.dispatch_workgroups(1, 1, 1);
+        pass.set_pipeline(&self.compact);
+        pass.set_bind_group(0, &self.compact_group, &[]);
+        pass.dispatch_workgroups_indirect(&self.dispatch, 0);
+    }
+
+    /// Copies the header and as much of the scan as the last frame's size
+    /// suggests (and a margin); [`GpuEntropy::read`] fetches any rest.
+    pub fn copy_out(&self, encoder: &mut wgpu::CommandEncoder) {
+        let last = self.last_bytes.load(Ordering::Relaxed);
+        let want = (last + last / 16 + 4096).next_multiple_of(4).min(self.scan.size());
+        encoder.copy_buffer_to_buffer(&self.scan, 0, &self.readback, 0, want);
+        self.copied.store(want, Ordering::Relaxed);
+    }
+
+    /// The frame's scan, or `None` when a segment overflowed its scratch.
+    pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Option<CodedScan>, GpuError> {
+        let copied = self.copied.load(Ordering::Relaxed);
+        let mut bytes = readback::read_buffer(ctx, &self.readback, copied, after)?;
+        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let (total, nonzero) = (word(0), word(4));
+        if total == OVERFLOW {
+            return Ok(None);
+        }
+        let needed = (HEADER_WORDS * 4 + u64::from(total)).next_multiple_of(4);
+        if needed > self.scan.size() {
+            return Err(GpuError::Readback(format!("the scan claims {total} bytes, past its buffer")));
+        }
+        let mut readback_bytes = copied;
+        if needed > copied {
+            // Larger than the last frame by more than the margin: fetch the rest.
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&self.scan, copied, &self.readback, copied, needed - copied);
+            let submission = ctx.queue.submit([encoder.finish()]);
+            bytes = readback::read_buffer(ctx, &self.readback, needed, Some(&submission))?;
+            readback_bytes += needed - copied;
+        }
+        self.last_bytes.store(needed, Ordering::Relaxed);
+        let start = (HEADER_WORDS * 4) as usize;
+        bytes.truncate(start + total as usize);
+        bytes.drain(..start);
+        Ok(Some(CodedScan { scan: bytes, nonzero_ac: u64::from(nonzero), readback_bytes }))
+    }
+}
+
+fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_table_holds_every_symbol_of_the_standard_tables() {
+        let t = code_table();
+        assert_eq!(t.len(), 536);
+        // DC luma category 0: 00 (2 bits); AC luma EOB: 1010 (4 bits); AC chroma ZRL: 1111111010 (10 bits).
+        assert_eq!(t[0], 2 << 16);
+        assert_eq!(t[24], 0b1010 | (4 << 16));
+        assert_eq!(t[280 + 0xf0], 0b11_1111_1010 | (10 << 16));
+    }
+}
