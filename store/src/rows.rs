@@ -360,7 +360,7 @@ pub(crate) const USAGE_TOTALS_SQL: &str = "SELECT kind, NULLIF(pass, '') AS pass
 
 /// The price charged over the whole ledger, on the snapshot that read `$1`,
 /// the first open month: the closed months' rollups and the open months'
-/// outputs (`usage_outputs`, an index-only scan).
+/// outputs (`usage_outputs` on PostgreSQL, `usage_outputs_by_month` on SQLite: an index-only scan).
 pub(crate) const CHARGED_SQL: &str = "SELECT
         CAST((SELECT COALESCE(SUM(micros), 0) FROM usage_rollups WHERE kind = 'output')
            + (SELECT COALESCE(SUM(amount_micros), 0) FROM usage_events

@@ -34,7 +34,9 @@ BEGIN
         SET quantity = quantity + excluded.quantity, micros = micros + excluded.micros;
 END;
 
--- The open months' charges (every 30 s): an index-only scan.
+-- The open months' charges (every 30 s): an index-only scan of this month's
+-- outputs, replacing the index of every output.
+DROP INDEX IF EXISTS usage_outputs;
 CREATE INDEX usage_outputs_by_month ON usage_events (month, amount_micros) WHERE kind = 'output';
 -- A month's rows, for its roll-up (PostgreSQL reads the month's partition).
 CREATE INDEX usage_by_month ON usage_events (month, kind);

@@ -532,8 +532,10 @@ macro_rules! sql_backend {
             ) -> Result<Vec<UsageEvent>> {
                 let sql = rows::events_page_sql(tenant.is_some());
                 let (after_ms, after_id) = after.unwrap_or((i64::MIN, String::new()));
+                // The key's time is the page's lower bound too: SQLite bounds the
+                // index range by `$1`, not by the row comparison.
                 let mut q = sqlx::query(&sql)
-                    .bind(f.from_ms.unwrap_or(i64::MIN))
+                    .bind(f.from_ms.unwrap_or(i64::MIN).max(after_ms))
                     .bind(f.to_ms.unwrap_or(i64::MAX))
                     .bind(after_ms)
                     .bind(after_id)
