@@ -7,9 +7,13 @@
 //! - Transitions lock the fenced row (`FOR UPDATE`), admissions lock the
 //!   tenant's row, so two admissions of one tenant cannot both take the last of
 //!   a cap while other tenants admit in parallel.
-//! - Ledger appends are one `INSERT ... SELECT FROM UNNEST(...)` per batch with
-//!   `ON CONFLICT (id) DO NOTHING RETURNING id`: duplicates from any worker are
-//!   skipped, and the caller learns which rows were new.
+//! - Ledger appends are one `INSERT ... SELECT FROM UNNEST(...)` per batch,
+//!   skipping ids any month's partition holds (`NOT EXISTS`, and
+//!   `ON CONFLICT (id, month) DO NOTHING` for a racing copy), `RETURNING id`:
+//!   duplicates from any worker are skipped, and the caller learns which rows
+//!   were new.
+//! - The ledger is partitioned by month; a month's roll-up locks its
+//!   partition ([`crate::rollup`]).
 //! - Queueing work sends `NOTIFY tessera_jobs`; workers `LISTEN` for it as a
 //!   wake-up hint and poll anyway.
 //! - Leases run on the database's clock ([`PgBackend::db_clock_ms`]).

@@ -200,6 +200,49 @@ macro_rules! sql_helpers {
                 rows.iter().map(|r| Ok((rows::pass(&r.text("pass")?)?, r.int("ns")?))).collect()
             }
 
+            /// Rolls up the ledger's first open month if it is before `open`, in
+            /// one transaction: the month's rows summed into the rollups under a
+            /// lock that holds off inserts into it, `open_from` moved past it.
+            /// Returns the month closed, or `None` when none is due.
+            async fn close_month(&self, open: &str) -> Result<Option<String>> {
+                let mut tx = self.write().await?;
+                let sql = format!("SELECT open_from FROM ledger_rollup{}", Self::SQL.lock_rows);
+                let mut month = sqlx::query(&sql).fetch_one(&mut *tx).await.db()?.text("open_from")?;
+                if month.is_empty() {
+                    // Nothing rolled up yet: start at the ledger's first month
+                    // (once; the ledger is held still while it is read).
+                    if let Some(lock) = Self::SQL.lock_ledger {
+                        sqlx::query(lock).execute(&mut *tx).await.db()?;
+                    }
+                    let first = sqlx::query("SELECT MIN(month) AS first FROM usage_events");
+                    let Some(first) = first.fetch_one(&mut *tx).await.db()?.opt_text("first")? else {
+                        tx.rollback().await.db()?;
+                        return Ok(None);
+                    };
+                    month = first;
+                    if month.as_str() >= open {
+                        let start = sqlx::query("UPDATE ledger_rollup SET open_from = $1").bind(&month);
+                        start.execute(&mut *tx).await.db()?;
+                        tx.commit().await.db()?;
+                        return Ok(None);
+                    }
+                }
+                if month.as_str() >= open || crate::rollup::next_month(&month) == month {
+                    tx.rollback().await.db()?;
+                    return Ok(None);
+                }
+                if let Some(lift) = Self::SQL.long_statements {
+                    sqlx::query(lift).execute(&mut *tx).await.db()?;
+                }
+                Self::lock_month(&mut tx, &month).await?;
+                sqlx::query(crate::rollup::ROLL_UP_MONTH).bind(&month).execute(&mut *tx).await.db()?;
+                let next = crate::rollup::next_month(&month);
+                sqlx::query("UPDATE ledger_rollup SET open_from = $1").bind(&next).execute(&mut *tx).await.db()?;
+                self.faults.check("rollup")?;
+                tx.commit().await.db()?;
+                Ok(Some(month))
+            }
+
             /// The first month the ledger has not rolled up (see [`crate::rollup`]).
             async fn open_from(tx: &mut $conn) -> Result<String> {
                 let row = sqlx::query("SELECT open_from FROM ledger_rollup").fetch_one(&mut *tx).await.db()?;

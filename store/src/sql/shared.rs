@@ -565,39 +565,20 @@ macro_rules! sql_backend {
             async fn maintain_ledger(&self, now_ms: i64) -> Result<Vec<String>> {
                 let this = month_of(now_ms);
                 let next = crate::rollup::next_month(&this);
-                self.make_months(&[this, next]).await?;
-                // Months that ended a grace period ago, oldest first.
+                if let Err(e) = self.make_months(&[this, next]).await {
+                    // Made on a later run just as well; the roll-up does not wait for it.
+                    tracing::warn!(error = %e, "making the ledger's partitions ahead failed");
+                }
+                // Months that ended a grace period ago, oldest first, one per
+                // transaction (each holds off late inserts into its month only).
                 let open = month_of(now_ms - crate::rollup::CLOSE_AFTER_MS);
-                let mut tx = self.write().await?;
-                let sql = format!("SELECT open_from FROM ledger_rollup{}", Self::SQL.lock_rows);
-                let mut month = sqlx::query(&sql).fetch_one(&mut *tx).await.db()?.text("open_from")?;
-                if month.is_empty() {
-                    // Nothing rolled up yet: start at the ledger's first month
-                    // (once; the ledger is held still while it is read).
-                    if let Some(lock) = Self::SQL.lock_ledger {
-                        sqlx::query(lock).execute(&mut *tx).await.db()?;
-                    }
-                    let first = sqlx::query("SELECT MIN(month) AS first FROM usage_events");
-                    match first.fetch_one(&mut *tx).await.db()?.opt_text("first")? {
-                        Some(first) => month = first,
-                        None => return Ok(Vec::new()),
-                    }
-                }
                 let mut closed = Vec::new();
-                if month < open {
-                    if let Some(lift) = Self::SQL.long_statements {
-                        sqlx::query(lift).execute(&mut *tx).await.db()?;
+                while closed.len() < crate::rollup::MONTHS_PER_CALL {
+                    match self.close_month(&open).await? {
+                        Some(month) => closed.push(month),
+                        None => break,
                     }
                 }
-                while month < open && closed.len() < crate::rollup::MONTHS_PER_CALL {
-                    Self::lock_month(&mut tx, &month).await?;
-                    sqlx::query(crate::rollup::ROLL_UP_MONTH).bind(&month).execute(&mut *tx).await.db()?;
-                    let next = crate::rollup::next_month(&month);
-                    closed.push(std::mem::replace(&mut month, next));
-                }
-                sqlx::query("UPDATE ledger_rollup SET open_from = $1").bind(&month).execute(&mut *tx).await.db()?;
-                self.faults.check("rollup")?;
-                tx.commit().await.db()?;
                 Ok(closed)
             }
 

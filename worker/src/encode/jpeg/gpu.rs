@@ -138,7 +138,7 @@ impl JpegPass {
                 return Ok(EncodedJpeg { data, nonzero_ac: coded.nonzero_ac, readback_bytes: coded.readback_bytes });
             }
             tracing::warn!(grid = ?self.grid, "a restart segment outgrew the GPU entropy coder; coding the frame on the CPU");
-            readback_bytes += 8;
+            readback_bytes += entropy.copied_bytes();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size());
             let submission = ctx.queue.submit([encoder.finish()]);

@@ -197,6 +197,11 @@ impl GpuEntropy {
         self.copied.store(want, Ordering::Relaxed);
     }
 
+    /// Bytes the current frame's first copy moves (header included).
+    pub fn copied_bytes(&self) -> u64 {
+        self.copied.load(Ordering::Relaxed)
+    }
+
     /// The frame's scan, or `None` when a segment overflowed its scratch.
     pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Option<CodedScan>, GpuError> {
         let copied = self.copied.load(Ordering::Relaxed);
