@@ -33,33 +33,116 @@ fn decode_image(jpeg: &[u8]) -> Vec<u8> {
     img.to_rgba8().into_raw()
 }
 
-/// Decodes with ffmpeg: first alone at warning level, failing on any message the
-/// decoder prints; then converted to RGBA for comparison (at error level, since
-/// swscale warns about the JPEG-range pixel format itself, not about the stream).
+/// Decodes with ffmpeg: first alone at trace level, failing on any warning or
+/// error the decoder prints and on a scan that does not end at the EOI marker;
+/// then converted to RGBA for comparison (at error level, since swscale warns
+/// about the JPEG-range pixel format itself, not about the stream).
 fn decode_ffmpeg(jpeg: &[u8], w: u32, h: u32) -> Vec<u8> {
-    decode_ffmpeg_checked(jpeg, w, h, true)
-}
-
-/// [`decode_ffmpeg`], the warning-level pass optional: ffmpeg 5.1 prints "EOI
-/// missing, emulating" for some frames of this encoder whose files do end in
-/// EOI (seen with the CPU coder before the GPU one existed, and with it since,
-/// byte for byte the same files); those are checked by what they decode to.
-fn decode_ffmpeg_checked(jpeg: &[u8], w: u32, h: u32, no_warnings: bool) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.jpg");
     std::fs::write(&path, jpeg).unwrap();
     assert_eq!(&jpeg[jpeg.len() - 2..], &[0xFF, 0xD9], "the file does not end in EOI");
-    if !no_warnings {
-        return decode_rgba(&path, w, h);
-    }
     let check = Command::new("ffmpeg")
-        .args(["-v", "warning", "-i"])
+        .args(["-loglevel", "level+trace", "-i"])
         .arg(&path)
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg is installed");
-    assert!(check.status.success() && check.stderr.is_empty(), "ffmpeg: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&check.stderr));
+    let problems = ffmpeg_decoder_problems(&String::from_utf8_lossy(&check.stderr));
+    assert!(problems.is_empty(), "ffmpeg: {}", problems.join("; "));
     decode_rgba(&path, w, h)
+}
+
+/// What ffmpeg's MJPEG decoders said at warning level or above, from a
+/// `level+trace` log. ffmpeg opens a decoder to probe the stream and another
+/// to decode it (one context address each). The probe skips the scan and, for
+/// a scan with at most one stuffed byte, steps past the EOI marker and warns
+/// "EOI missing, emulating": ffmpeg 5.1 does so for files of its own MJPEG
+/// encoder too (seen with `-c:v mjpeg` at 34x18). That one message from a
+/// decoder that decoded no scan is not the stream's fault; anything else is,
+/// and so is a decoder that decoded the scan without reaching EOI.
+fn ffmpeg_decoder_problems(log: &str) -> Vec<String> {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Decoder<'a> {
+        decoded_scan: bool,
+        reached_eoi: bool,
+        said: Vec<&'a str>,
+    }
+    let mut decoders: BTreeMap<&str, Decoder<'_>> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for line in log.lines() {
+        // "[mjpeg @ 0x55…] [debug] marker=d9 …", or "[error] …" without a context.
+        let (context, rest) = match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+            Some((ctx, rest)) if ctx.contains(" @ ") => (Some(ctx), rest),
+            _ => (None, line),
+        };
+        let Some((level, message)) = rest.strip_prefix('[').and_then(|r| r.split_once("] ")) else {
+            continue;
+        };
+        let decoder = context.and_then(|c| c.strip_prefix("mjpeg @ "));
+        let is_problem = matches!(level, "warning" | "error" | "fatal" | "panic");
+        match decoder {
+            Some(addr) => {
+                let d = decoders.entry(addr).or_default();
+                d.decoded_scan |= message.starts_with("component: ");
+                d.reached_eoi |= message.starts_with("marker=d9");
+                if is_problem {
+                    d.said.push(message);
+                }
+            }
+            None if is_problem => problems.push(line.to_string()),
+            None => {}
+        }
+    }
+    for (addr, d) in &decoders {
+        if d.decoded_scan && !d.reached_eoi {
+            problems.push(format!("decoder {addr} decoded the scan but never reached EOI"));
+        }
+        for said in &d.said {
+            let probe_quirk = !d.decoded_scan && *said == "EOI missing, emulating";
+            if !probe_quirk {
+                problems.push(format!("decoder {addr}: {said}"));
+            }
+        }
+    }
+    if !decoders.values().any(|d| d.decoded_scan) {
+        problems.push("no decoder decoded the scan".into());
+    }
+    problems
+}
+
+#[test]
+fn the_ffmpeg_check_passes_the_probe_quirk_and_fails_a_broken_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |jpeg: &[u8]| {
+        let path = dir.path().join("c.jpg");
+        std::fs::write(&path, jpeg).unwrap();
+        let out = Command::new("ffmpeg")
+            .args(["-loglevel", "level+trace", "-i"])
+            .arg(&path)
+            .args(["-f", "null", "-"])
+            .output()
+            .expect("ffmpeg is installed");
+        ffmpeg_decoder_problems(&String::from_utf8_lossy(&out.stderr))
+    };
+    // ffmpeg's own encoder: a 34x18 frame whose scan has no stuffed byte, the
+    // case in which ffmpeg's probe warns.
+    let reference = dir.path().join("ref.jpg");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "cellauto=s=34x18:rule=2,format=yuvj420p"])
+        .args(["-frames:v", "1", "-q:v", "12"])
+        .arg(&reference)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let good = std::fs::read(&reference).unwrap();
+    assert_eq!(check(&good), Vec::<String>::new());
+    // The same file cut inside its scan: the decoder warns or errs.
+    let mut cut = good[..good.len() - 12].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+    assert!(!check(&cut).is_empty(), "a truncated scan passed the check");
 }
 
 /// The file as RGBA through ffmpeg, which must print no error.
@@ -262,7 +345,7 @@ fn gpu_entropy_equals_the_cpu_coder_on_every_template() {
                 assert_eq!(gpu.nonzero_ac, cpu.nonzero_ac, "{case}: non-zero AC count");
                 assert!(gpu.data == cpu.data, "{case}: GPU and CPU entropy coders wrote different files");
                 // What both decoders see is the frame, not a stream that went astray.
-                let p = psnr(&rgba, &decode_ffmpeg_checked(&gpu.data, w, h, false));
+                let p = psnr(&rgba, &decode_ffmpeg(&gpu.data, w, h));
                 let z = psnr(&rgba, &decode_image(&gpu.data));
                 let reference = psnr(&rgba, &decode_image(&reference_jpeg(&rgba, w, h, quality)));
                 eprintln!(
