@@ -278,6 +278,11 @@ fn synthetic_coefficients(grid: McuGrid, ac: i32, seed: u32) -> Vec<i16> {
 /// Codes `coeffs` with the GPU entropy passes alone (coefficients uploaded,
 /// not rendered): the scan, or `None` when a segment outgrew its scratch.
 fn gpu_scan(coeffs: &[i16], grid: McuGrid) -> Option<CodedScan> {
+    let cap_words = u32::from(grid.restart_interval()) * COEFFS_PER_MCU as u32 / 2;
+    gpu_scan_with_scratch(coeffs, grid, cap_words)
+}
+
+fn gpu_scan_with_scratch(coeffs: &[i16], grid: McuGrid, cap_words: u32) -> Option<CodedScan> {
     use wgpu::util::DeviceExt;
     let ctx = entropy_ctx();
     let buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -285,7 +290,7 @@ fn gpu_scan(coeffs: &[i16], grid: McuGrid) -> Option<CodedScan> {
         contents: bytemuck::cast_slice(coeffs),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     });
-    let entropy = GpuEntropy::new(ctx, &buffer, grid);
+    let entropy = GpuEntropy::with_scratch(ctx, &buffer, grid, cap_words);
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
@@ -299,40 +304,51 @@ fn gpu_scan(coeffs: &[i16], grid: McuGrid) -> Option<CodedScan> {
 #[test]
 fn gpu_entropy_codes_coefficients_as_the_cpu_coder_does() {
     // Odd sizes, one MCU, a short last segment, 1080p and 4K (4050 segments).
+    let mut stuffed = 0;
     for (w, h) in [(1, 1), (16, 16), (33, 17), (100, 50), (1000, 8), (1920, 1080), (3840, 2160)] {
         let grid = McuGrid::new(w, h);
         let coeffs = synthetic_coefficients(grid, 200, w * 31 + h);
-        let want = huffman::encode_scan(&coeffs, grid, 3);
+        let (tables, want) = huffman::encode_optimal(&coeffs, grid, 3);
         let got = gpu_scan(&coeffs, grid).unwrap_or_else(|| panic!("{w}x{h}: the GPU coder overflowed"));
+        assert!(got.dht == tables.dht(), "{w}x{h}: the GPU built other tables than the CPU");
         let nonzero: u64 = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
         assert_eq!(got.nonzero_ac, nonzero, "{w}x{h}: non-zero AC count");
         assert_eq!(got.scan.len(), want.len(), "{w}x{h}: scan length");
         assert!(got.scan == want, "{w}x{h}: the GPU scan differs from the CPU's");
-        assert!(want.windows(2).any(|p| p == [0xFF, 0x00]), "{w}x{h}: no stuffed byte exercised");
+        stuffed += want.windows(2).filter(|p| p == &[0xFF, 0x00]).count();
         if w * h <= 100 * 50 {
-            decode_ffmpeg(&tessera_worker::encode::jpeg::jfif::write_jpeg(&got.scan, grid, 75), w, h);
+            decode_ffmpeg(&tessera_worker::encode::jpeg::jfif::write_jpeg(&got.scan, grid, 75, &got.dht), w, h);
         }
     }
+    assert!(stuffed > 100, "only {stuffed} stuffed bytes exercised");
 }
 
 #[test]
 fn a_segment_that_outgrows_the_gpu_coder_is_reported_not_truncated() {
-    // Every coefficient at its largest magnitude: more bytes than i16s.
+    // Tables made for the frame code even every coefficient at its largest
+    // magnitude in fewer bytes than its i16s; 16 bytes of scratch per
+    // segment are too few for these, at any table.
     let grid = McuGrid::new(64, 32);
     let coeffs: Vec<i16> =
         (0..grid.mcu_count() * COEFFS_PER_MCU).map(|i| if i % 2 == 0 { 1023 } else { -1023 }).collect();
-    assert_eq!(gpu_scan(&coeffs, grid), None);
+    assert_eq!(gpu_scan_with_scratch(&coeffs, grid, 4), None);
+    // With room, the same coefficients code as on the CPU.
+    let (tables, scan) = huffman::encode_optimal(&coeffs, grid, 2);
+    let coded = gpu_scan(&coeffs, grid).expect("room enough");
+    assert!(coded.scan == scan && coded.dht == tables.dht());
 }
 
 #[test]
 fn gpu_entropy_equals_the_cpu_coder_on_every_template() {
     let ctx = entropy_ctx();
     for template in ["orbit", "pedestal", "dunes"] {
-        for (w, h) in [(64, 36), (34, 18), (98, 70)] {
+        // Odd sizes, and 4K in 2x2 tiles.
+        for (w, h) in [(64, 36), (34, 18), (98, 70), (3840, 2160)] {
             for quality in [50u8, 95] {
+                let tiles = if w >= 1000 { 2 } else { 1 };
                 let spec = spec(serde_json::json!({
                     "template": template, "resolution": {"width": w, "height": h}, "fps": 24,
-                    "quality": quality, "seed": 3,
+                    "tiles": {"cols": tiles, "rows": tiles, "overlap_px": 16}, "quality": quality, "seed": 3,
                 }));
                 let mut r = FrameRenderer::new(ctx, spec.render_plan()).unwrap();
                 let rgba = r.render_frame(5, Readback::Rgba8).unwrap().data;

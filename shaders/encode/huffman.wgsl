@@ -1,6 +1,14 @@
 // Baseline Huffman coding on the GPU, after the JPEG pass (shaders/encode/jpeg.wgsl),
-// as GPUJPEG does it: only the finished scan leaves the device.
+// as GPUJPEG does it, with tables made for each frame: only the tables and the
+// finished scan leave the device.
 //
+// 0. `count_segments`: one invocation per restart segment walks its blocks as
+//    `code_segments` does, counting symbols instead of coding them (a
+//    histogram per workgroup, added into `tables[0..SYMBOLS]`).
+//    `build_tables`: one workgroup per table makes the optimal code from the
+//    counts (worker/src/encode/jpeg/optimal.rs is the reference, step for
+//    step), writes every symbol's code to `codes` and the table as DHT stores
+//    it (symbol count, counts per length, symbols) to `tables`.
 // 1. `code_segments`: one invocation per restart segment (`restart` MCUs; DC
 //    prediction starts from zero in each) codes its blocks MSB first, stuffs a
 //    zero byte after every 0xFF, pads the last byte with 1-bits, and writes
@@ -9,26 +17,35 @@
 //    AC coefficients to `sizes[segments + seg]`.
 // 2. `place_segments`: one workgroup prefix-sums the sizes, each segment after
 //    the first preceded by its RST marker (2 bytes), into `offsets`; writes the
-//    scan's length (or OVERFLOW) to `scan[0]`, the frame's non-zero AC
-//    coefficients to `scan[1]` and the compaction's dispatch size.
-// 3. `compact`: one invocation per word of the scan gathers its four bytes
-//    (markers and segment bytes) into `scan[2..]`.
+//    length of what is read back (DHT body and scan; or OVERFLOW) to
+//    `scan[0]`, the frame's non-zero AC coefficients to `scan[1]`, the DHT
+//    body's length to `scan[2]` and the compaction's dispatch size; and
+//    clears the counts for the next frame.
+// 3. `compact`: one invocation per word gathers its four bytes (the DHT body,
+//    then markers and segment bytes) into `scan[3..]`.
 // The CPU coder in worker/src/encode/jpeg/huffman.rs writes the same bytes.
 
 @group(0) @binding(0) var<uniform> hu: HuffmanUniforms;
 @group(0) @binding(1) var<storage, read> coeffs: array<u32>;
 // Code | length << 16 per symbol: DC luma [0, 12), DC chroma [12, 24),
-// AC luma [24, 280), AC chroma [280, 536).
-@group(0) @binding(2) var<storage, read> codes: array<u32>;
+// AC luma [24, 280), AC chroma [280, 536); written by `build_tables`.
+@group(0) @binding(2) var<storage, read_write> codes: array<u32>;
 @group(0) @binding(3) var<storage, read_write> scratch: array<u32>;
 @group(0) @binding(4) var<storage, read_write> sizes: array<u32>;
 @group(0) @binding(5) var<storage, read_write> offsets: array<u32>;
 @group(0) @binding(6) var<storage, read_write> scan: array<u32>;
 @group(0) @binding(7) var<storage, read_write> dispatch: array<u32>;
+// The frame's symbol counts (indexed as `codes`), then per table
+// TABLE_WORDS words: its symbol count, its code counts per length 1..16 and
+// its symbols, so that word `q` of a table is byte `q` of its DHT entry.
+@group(0) @binding(8) var<storage, read_write> tables: array<atomic<u32>>;
 
 const OVERFLOW: u32 = 0xffffffffu;
 const AC_BASE: u32 = 24u;
 const COMPACT_GROUP: u32 = 64u;
+const SYMBOLS: u32 = 536u;
+const TABLE_WORDS: u32 = 273u;
+const HEADER_WORDS: u32 = 3u;
 
 // The bit writer of one segment.
 struct Writer {
@@ -81,6 +98,24 @@ fn put_code(entry: u32) {
     put(entry & 0xffffu, entry >> 16u);
 }
 
+// Whether this invocation walks its segment to count symbols or to code them.
+var<private> counting: bool;
+var<workgroup> group_counts: array<atomic<u32>, 536>;
+
+fn symbol(index: u32) {
+    if counting {
+        atomicAdd(&group_counts[index], 1u);
+    } else {
+        put_code(codes[index]);
+    }
+}
+
+fn extra(value: u32, len: u32) {
+    if !counting {
+        put(value, len);
+    }
+}
+
 fn category(v: i32) -> u32 {
     return 32u - countLeadingZeros(u32(abs(v)));
 }
@@ -100,9 +135,9 @@ fn code_block(block: u32, prev_dc: i32, table: u32) -> i32 {
     let dc = coefficient(block, 0u);
     let diff = dc - prev_dc;
     let cat = category(diff);
-    put_code(codes[table * 12u + cat]);
+    symbol(table * 12u + cat);
     if cat > 0u {
-        put(extra_bits(diff, cat), cat);
+        extra(extra_bits(diff, cat), cat);
     }
     let ac = AC_BASE + table * 256u;
     var run = 0u;
@@ -114,18 +149,196 @@ fn code_block(block: u32, prev_dc: i32, table: u32) -> i32 {
         }
         nonzero += 1u;
         while run > 15u {
-            put_code(codes[ac + 0xf0u]);
+            symbol(ac + 0xf0u);
             run -= 16u;
         }
         let c = category(v);
-        put_code(codes[ac + ((run << 4u) | c)]);
-        put(extra_bits(v, c), c);
+        symbol(ac + ((run << 4u) | c));
+        extra(extra_bits(v, c), c);
         run = 0u;
     }
     if run > 0u {
-        put_code(codes[ac]);
+        symbol(ac);
     }
     return dc;
+}
+
+// Walks segment `seg`'s blocks; DC prediction starts from zero.
+fn walk_segment(seg: u32) {
+    var pred = array<i32, 3>(0, 0, 0);
+    let first = seg * hu.restart;
+    let last = min(first + hu.restart, hu.mcu_count);
+    for (var mcu = first; mcu < last; mcu++) {
+        for (var b = 0u; b < 6u; b++) {
+            let comp = select(0u, b - 3u, b > 3u);
+            pred[comp] = code_block(mcu * 6u + b, pred[comp], select(0u, 1u, comp > 0u));
+        }
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn count_segments(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    for (var i = li; i < SYMBOLS; i += 64u) {
+        atomicStore(&group_counts[i], 0u);
+    }
+    workgroupBarrier();
+    counting = true;
+    if gid.x < hu.segments {
+        walk_segment(gid.x);
+    }
+    workgroupBarrier();
+    for (var i = li; i < SYMBOLS; i += 64u) {
+        let n = atomicLoad(&group_counts[i]);
+        if n > 0u {
+            atomicAdd(&tables[i], n);
+        }
+    }
+}
+
+// The optimal code of one table (workgroup `t`: DC luma, DC chroma, AC luma,
+// AC chroma), as `HuffmanTable::optimal` makes it.
+var<workgroup> bt_count: array<u32, 257>;
+var<workgroup> bt_leaf: array<u32, 257>;
+var<workgroup> bt_leaf_parent: array<u32, 257>;
+var<workgroup> bt_node: array<u32, 256>;
+var<workgroup> bt_node_parent: array<u32, 256>;
+var<workgroup> bt_depth: array<u32, 257>;
+var<workgroup> bt_bits: array<u32, 257>;
+var<workgroup> bt_values: array<u32, 256>;
+var<workgroup> bt_leaves: atomic<u32>;
+var<workgroup> bt_used: atomic<u32>;
+
+@compute @workgroup_size(256, 1, 1)
+fn build_tables(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    if li == 0u {
+        atomicStore(&bt_leaves, 0u);
+        atomicStore(&bt_used, 0u);
+    }
+    workgroupBarrier();
+    let t = wid.x;
+    let n = select(256u, 12u, t < 2u);
+    let base = select(AC_BASE + (t - 2u) * 256u, t * 12u, t < 2u);
+    // Counts of the leaves: the symbols, and the reserved symbol `n` once.
+    for (var s = li; s <= n; s += 256u) {
+        var c = 1u;
+        if s < n {
+            c = atomicLoad(&tables[base + s]);
+        }
+        bt_count[s] = c;
+        bt_depth[s] = 0u;
+        if s < n && c > 0u {
+            atomicStore(&bt_used, 1u);
+        }
+    }
+    for (var i = li; i < 257u; i += 256u) {
+        bt_bits[i] = 0u;
+    }
+    workgroupBarrier();
+    if li == 0u && atomicLoad(&bt_used) == 0u {
+        bt_count[0] = 1u; // a table no symbol uses still gets a code
+    }
+    workgroupBarrier();
+    // Leaves sorted by (count, symbol): each finds its rank.
+    for (var s = li; s <= n; s += 256u) {
+        let c = bt_count[s];
+        if c > 0u {
+            var rank = 0u;
+            for (var o = 0u; o <= n; o++) {
+                let d = bt_count[o];
+                if d > 0u && (d < c || (d == c && o < s)) {
+                    rank += 1u;
+                }
+            }
+            bt_leaf[rank] = s;
+            atomicAdd(&bt_leaves, 1u);
+        }
+    }
+    workgroupBarrier();
+    let l = atomicLoad(&bt_leaves);
+    if li == 0u {
+        // Two-queue merge, a leaf winning ties.
+        var next_leaf = 0u;
+        var next_node = 0u;
+        for (var k = 0u; k + 1u < l; k++) {
+            bt_node[k] = 0u;
+            for (var pick = 0u; pick < 2u; pick++) {
+                if next_leaf < l && (next_node == k || bt_count[bt_leaf[next_leaf]] <= bt_node[next_node]) {
+                    bt_leaf_parent[next_leaf] = k;
+                    bt_node[k] += bt_count[bt_leaf[next_leaf]];
+                    next_leaf += 1u;
+                } else {
+                    bt_node_parent[next_node] = k;
+                    bt_node[k] += bt_node[next_node];
+                    next_node += 1u;
+                }
+            }
+        }
+        // Node depths (over the weights, no longer needed); the root is last.
+        bt_node[l - 2u] = 0u;
+        for (var k = l - 2u; k > 0u; k--) {
+            bt_node[k - 1u] = bt_node[bt_node_parent[k - 1u]] + 1u;
+        }
+        for (var r = 0u; r < l; r++) {
+            let d = bt_node[bt_leaf_parent[r]] + 1u;
+            bt_depth[bt_leaf[r]] = d;
+            bt_bits[d] += 1u;
+        }
+        // Annex K.3: no code longer than 16 bits; then the reserved code goes.
+        for (var i = 256u; i > 16u; i--) {
+            while bt_bits[i] > 0u {
+                var j = i - 2u;
+                while bt_bits[j] == 0u {
+                    j -= 1u;
+                }
+                bt_bits[i] -= 2u;
+                bt_bits[i - 1u] += 1u;
+                bt_bits[j + 1u] += 2u;
+                bt_bits[j] -= 1u;
+            }
+        }
+        var longest = 16u;
+        while bt_bits[longest] == 0u {
+            longest -= 1u;
+        }
+        bt_bits[longest] -= 1u;
+    }
+    workgroupBarrier();
+    // The symbols in code order: by (depth, symbol).
+    for (var s = li; s < n; s += 256u) {
+        let c = bt_count[s];
+        if c > 0u {
+            let d = bt_depth[s];
+            var rank = 0u;
+            for (var o = 0u; o < n; o++) {
+                let e = bt_depth[o];
+                if bt_count[o] > 0u && (e < d || (e == d && o < s)) {
+                    rank += 1u;
+                }
+            }
+            bt_values[rank] = s;
+        }
+    }
+    workgroupBarrier();
+    if li == 0u {
+        let out = SYMBOLS + t * TABLE_WORDS;
+        atomicStore(&tables[out], l - 1u);
+        for (var s = 0u; s < n; s++) {
+            codes[base + s] = 0u;
+        }
+        var code = 0u;
+        var k = 0u;
+        for (var len = 1u; len <= 16u; len++) {
+            atomicStore(&tables[out + len], bt_bits[len]);
+            for (var i = 0u; i < bt_bits[len]; i++) {
+                let s = bt_values[k];
+                codes[base + s] = code | (len << 16u);
+                atomicStore(&tables[out + 17u + k], s);
+                code += 1u;
+                k += 1u;
+            }
+            code <<= 1u;
+        }
+    }
 }
 
 @compute @workgroup_size(64, 1, 1)
@@ -136,15 +349,8 @@ fn code_segments(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     w = Writer(0u, 0u, 0u, 0u, seg * hu.cap_words, false);
     nonzero = 0u;
-    var pred = array<i32, 3>(0, 0, 0);
-    let first = seg * hu.restart;
-    let last = min(first + hu.restart, hu.mcu_count);
-    for (var mcu = first; mcu < last; mcu++) {
-        for (var b = 0u; b < 6u; b++) {
-            let comp = select(0u, b - 3u, b > 3u);
-            pred[comp] = code_block(mcu * 6u + b, pred[comp], select(0u, 1u, comp > 0u));
-        }
-    }
+    counting = false;
+    walk_segment(seg);
     if w.bits > 0u {
         let pad = 8u - w.bits;
         put((1u << pad) - 1u, pad);
@@ -207,17 +413,50 @@ fn place_segments(@builtin(local_invocation_index) li: u32) {
             at += span(i);
         }
     }
+    // The counts are spent: clear them for the next frame.
+    for (var i = li; i < SYMBOLS; i += SCAN_THREADS) {
+        atomicStore(&tables[i], 0u);
+    }
     if li == SCAN_THREADS - 1u {
         let total = partial[li];
         offsets[n] = total;
         let failed = atomicLoad(&overflowed) != 0u;
-        scan[0] = select(total, OVERFLOW, failed);
+        let dht = dht_bytes();
+        let payload = dht + total;
+        scan[0] = select(payload, OVERFLOW, failed);
         scan[1] = atomicLoad(&nonzero_total);
-        let groups = select((total + 4u * COMPACT_GROUP - 1u) / (4u * COMPACT_GROUP), 0u, failed);
+        scan[2] = dht;
+        let groups = select((payload + 4u * COMPACT_GROUP - 1u) / (4u * COMPACT_GROUP), 0u, failed);
         dispatch[0] = min(groups, 65535u);
         dispatch[1] = (groups + 65534u) / 65535u;
         dispatch[2] = 1u;
     }
+}
+
+// Bytes of the DHT segment's body: per table, its class and id, 16 counts, its symbols.
+fn dht_bytes() -> u32 {
+    var bytes = 0u;
+    for (var t = 0u; t < 4u; t++) {
+        bytes += 17u + atomicLoad(&tables[SYMBOLS + t * TABLE_WORDS]);
+    }
+    return bytes;
+}
+
+// Byte `p` of the DHT segment's body.
+fn dht_byte(p: u32) -> u32 {
+    var q = p;
+    for (var t = 0u; t < 4u; t++) {
+        let at = SYMBOLS + t * TABLE_WORDS;
+        let len = 17u + atomicLoad(&tables[at]);
+        if q < len {
+            if q == 0u {
+                return ((t >> 1u) << 4u) | (t & 1u); // class (DC 0, AC 1) and id (luma 0, chroma 1)
+            }
+            return atomicLoad(&tables[at + q]);
+        }
+        q -= len;
+    }
+    return 0u;
 }
 
 // The segment holding scan byte `p`: the last `i` with offsets[i] <= p.
@@ -247,10 +486,19 @@ fn scan_byte(p: u32) -> u32 {
     return (scratch[i * hu.cap_words + local / 4u] >> (8u * (local % 4u))) & 0xffu;
 }
 
+// Byte `p` of what is read back: the DHT body, then the scan.
+fn payload_byte(p: u32, dht: u32) -> u32 {
+    if p < dht {
+        return dht_byte(p);
+    }
+    return scan_byte(p - dht);
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn compact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let word = (wid.x + wid.y * 65535u) * COMPACT_GROUP + li;
-    let total = offsets[hu.segments];
+    let dht = scan[2];
+    let total = dht + offsets[hu.segments];
     if word * 4u >= total {
         return;
     }
@@ -258,8 +506,8 @@ fn compact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     for (var j = 0u; j < 4u; j++) {
         let p = word * 4u + j;
         if p < total {
-            out |= scan_byte(p) << (8u * j);
+            out |= payload_byte(p, dht) << (8u * j);
         }
     }
-    scan[2u + word] = out;
+    scan[HEADER_WORDS + word] = out;
 }

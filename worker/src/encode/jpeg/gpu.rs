@@ -134,7 +134,7 @@ impl JpegPass {
         let mut readback_bytes = 0;
         if let Some(entropy) = &self.entropy {
             if let Some(coded) = entropy.read(ctx, after)? {
-                let data = write_jpeg(&coded.scan, self.grid, self.quality);
+                let data = write_jpeg(&coded.scan, self.grid, self.quality, &coded.dht);
                 return Ok(EncodedJpeg { data, nonzero_ac: coded.nonzero_ac, readback_bytes: coded.readback_bytes });
             }
             tracing::warn!(grid = ?self.grid, "a restart segment outgrew the GPU entropy coder; coding the frame on the CPU");
@@ -155,8 +155,8 @@ impl JpegPass {
     ) -> Result<EncodedJpeg, GpuError> {
         let coeffs = self.read(ctx, after)?;
         let nonzero_ac = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
-        let scan = huffman::encode_scan(&coeffs, self.grid, huffman::default_threads());
-        let data = write_jpeg(&scan, self.grid, self.quality);
+        let (tables, scan) = huffman::encode_optimal(&coeffs, self.grid, huffman::default_threads());
+        let data = write_jpeg(&scan, self.grid, self.quality, &tables.dht());
         Ok(EncodedJpeg { data, nonzero_ac, readback_bytes: readback_bytes + self.coeffs.size() })
     }
 }

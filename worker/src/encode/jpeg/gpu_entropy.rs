@@ -1,16 +1,18 @@
 //! The GPU half of entropy coding (shaders/encode/huffman.wgsl): the JPEG
-//! pass's coefficients are Huffman-coded on the device, one restart segment
+//! pass's symbols are counted, optimal tables built from the counts and the
+//! coefficients Huffman-coded with them on the device, one restart segment
 //! per invocation, placed by a prefix sum and compacted with their RST
-//! markers, so only the finished scan (and two header words) is read back.
-//! [`super::huffman`] is the reference: the same bytes for the same
-//! coefficients, and the fallback for a frame whose segment outgrows its
-//! scratch (never seen on real pictures; the frame is then coded on the CPU).
+//! markers, so only the tables (the DHT body), the finished scan and three
+//! header words are read back. [`super::huffman`] and [`super::optimal`] are
+//! the reference: the same bytes for the same coefficients, and the fallback
+//! for a frame whose segment outgrows its scratch (never seen on real
+//! pictures; the frame is then coded on the CPU).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytemuck::{Pod, Zeroable};
 
-use super::tables::{HuffmanCodes, AC_CHROMA, AC_LUMA, DC_CHROMA, DC_LUMA};
+use super::optimal::SYMBOLS;
 use super::{McuGrid, COEFFS_PER_MCU};
 use crate::gpu::binding::{layout, module, pipeline, storage_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
@@ -29,8 +31,13 @@ const _: () = assert!(size_of::<HuffmanUniforms>() == 16);
 
 /// What `scan[0]` holds when a segment outgrew its scratch.
 const OVERFLOW: u32 = u32::MAX;
-/// Header words before the scan: its length in bytes, the non-zero AC count.
-const HEADER_WORDS: u64 = 2;
+/// Header words before what is read back: its length in bytes (DHT body and
+/// scan), the non-zero AC count, the DHT body's length.
+const HEADER_WORDS: u64 = 3;
+/// Words per table after the counts in the `tables` buffer (see the shader).
+const TABLE_WORDS: u64 = 273;
+/// Tables of a frame: DC and AC, luma and chroma.
+const TABLES: u32 = 4;
 /// Invocations per workgroup of `code_segments`.
 const CODE_GROUP: u32 = 64;
 
@@ -54,20 +61,11 @@ impl Entropy {
     }
 }
 
-/// The standard tables as the shader reads them: code | length << 16 per
-/// symbol, DC luma, DC chroma (12 each), AC luma, AC chroma (256 each).
-pub fn code_table() -> Vec<u32> {
-    let mut out = Vec::with_capacity(536);
-    for (spec, n) in [(DC_LUMA, 12), (DC_CHROMA, 12), (AC_LUMA, 256), (AC_CHROMA, 256)] {
-        let c = HuffmanCodes::new(&spec);
-        out.extend((0..n).map(|s| u32::from(c.code[s]) | (u32::from(c.len[s]) << 16)));
-    }
-    out
-}
-
-/// A frame's scan as the GPU coded it.
+/// A frame's scan as the GPU coded it, and its tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodedScan {
+    /// The DHT segment's body ([`super::optimal::FrameTables::dht`]).
+    pub dht: Vec<u8>,
     pub scan: Vec<u8>,
     /// Non-zero AC coefficients of the frame (the blank-frame gate).
     pub nonzero_ac: u64,
@@ -78,6 +76,8 @@ pub struct CodedScan {
 /// The entropy passes of one frame size, over the JPEG pass's coefficients.
 #[derive(Debug)]
 pub struct GpuEntropy {
+    count: std::sync::Arc<wgpu::ComputePipeline>,
+    build: std::sync::Arc<wgpu::ComputePipeline>,
     code: std::sync::Arc<wgpu::ComputePipeline>,
     place: std::sync::Arc<wgpu::ComputePipeline>,
     compact: std::sync::Arc<wgpu::ComputePipeline>,
@@ -94,42 +94,57 @@ pub struct GpuEntropy {
 }
 
 impl GpuEntropy {
+    /// The passes for `grid`, each segment given as many bytes of scratch as
+    /// its coefficients take (i16 each): more than any picture codes to, even
+    /// with the standard tables; noise past it falls back to the CPU.
     pub fn new(ctx: &GpuContext, coeffs: &wgpu::Buffer, grid: McuGrid) -> Self {
+        let cap_words = u32::from(grid.restart_interval()) * (COEFFS_PER_MCU as u32) / 2;
+        Self::with_scratch(ctx, coeffs, grid, cap_words)
+    }
+
+    /// The passes with `cap_words` words of scratch per segment.
+    pub fn with_scratch(ctx: &GpuContext, coeffs: &wgpu::Buffer, grid: McuGrid, cap_words: u32) -> Self {
         let entries = [
             uniform_entry(0),
             storage_entry(1, true),
-            storage_entry(2, true),
+            storage_entry(2, false),
             storage_entry(3, false),
             storage_entry(4, false),
             storage_entry(5, false),
             storage_entry(6, false),
             storage_entry(7, false),
+            storage_entry(8, false),
         ];
-        // The compaction is dispatched from `dispatch`: its bind group must not
-        // hold that buffer writable (one usage per buffer in a dispatch).
-        let layouts = [layout(ctx, "huffman", &entries), layout(ctx, "huffman compact", &entries[..7])];
+        // The compaction is dispatched from `dispatch` (binding 7): its bind
+        // group must not hold that buffer writable (one usage per buffer in a
+        // dispatch).
+        let without_dispatch = |e: &[wgpu::BindGroupLayoutEntry]| -> Vec<wgpu::BindGroupLayoutEntry> {
+            e.iter().filter(|e| e.binding != 7).copied().collect()
+        };
+        let layouts = [layout(ctx, "huffman", &entries), layout(ctx, "huffman compact", &without_dispatch(&entries))];
         let make = |entry: &'static str, l: usize| {
             ctx.cached(&format!("encode/huffman/{entry}"), || {
                 let module = module(&ctx.device, "huffman", &compose(&[COMMON, HUFFMAN]));
                 pipeline(ctx, &layouts[l], &module, entry)
             })
         };
+        let (count, build) = (make("count_segments", 0), make("build_tables", 0));
         let (code, place, compact) = (make("code_segments", 0), make("place_segments", 0), make("compact", 1));
         let restart = u32::from(grid.restart_interval());
         let mcus = grid.mcu_count() as u32;
         let segments = mcus.div_ceil(restart);
-        // A segment may take as many bytes as its coefficients do (i16 each):
-        // far more than any picture codes to; noise past it falls back to the CPU.
-        let cap_words = restart * (COEFFS_PER_MCU as u32) / 2;
         let scratch_words = u64::from(segments) * u64::from(cap_words);
-        let scan_words = HEADER_WORDS + scratch_words + u64::from(segments);
+        // Header, the DHT body (at most 4 × 273 bytes) and the scan (its
+        // segments' scratch and their RST markers).
+        let scan_words = HEADER_WORDS + u64::from(TABLES) * TABLE_WORDS / 4 + 1 + scratch_words + u64::from(segments);
         let usage = wgpu::BufferUsages::STORAGE;
         let u = HuffmanUniforms { mcu_count: mcus, restart, segments, cap_words };
         let uniforms = buffer(ctx, "huffman uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         ctx.queue.write_buffer(&uniforms, 0, bytemuck::bytes_of(&u));
-        let table = code_table();
-        let codes = buffer(ctx, "huffman codes", (table.len() * 4) as u64, usage | wgpu::BufferUsages::COPY_DST);
-        ctx.queue.write_buffer(&codes, 0, bytemuck::cast_slice(&table));
+        let codes = buffer(ctx, "huffman codes", (SYMBOLS * 4) as u64, usage);
+        // Counts start at zero (buffers are created zeroed); each frame's
+        // `place_segments` clears them for the next.
+        let tables = buffer(ctx, "huffman tables", (SYMBOLS as u64 + u64::from(TABLES) * TABLE_WORDS) * 4, usage);
         let scratch = buffer(ctx, "huffman scratch", scratch_words * 4, usage);
         let sizes = buffer(ctx, "huffman sizes", u64::from(segments) * 8, usage);
         let offsets = buffer(ctx, "huffman offsets", (u64::from(segments) + 1) * 4, usage);
@@ -141,7 +156,7 @@ impl GpuEntropy {
             scan_words * 4,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         );
-        let bound = [&uniforms, coeffs, &codes, &scratch, &sizes, &offsets, &scan, &dispatch];
+        let bound = [&uniforms, coeffs, &codes, &scratch, &sizes, &offsets, &scan, &dispatch, &tables];
         let entries: Vec<wgpu::BindGroupEntry<'_>> = bound
             .iter()
             .enumerate()
@@ -155,13 +170,15 @@ impl GpuEntropy {
         let compact_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("huffman compact"),
             layout: &compact.get_bind_group_layout(0),
-            entries: &entries[..7],
+            entries: &entries.iter().filter(|e| e.binding != 7).cloned().collect::<Vec<_>>(),
         });
         // The first frame's copy: a quarter of a byte per coefficient, about
         // what a detailed frame at quality 95 codes to; later frames follow
         // the one before.
         let first = (HEADER_WORDS * 4 + grid.mcu_count() as u64 * COEFFS_PER_MCU as u64 / 4).min(scan_words * 4);
         Self {
+            count,
+            build,
             code,
             place,
             compact,
@@ -176,9 +193,14 @@ impl GpuEntropy {
         }
     }
 
-    /// Records the three passes, after the JPEG pass, in the same compute pass.
+    /// Records the passes, after the JPEG pass, in the same compute pass:
+    /// count, build the tables, code, place, compact.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_bind_group(0, &self.group, &[]);
+        pass.set_pipeline(&self.count);
+        pass.dispatch_workgroups(self.segments.div_ceil(CODE_GROUP), 1, 1);
+        pass.set_pipeline(&self.build);
+        pass.dispatch_workgroups(TABLES, 1, 1);
         pass.set_pipeline(&self.code);
         pass.dispatch_workgroups(self.segments.div_ceil(CODE_GROUP), 1, 1);
         pass.set_pipeline(&self.place);
@@ -207,7 +229,7 @@ impl GpuEntropy {
         let copied = self.copied.load(Ordering::Relaxed);
         let mut bytes = readback::read_buffer(ctx, &self.readback, copied, after)?;
         let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let (total, nonzero) = (word(0), word(4));
+        let (total, nonzero, dht) = (word(0), word(4), word(8));
         if total == OVERFLOW {
             return Ok(None);
         }
@@ -225,28 +247,17 @@ impl GpuEntropy {
             readback_bytes += needed - copied;
         }
         self.last_bytes.store(needed, Ordering::Relaxed);
+        if dht > total {
+            return Err(GpuError::Readback(format!("the tables claim {dht} of the scan's {total} bytes")));
+        }
         let start = (HEADER_WORDS * 4) as usize;
         bytes.truncate(start + total as usize);
         bytes.drain(..start);
-        Ok(Some(CodedScan { scan: bytes, nonzero_ac: u64::from(nonzero), readback_bytes }))
+        let scan = bytes.split_off(dht as usize);
+        Ok(Some(CodedScan { dht: bytes, scan, nonzero_ac: u64::from(nonzero), readback_bytes }))
     }
 }
 
 fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_code_table_holds_every_symbol_of_the_standard_tables() {
-        let t = code_table();
-        assert_eq!(t.len(), 536);
-        // DC luma category 0: 00 (2 bits); AC luma EOB: 1010 (4 bits); AC chroma ZRL: 1111111010 (10 bits).
-        assert_eq!(t[0], 2 << 16);
-        assert_eq!(t[24], 0b1010 | (4 << 16));
-        assert_eq!(t[280 + 0xf0], 0b11_1111_1010 | (10 << 16));
-    }
 }

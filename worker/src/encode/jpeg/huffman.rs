@@ -1,24 +1,51 @@
-//! Baseline Huffman coding of quantised blocks with the standard tables, one
-//! restart segment of [`super::RESTART_MCUS`] MCUs at a time, segments on
-//! parallel threads: the reference the GPU coder
-//! (shaders/encode/huffman.wgsl) matches byte for byte.
+//! Baseline Huffman coding of quantised blocks, one restart segment of
+//! [`super::RESTART_MCUS`] MCUs at a time, segments on parallel threads: the
+//! reference the GPU coder (shaders/encode/huffman.wgsl) matches byte for
+//! byte. A frame is walked twice, as on the GPU: once to count its symbols
+//! ([`histogram`]), from which [`super::optimal`] makes its tables, and once
+//! to code it with them ([`encode_scan`]).
 
-use std::sync::OnceLock;
-
-use super::tables::{HuffmanCodes, AC_CHROMA, AC_LUMA, DC_CHROMA, DC_LUMA};
+use super::optimal::{FrameTables, SYMBOLS, TABLE_BASE};
 use super::{McuGrid, COEFFS_PER_MCU};
 
-struct Codes {
-    dc: [HuffmanCodes; 2],
-    ac: [HuffmanCodes; 2],
+/// Where a walk over the blocks sends what it finds: a symbol (its index in
+/// the histogram / code table) and a symbol's extra bits.
+trait Sink {
+    fn symbol(&mut self, index: usize);
+    fn extra(&mut self, bits: u32, len: u32);
 }
 
-fn codes() -> &'static Codes {
-    static CODES: OnceLock<Codes> = OnceLock::new();
-    CODES.get_or_init(|| Codes {
-        dc: [HuffmanCodes::new(&DC_LUMA), HuffmanCodes::new(&DC_CHROMA)],
-        ac: [HuffmanCodes::new(&AC_LUMA), HuffmanCodes::new(&AC_CHROMA)],
-    })
+/// Codes symbols with a code table (code | length << 16 per symbol).
+struct Coder<'a> {
+    codes: &'a [u32],
+    out: BitWriter,
+}
+
+impl Sink for Coder<'_> {
+    #[inline]
+    fn symbol(&mut self, index: usize) {
+        let entry = self.codes[index];
+        debug_assert!(entry >> 16 > 0, "symbol {index} has no code in the frame's tables");
+        self.out.put(entry & 0xffff, entry >> 16);
+    }
+
+    #[inline]
+    fn extra(&mut self, bits: u32, len: u32) {
+        self.out.put(bits, len);
+    }
+}
+
+/// Counts symbols.
+struct Counter(Vec<u32>);
+
+impl Sink for Counter {
+    #[inline]
+    fn symbol(&mut self, index: usize) {
+        self.0[index] += 1;
+    }
+
+    #[inline]
+    fn extra(&mut self, _: u32, _: u32) {}
 }
 
 /// Writes bits MSB first, stuffing a zero byte after every 0xFF.
@@ -72,16 +99,16 @@ fn extra_bits(v: i32, cat: u32) -> u32 {
     (bits as u32) & ((1u32 << cat) - 1)
 }
 
-/// Codes one block (64 coefficients, zigzag order); returns its DC for prediction.
-fn encode_block(w: &mut BitWriter, block: &[i16], prev_dc: i32, table: usize) -> i32 {
-    let c = codes();
-    let (dc_codes, ac_codes) = (&c.dc[table], &c.ac[table]);
+/// Walks one block (64 coefficients, zigzag order) with table `table` (0
+/// luma, 1 chroma); returns its DC for prediction.
+fn walk_block(sink: &mut impl Sink, block: &[i16], prev_dc: i32, table: usize) -> i32 {
+    let (dc_base, ac_base) = (TABLE_BASE[table], TABLE_BASE[2 + table]);
     let dc = i32::from(block[0]);
     let diff = dc - prev_dc;
     let cat = category(diff);
-    w.put(u32::from(dc_codes.code[cat as usize]), u32::from(dc_codes.len[cat as usize]));
+    sink.symbol(dc_base + cat as usize);
     if cat > 0 {
-        w.put(extra_bits(diff, cat), cat);
+        sink.extra(extra_bits(diff, cat), cat);
     }
     let mut run = 0u32;
     for &coef in &block[1..] {
@@ -91,36 +118,40 @@ fn encode_block(w: &mut BitWriter, block: &[i16], prev_dc: i32, table: usize) ->
             continue;
         }
         while run > 15 {
-            w.put(u32::from(ac_codes.code[0xF0]), u32::from(ac_codes.len[0xF0]));
+            sink.symbol(ac_base + 0xF0);
             run -= 16;
         }
         let cat = category(v);
-        let sym = ((run << 4) | cat) as usize;
-        w.put(u32::from(ac_codes.code[sym]), u32::from(ac_codes.len[sym]));
-        w.put(extra_bits(v, cat), cat);
+        sink.symbol(ac_base + ((run << 4) | cat) as usize);
+        sink.extra(extra_bits(v, cat), cat);
         run = 0;
     }
     if run > 0 {
-        w.put(u32::from(ac_codes.code[0]), u32::from(ac_codes.len[0]));
+        sink.symbol(ac_base);
     }
     dc
 }
 
-/// Codes restart segment `seg`. DC prediction starts from zero.
-pub fn encode_segment(coeffs: &[i16], grid: McuGrid, seg: usize) -> Vec<u8> {
+/// Walks restart segment `seg`. DC prediction starts from zero.
+fn walk_segment(sink: &mut impl Sink, coeffs: &[i16], grid: McuGrid, seg: usize) {
     let per_segment = usize::from(grid.restart_interval()) * COEFFS_PER_MCU;
     let start = seg * per_segment;
     let end = (start + per_segment).min(grid.mcu_count() * COEFFS_PER_MCU);
-    let mut w = BitWriter::with_capacity(per_segment / 4);
     let mut pred = [0i32; 3];
     for mcu in coeffs[start..end].chunks_exact(COEFFS_PER_MCU) {
         for (k, block) in mcu.chunks_exact(64).enumerate() {
             let comp = k.saturating_sub(3); // 0..3 → Y, 4 → Cb, 5 → Cr
-            let table = usize::from(comp > 0);
-            pred[comp] = encode_block(&mut w, block, pred[comp], table);
+            pred[comp] = walk_block(sink, block, pred[comp], usize::from(comp > 0));
         }
     }
-    w.finish()
+}
+
+/// Codes restart segment `seg` with `codes`, padded to a byte.
+pub fn encode_segment(coeffs: &[i16], grid: McuGrid, seg: usize, codes: &[u32]) -> Vec<u8> {
+    let per_segment = usize::from(grid.restart_interval()) * COEFFS_PER_MCU;
+    let mut coder = Coder { codes, out: BitWriter::with_capacity(per_segment / 4) };
+    walk_segment(&mut coder, coeffs, grid, seg);
+    coder.out.finish()
 }
 
 /// Threads the entropy coder uses by default: every core.
@@ -128,32 +159,70 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Codes the whole scan: segments in parallel, joined with RST0..RST7 markers.
-pub fn encode_scan(coeffs: &[i16], grid: McuGrid, threads: usize) -> Vec<u8> {
-    assert_eq!(coeffs.len(), grid.mcu_count() * COEFFS_PER_MCU, "coefficient count does not match the MCU grid");
+/// Runs `work` over the frame's segments on `threads` threads, a contiguous
+/// run of segments each; the results in segment order.
+fn over_segments<T: Send>(grid: McuGrid, threads: usize, work: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
     let segments = grid.segments();
     let threads = threads.clamp(1, segments);
     let per_thread = segments.div_ceil(threads);
-    let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let first = t * per_thread;
-                let last = ((t + 1) * per_thread).min(segments);
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    for seg in first..last {
-                        if seg > 0 {
-                            out.extend_from_slice(&[0xFF, 0xD0 + ((seg - 1) % 8) as u8]);
-                        }
-                        out.extend(encode_segment(coeffs, grid, seg));
-                    }
-                    out
-                })
+                let range = (t * per_thread)..((t + 1) * per_thread).min(segments);
+                let work = &work;
+                s.spawn(move || work(range))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("entropy thread panicked")).collect()
+    })
+}
+
+fn check_len(coeffs: &[i16], grid: McuGrid) {
+    assert_eq!(coeffs.len(), grid.mcu_count() * COEFFS_PER_MCU, "coefficient count does not match the MCU grid");
+}
+
+/// The frame's symbol counts, indexed as [`super::optimal`]'s tables are.
+pub fn histogram(coeffs: &[i16], grid: McuGrid, threads: usize) -> Vec<u32> {
+    check_len(coeffs, grid);
+    let parts = over_segments(grid, threads, |range| {
+        let mut counter = Counter(vec![0; SYMBOLS]);
+        for seg in range {
+            walk_segment(&mut counter, coeffs, grid, seg);
+        }
+        counter.0
+    });
+    let mut total = vec![0u32; SYMBOLS];
+    for part in parts {
+        for (t, p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    total
+}
+
+/// Codes the whole scan with `tables`: segments in parallel, joined with
+/// RST0..RST7 markers.
+pub fn encode_scan(coeffs: &[i16], grid: McuGrid, threads: usize, tables: &FrameTables) -> Vec<u8> {
+    check_len(coeffs, grid);
+    let codes = tables.code_table();
+    let parts = over_segments(grid, threads, |range| {
+        let mut out = Vec::new();
+        for seg in range {
+            if seg > 0 {
+                out.extend_from_slice(&[0xFF, 0xD0 + ((seg - 1) % 8) as u8]);
+            }
+            out.extend(encode_segment(coeffs, grid, seg, &codes));
+        }
+        out
     });
     parts.concat()
+}
+
+/// A frame's tables made from its own counts, and its scan coded with them.
+pub fn encode_optimal(coeffs: &[i16], grid: McuGrid, threads: usize) -> (FrameTables, Vec<u8>) {
+    let tables = FrameTables::optimal(&histogram(coeffs, grid, threads));
+    let scan = encode_scan(coeffs, grid, threads, &tables);
+    (tables, scan)
 }
 
 #[cfg(test)]
@@ -184,6 +253,8 @@ mod tests {
     fn parallel_scan_equals_serial() {
         let grid = McuGrid::new(100, 70);
         let coeffs: Vec<i16> = (0..grid.mcu_count() * COEFFS_PER_MCU).map(|i| ((i * 7919) % 61) as i16 - 30).collect();
-        assert_eq!(encode_scan(&coeffs, grid, 1), encode_scan(&coeffs, grid, 3));
+        assert_eq!(encode_optimal(&coeffs, grid, 1), encode_optimal(&coeffs, grid, 3));
+        let standard = FrameTables::standard();
+        assert_eq!(encode_scan(&coeffs, grid, 1, &standard), encode_scan(&coeffs, grid, 2, &standard));
     }
 }

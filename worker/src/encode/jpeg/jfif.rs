@@ -1,9 +1,7 @@
 //! The JFIF file around an entropy-coded scan: SOI, APP0, DQT, SOF0 (4:2:0),
-//! DHT with the standard tables, DRI, SOS, the scan, EOI.
+//! DHT with the frame's tables, DRI, SOS, the scan, EOI.
 
-use super::tables::{
-    scaled_quant, HuffmanSpec, AC_CHROMA, AC_LUMA, CHROMA_QUANT, DC_CHROMA, DC_LUMA, LUMA_QUANT, ZIGZAG,
-};
+use super::tables::{scaled_quant, CHROMA_QUANT, LUMA_QUANT, ZIGZAG};
 use super::McuGrid;
 
 fn segment(out: &mut Vec<u8>, marker: u8, body: &[u8]) {
@@ -12,20 +10,16 @@ fn segment(out: &mut Vec<u8>, marker: u8, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
-fn dht(body: &mut Vec<u8>, class_id: u8, spec: &HuffmanSpec) {
-    body.push(class_id);
-    body.extend_from_slice(&spec.bits);
-    body.extend_from_slice(spec.values);
-}
-
 /// Quantisation steps for `quality`, luma then chroma, natural order.
 pub fn quant_tables(quality: u8) -> [[u16; 64]; 2] {
     [scaled_quant(&LUMA_QUANT, quality), scaled_quant(&CHROMA_QUANT, quality)]
 }
 
-/// A complete baseline JPEG from an entropy-coded scan.
-pub fn write_jpeg(scan: &[u8], grid: McuGrid, quality: u8) -> Vec<u8> {
-    let mut out = Vec::with_capacity(scan.len() + 700);
+/// A complete baseline JPEG from an entropy-coded scan and the body of the
+/// DHT segment holding the tables it was coded with
+/// ([`super::optimal::FrameTables::dht`]).
+pub fn write_jpeg(scan: &[u8], grid: McuGrid, quality: u8, dht: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(scan.len() + dht.len() + 300);
     out.extend_from_slice(&[0xFF, 0xD8]);
     segment(&mut out, 0xE0, &[b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0]);
     let mut dqt = Vec::with_capacity(130);
@@ -36,12 +30,7 @@ pub fn write_jpeg(scan: &[u8], grid: McuGrid, quality: u8) -> Vec<u8> {
     segment(&mut out, 0xDB, &dqt);
     let (h, w) = ((grid.height as u16).to_be_bytes(), (grid.width as u16).to_be_bytes());
     segment(&mut out, 0xC0, &[8, h[0], h[1], w[0], w[1], 3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
-    let mut huff = Vec::with_capacity(432);
-    dht(&mut huff, 0x00, &DC_LUMA);
-    dht(&mut huff, 0x10, &AC_LUMA);
-    dht(&mut huff, 0x01, &DC_CHROMA);
-    dht(&mut huff, 0x11, &AC_CHROMA);
-    segment(&mut out, 0xC4, &huff);
+    segment(&mut out, 0xC4, dht);
     segment(&mut out, 0xDD, &grid.restart_interval().to_be_bytes());
     segment(&mut out, 0xDA, &[3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0]);
     out.extend_from_slice(scan);

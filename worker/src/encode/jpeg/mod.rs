@@ -1,15 +1,19 @@
 //! JPEG encoding: the GPU does colour conversion, subsampling, DCT, quantisation
-//! and zigzag ([`gpu::JpegPass`], shaders/encode/jpeg.wgsl), then Huffman-codes
-//! the coefficients, a restart segment of [`RESTART_MCUS`] MCUs per invocation
-//! ([`gpu_entropy`], shaders/encode/huffman.wgsl), so only the compressed scan
-//! is read back; the host wraps it in a baseline JFIF file ([`jfif`]). With
-//! `--entropy cpu` the coefficients (i16) are read back and coded on the CPU
-//! in parallel ([`huffman`], the reference: the same bytes).
+//! and zigzag ([`gpu::JpegPass`], shaders/encode/jpeg.wgsl), counts the
+//! frame's symbols, builds optimal Huffman tables from the counts
+//! ([`optimal`]) and codes the coefficients with them, a restart segment of
+//! [`RESTART_MCUS`] MCUs per invocation ([`gpu_entropy`],
+//! shaders/encode/huffman.wgsl), so only the tables and the compressed scan
+//! are read back; the host wraps them in a baseline JFIF file ([`jfif`]).
+//! With `--entropy cpu` the coefficients (i16) are read back and counted,
+//! tabled and coded on the CPU in parallel ([`huffman`], the reference: the
+//! same bytes).
 
 pub mod gpu;
 pub mod gpu_entropy;
 pub mod huffman;
 pub mod jfif;
+pub mod optimal;
 pub mod tables;
 
 /// Coefficients per MCU: four luma blocks and one block each of Cb and Cr (4:2:0).
@@ -51,8 +55,8 @@ impl McuGrid {
 }
 
 /// Encodes a frame's quantised coefficients (MCU order, zigzag, as the GPU pass
-/// writes them) into a complete JPEG file.
+/// writes them) into a complete JPEG file, with tables made for the frame.
 pub fn encode_coefficients(coeffs: &[i16], grid: McuGrid, quality: u8) -> Vec<u8> {
-    let scan = huffman::encode_scan(coeffs, grid, huffman::default_threads());
-    jfif::write_jpeg(&scan, grid, quality)
+    let (tables, scan) = huffman::encode_optimal(coeffs, grid, huffman::default_threads());
+    jfif::write_jpeg(&scan, grid, quality, &tables.dht())
 }

@@ -89,13 +89,14 @@ pub struct HuffmanCodes {
 }
 
 impl HuffmanCodes {
-    pub fn new(spec: &HuffmanSpec) -> Self {
+    /// The codes of a table given as DHT stores it: counts per length, symbols.
+    pub fn new(bits: &[u8; 16], values: &[u8]) -> Self {
         let mut codes = HuffmanCodes { code: [0; 256], len: [0; 256] };
         let mut code: u16 = 0;
         let mut k = 0;
-        for (i, &count) in spec.bits.iter().enumerate() {
+        for (i, &count) in bits.iter().enumerate() {
             for _ in 0..count {
-                let sym = spec.values[k] as usize;
+                let sym = values[k] as usize;
                 codes.code[sym] = code;
                 codes.len[sym] = i as u8 + 1;
                 code += 1;
@@ -133,10 +134,10 @@ mod tests {
 
     #[test]
     fn standard_codes_are_prefix_free() {
-        let c = HuffmanCodes::new(&AC_LUMA);
+        let c = HuffmanCodes::new(&AC_LUMA.bits, AC_LUMA.values);
         assert_eq!((c.code[0x00], c.len[0x00]), (0b1010, 4)); // EOB
         assert_eq!((c.code[0xf0], c.len[0xf0]), (0b111_1111_1001, 11)); // ZRL
-        let d = HuffmanCodes::new(&DC_LUMA);
+        let d = HuffmanCodes::new(&DC_LUMA.bits, DC_LUMA.values);
         assert_eq!((d.code[0], d.len[0]), (0b00, 2));
     }
 }
