@@ -259,6 +259,50 @@ fn a_clip_preview_holds_the_clips_frames() {
     assert_ne!(part, whole[..3], "the clip's first frames look like frames 5..8: the test could not fail");
 }
 
+/// `--stats FILE.json`: the render's figures, consistent with the clip written.
+#[test]
+fn render_stats_describe_the_clip_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        dir.path(),
+        "clip.json",
+        r#"{"template": "pedestal", "resolution": {"width": 96, "height": 54}, "fps": 24, "duration_s": 0.25,
+            "tiles": {"cols": 2, "rows": 1, "overlap_px": 16}}"#,
+    );
+    let (avi, stats) = (dir.path().join("c.avi"), dir.path().join("stats.json"));
+    let o = run(&["render", &spec, "-o", avi.to_str().unwrap(), "--stats", stats.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!((s["frames"].as_u64(), s["width"].as_u64(), s["height"].as_u64()), (Some(6), Some(96), Some(54)));
+    assert_eq!((s["tiles"].as_u64(), s["entropy"].as_str()), (Some(2), Some("gpu")));
+    let in_flight = s["frames_in_flight"].as_u64().unwrap();
+    assert!((1..=3).contains(&in_flight), "{s}");
+    let g = &s["gpu_ns"];
+    let passes: u64 = ["render", "stitch", "encode"].iter().map(|p| g[p].as_u64().unwrap()).sum();
+    assert!(passes > 0 && g["total"].as_u64() == Some(passes), "{g}");
+    let h = &s["host_ns"];
+    for stage in ["record", "wait", "readback", "entropy", "mux"] {
+        assert!(h[stage].as_u64().unwrap() > 0, "host stage {stage} took no time: {h}");
+    }
+    assert!(h["ledger"].is_u64(), "{h}");
+    let busy: u64 = ["record", "readback", "entropy", "mux", "ledger"].iter().map(|p| h[p].as_u64().unwrap()).sum();
+    assert_eq!(h["busy"].as_u64(), Some(busy));
+    // The frames written are the clip's packets, as ffprobe reads them.
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=size", "-of", "csv=p=0"])
+        .arg(&avi)
+        .output()
+        .expect("ffprobe is installed");
+    let sizes: Vec<u64> = String::from_utf8_lossy(&probe.stdout).lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(sizes.len(), 6);
+    assert_eq!(s["output_bytes"].as_u64(), Some(sizes.iter().sum::<u64>()), "{s}");
+    assert!(s["readback_bytes"].as_u64().unwrap() > 0);
+    // More frames in flight than the ring holds is a usage error.
+    let o = run(&["render", &spec, "-o", avi.to_str().unwrap(), "--frames-in-flight", "4"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--frames-in-flight"), "{}", stderr(&o));
+}
+
 /// `tessera health` against a live worker: 0 on its 200s with the status on
 /// stdout; a path it answers with a 404 is exit 1 naming the status.
 #[test]

@@ -103,3 +103,40 @@ fn frames_of_several_jobs_in_one_submission_match_their_solo_renders() {
     let err = r.record_frame(&mut encoder, 0, Readback::Jpeg, false).unwrap_err();
     assert!(err.to_string().contains("GPU timestamps"), "{err}");
 }
+
+/// Frames in flight change when the host reads a frame back, not what the
+/// GPU renders: a clip is the same bytes one, two and three frames deep, and
+/// the same as where passes are timed on the host (one deep).
+#[test]
+fn a_clip_is_the_same_bytes_at_one_two_and_three_frames_in_flight() {
+    use tessera_worker::encode::mux;
+    use tessera_worker::gpu::GpuContext;
+    use tessera_worker::render::clip::render_clip;
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(serde_json::json!({
+        "template": "dunes", "resolution": {"width": 128, "height": 72}, "fps": 24, "duration_s": 0.5,
+        "tiles": {"cols": 2, "rows": 2, "overlap_px": 16}, "seed": 4,
+    }));
+    let render = |ctx: &GpuContext, depth: u32| {
+        let path = dir.path().join(format!("d{depth}-{}.avi", ctx.timestamps));
+        let mut muxer = mux::for_path(&path).unwrap();
+        let summary = render_clip(ctx, &s, muxer.as_mut(), depth, &mut |_, _| Ok(())).unwrap();
+        (summary, std::fs::read(&path).unwrap())
+    };
+    let timed = GpuContext::open_timed(true).unwrap();
+    let (one, want) = render(&timed, 1);
+    assert_eq!((one.frames, one.frames_in_flight), (12, 1));
+    for depth in [2, 3] {
+        let (summary, got) = render(&timed, depth);
+        assert_eq!(summary.frames_in_flight, depth);
+        assert_eq!(summary.output_bytes, one.output_bytes);
+        assert!(got == want, "{depth} frames in flight wrote another clip than one");
+    }
+    let host = GpuContext::open_timed(false).unwrap();
+    let (summary, got) = render(&host, 3);
+    assert_eq!(summary.frames_in_flight, 1, "host-timed passes need the GPU to themselves");
+    assert!(got == want, "the host-timed render wrote another clip");
+    // The frames differ from each other: a ring that repeated a slot's frame would show.
+    let frames = crate::util::frame_md5s(&dir.path().join("d3-true.avi"));
+    assert_eq!(frames.iter().collect::<std::collections::HashSet<_>>().len(), frames.len());
+}

@@ -107,6 +107,16 @@ fn api_end_to_end_over_a_real_socket(db: &TestStore) {
     assert_eq!(meta["template"], "orbit@2");
     assert_eq!(meta["output"]["bytes"].as_i64().unwrap() as usize, out.body.len());
     assert_eq!(meta["tier"], "mid");
+    // The render's figures: its frames, GPU time as metered, host stages, bytes.
+    let stats = &meta["stats"];
+    assert_eq!(stats["frames"], meta["frames"], "{stats}");
+    let metered: u64 = ["render", "stitch", "encode"].iter().map(|p| meta["usage_ns"][p].as_u64().unwrap()).sum();
+    assert_eq!(stats["gpu_ns"]["total"].as_u64(), Some(metered), "{stats}");
+    for stage in ["wait", "readback", "entropy", "mux", "ledger"] {
+        assert!(stats["host_ns"][stage].as_u64().unwrap() > 0, "host stage {stage}: {stats}");
+    }
+    let output = stats["output_bytes"].as_u64().unwrap();
+    assert!(output > 0 && output < out.body.len() as u64, "{stats}");
     // Egress was metered: full download + 12 + 4 bytes.
     let usage = http(&s.api, "GET", "/v1/usage", &[("Authorization", &auth)], b"").json();
     assert_eq!(usage["egress_bytes"].as_u64().unwrap() as usize, out.body.len() + 16);

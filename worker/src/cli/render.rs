@@ -18,6 +18,7 @@ use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::encode::mux;
 use crate::gpu::GpuContext;
 use crate::render::clip::{self, ClipSummary};
+use crate::render::ring::{DEFAULT_FRAMES_IN_FLIGHT, MAX_FRAMES_IN_FLIGHT};
 use crate::spec::{JobSpec, RawFrameRange, RawSpec, SpecLimits};
 use crate::usage::{job_id, Bill, UsageRecorder};
 
@@ -52,6 +53,15 @@ pub struct RenderArgs {
     /// the CPU (the reference; the same bytes).
     #[arg(long, value_enum, env = "TESSERA_ENTROPY", default_value_t = Entropy::Gpu)]
     pub entropy: Entropy,
+    /// Frames rendered ahead while the host reads back and writes the last
+    /// (1–3; 1 where passes are timed on the host, without GPU timestamps).
+    #[arg(long, env = "TESSERA_FRAMES_IN_FLIGHT", default_value_t = DEFAULT_FRAMES_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_FRAMES_IN_FLIGHT)))]
+    pub frames_in_flight: u32,
+    /// Also write the render's figures to this JSON file: frames, GPU ns per
+    /// pass, host ns per stage, bytes read back and written, frames in flight.
+    #[arg(long, value_name = "FILE.json")]
+    pub stats: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -184,13 +194,14 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     };
     let timing = ctx.timing_source();
     let Some(m) = metered else {
-        let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), &mut |_, _| {
+        let summary = clip::render_clip(&ctx, &spec, muxer.as_mut(), args.frames_in_flight, &mut |_, _| {
             bar.inc(1);
             Ok(())
         })
         .with_context(|| format!("rendering {}", args.output.display()))
         .map_err(runtime)?;
         bar.finish_and_clear();
+        write_stats(&args, &spec, &summary)?;
         println!("{}", summary_line(&spec, &summary, &args.output));
         return Ok(());
     };
@@ -203,7 +214,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         chunk: None,
     };
     let mut recorder = UsageRecorder::new(&m.store, &metrics, attempt, timing);
-    let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), &mut |i, times| {
+    let result = clip::render_clip(&ctx, &spec, muxer.as_mut(), args.frames_in_flight, &mut |i, times| {
         bar.inc(1);
         m.rt.block_on(recorder.frame(i, times)).map_err(Into::into)
     });
@@ -222,6 +233,7 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
     let inserted = m.rt.block_on(m.store.finish_reserved(&m.job, &events)).map_err(runtime)?;
     closing.record(&metrics, &m.book, outcome, &events, &inserted);
     let summary = result.with_context(|| format!("rendering {}", args.output.display())).map_err(runtime)?;
+    write_stats(&args, &spec, &summary)?;
     println!(
         "{}; billed {} ({} s) {} {} to tenant {} as job {}",
         summary_line(&spec, &summary, &args.output),
@@ -234,6 +246,13 @@ pub(super) fn render(args: RenderArgs) -> Result<(), CliError> {
         m.job
     );
     Ok(())
+}
+
+/// Writes `--stats FILE.json`, when asked for.
+fn write_stats(args: &RenderArgs, spec: &JobSpec, summary: &ClipSummary) -> Result<(), CliError> {
+    let Some(path) = &args.stats else { return Ok(()) };
+    let text = serde_json::to_vec_pretty(&summary.stats(spec)).map_err(runtime)?;
+    std::fs::write(path, text).with_context(|| format!("writing the stats to {}", path.display())).map_err(runtime)
 }
 
 /// The output's directory, the GPU and the progress bar.
@@ -270,7 +289,8 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         format!("{} tiles ({}x{}, {} px overlap)", s.tiles, t.cols, t.rows, t.overlap)
     };
     let fps = s.frames as f64 / s.wall.as_secs_f64().max(1e-9);
-    let entropy = if s.cpu_encode_ns > 0 {
+    // Only a JPEG output codes and writes files on the host.
+    let entropy = if s.host.entropy_ns > 0 {
         let host = match s.entropy {
             Entropy::Gpu => "host readback and JFIF (entropy coding on the GPU)",
             Entropy::Cpu => "host readback and CPU entropy coding",
@@ -278,7 +298,7 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         let kib = |b: u64| b.div_ceil(1024);
         format!(
             " + {host} {}; {} KiB read back for {} KiB written",
-            format_seconds(s.cpu_encode_ns),
+            format_seconds(s.host.encode_ns()),
             kib(s.readback_bytes),
             kib(s.output_bytes)
         )
@@ -292,7 +312,7 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         String::new()
     };
     format!(
-        "{}{part} {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {})",
+        "{}{part} {}x{} of {} ({:?}), {tiles} -> {}: wall {:.3}s ({fps:.1} fps); GPU render {}, stitch {}, encode {}{entropy} (timing: {}, {} in flight)",
         frame_count(s.frames),
         spec.width,
         spec.height,
@@ -304,6 +324,7 @@ pub fn summary_line(spec: &JobSpec, s: &ClipSummary, output: &Path) -> String {
         format_seconds(s.gpu.stitch_ns),
         format_seconds(s.gpu.encode_ns),
         s.timing.as_str(),
+        s.frames_in_flight,
     )
 }
 

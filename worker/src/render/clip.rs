@@ -1,12 +1,15 @@
 //! Rendering the frames a spec delivers into a muxer: the whole clip, or the
-//! part its frame range asks for (one frame, for a single-frame output).
+//! part its frame range asks for (one frame, for a single-frame output), with
+//! frames in flight ([`super::ring`]).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tessera_metering::{PassTimes, TimingSource};
 
-use super::frame::{FrameRenderer, RenderError};
+use super::frame::RenderError;
+use super::ring::FrameRing;
+use super::stats::{ns_since, HostTimes, RenderStats};
 use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::encode::mux::{MuxError, Muxer, StreamInfo};
 use crate::gpu::GpuContext;
@@ -19,15 +22,35 @@ pub struct ClipSummary {
     pub tiles: usize,
     pub wall: Duration,
     pub gpu: PassTimes,
-    /// Host time spent encoding after the GPU (JPEG outputs): the readback
-    /// and the JFIF file, and with CPU entropy the Huffman coding.
-    pub cpu_encode_ns: u64,
+    /// Host time per stage (record, wait, readback, entropy, mux, ledger).
+    pub host: HostTimes,
     /// Where JPEG frames were Huffman-coded.
     pub entropy: Entropy,
     /// Bytes read back from the GPU, and bytes of the frames written.
     pub readback_bytes: u64,
     pub output_bytes: u64,
+    pub frames_in_flight: u32,
     pub timing: TimingSource,
+}
+
+impl ClipSummary {
+    /// The figures `--stats` writes.
+    pub fn stats(&self, spec: &JobSpec) -> RenderStats {
+        RenderStats {
+            frames: self.frames,
+            width: spec.width,
+            height: spec.height,
+            tiles: self.tiles,
+            frames_in_flight: self.frames_in_flight,
+            entropy: self.entropy,
+            timing: self.timing.as_str(),
+            wall_ns: u64::try_from(self.wall.as_nanos()).unwrap_or(u64::MAX),
+            gpu_ns: (&self.gpu).into(),
+            host_ns: (&self.host).into(),
+            readback_bytes: self.readback_bytes,
+            output_bytes: self.output_bytes,
+        }
+    }
 }
 
 /// Errors rendering a clip.
@@ -43,43 +66,56 @@ pub enum ClipError {
     Usage(#[from] tessera_store::StoreError),
 }
 
-/// Renders the frames `spec` delivers into `muxer`, calling `on_frame` with
-/// each frame's index in the output and its pass times after it is written; an
-/// error from it stops the render.
+/// Renders the frames `spec` delivers into `muxer`, `frames_in_flight` deep,
+/// calling `on_frame` with each frame's index in the output and its pass
+/// times after it is written (its time is the frame's `ledger_ns`); an error
+/// from it stops the render.
 pub fn render_clip(
     ctx: &GpuContext,
     spec: &JobSpec,
     muxer: &mut dyn Muxer,
+    frames_in_flight: u32,
     on_frame: &mut dyn FnMut(u32, &PassTimes) -> Result<(), ClipError>,
 ) -> Result<ClipSummary, ClipError> {
     if !muxer.is_clip() && spec.frames != 1 {
         return Err(ClipError::NotOneFrame { frames: spec.frames });
     }
     let start = Instant::now();
-    let mut renderer = FrameRenderer::new(ctx, spec.render_plan())?;
+    let mut ring = FrameRing::new(ctx, spec.render_plan(), frames_in_flight)?;
     let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
     muxer.write_header(&info)?;
-    let mut gpu = PassTimes::default();
-    let (mut cpu_encode_ns, mut readback_bytes, mut output_bytes) = (0u64, 0u64, 0u64);
-    for index in 0..spec.frames {
-        let frame = renderer.render_frame(index, muxer.input())?;
-        muxer.write_frame(&frame.data)?;
-        gpu.merge(&frame.times);
-        cpu_encode_ns += frame.cpu_encode_ns;
-        readback_bytes += frame.readback_bytes;
-        output_bytes += frame.data.len() as u64;
-        on_frame(index, &frame.times)?;
-    }
+    let (mut gpu, mut host) = (PassTimes::default(), HostTimes::default());
+    let (mut readback_bytes, mut output_bytes) = (0u64, 0u64);
+    let input = muxer.input();
+    ring.run(
+        0..spec.frames,
+        input,
+        |_| false,
+        |index, sampled| {
+            let frame = sampled.frame;
+            let muxing = Instant::now();
+            muxer.write_frame(&frame.data)?;
+            let mux_ns = ns_since(muxing);
+            let metering = Instant::now();
+            on_frame(index, &frame.times)?;
+            host.merge(&HostTimes { mux_ns, ledger_ns: ns_since(metering), ..frame.host });
+            gpu.merge(&frame.times);
+            readback_bytes += frame.readback_bytes;
+            output_bytes += frame.data.len() as u64;
+            Ok::<(), ClipError>(())
+        },
+    )?;
     muxer.finish()?;
     Ok(ClipSummary {
         frames: spec.frames,
         tiles: spec.tiler.len(),
         wall: start.elapsed(),
         gpu,
-        cpu_encode_ns,
+        host,
         entropy: ctx.entropy(),
         readback_bytes,
         output_bytes,
-        timing: renderer.timing_source(),
+        frames_in_flight: ring.depth(),
+        timing: ring.timing_source(),
     })
 }

@@ -28,6 +28,7 @@ use tessera_metering::{Pass, PassTimes, TimingSource};
 
 use super::catalog::{ParamBlock, Template};
 use super::resources::{bind_stitch, create_tiles, Pipelines, TileGpu};
+use super::stats::{ns_since, HostTimes};
 use super::tiler::Tiler;
 use crate::encode::jpeg::gpu::JpegPass;
 use crate::encode::yuv::Yuv420Pass;
@@ -135,10 +136,9 @@ pub enum Readback {
 pub struct RenderedFrame {
     pub data: Vec<u8>,
     pub times: PassTimes,
-    /// Host time of the frame's encoding after the GPU is done: mapping the
-    /// readback and writing the JFIF file (GPU entropy), or Huffman coding
-    /// the read-back coefficients too (CPU entropy). Not GPU time.
-    pub cpu_encode_ns: u64,
+    /// Host time of the frame's stages: recording, waiting for the GPU,
+    /// readback, entropy coding / JFIF (mux and ledger are the frame loop's).
+    pub host: HostTimes,
     /// For JPEG frames: how many AC coefficients are non-zero (0 means a flat, blank frame).
     pub nonzero_ac: Option<u64>,
     /// Bytes read back from the GPU for the frame's output.
@@ -158,6 +158,15 @@ pub struct SampledFrame {
 struct Recorded {
     readback: Readback,
     sample_rgba: bool,
+}
+
+/// What [`FrameRenderer::read_with_stats`] read, and what it took.
+struct FrameRead {
+    data: Vec<u8>,
+    nonzero_ac: Option<u64>,
+    readback_bytes: u64,
+    readback_ns: u64,
+    entropy_ns: u64,
 }
 
 /// The encode pass a frame's readback needs, made on first use.
@@ -269,14 +278,20 @@ impl<'a> FrameRenderer<'a> {
         let ctx = self.ctx;
         ctx.scoped(|| {
             if self.timer.is_some() {
+                let start = Instant::now();
                 let commands = self.record_commands(index, readback, sample_rgba)?;
                 let submission = ctx.queue.submit([commands]);
-                return self.collect_frame(&submission);
+                let record_ns = ns_since(start);
+                let mut sampled = self.collect_frame(&submission)?;
+                sampled.frame.host.record_ns += record_ns;
+                return Ok(sampled);
             }
+            let start = Instant::now();
             self.write_uniforms(index);
             self.prepare_encoder(readback);
-            let times = self.submit_host_timed(readback, sample_rgba)?;
-            self.collect(times, Recorded { readback, sample_rgba })
+            let mut host = HostTimes { record_ns: ns_since(start), ..HostTimes::default() };
+            let times = self.submit_host_timed(readback, sample_rgba, &mut host)?;
+            self.collect(times, host, Recorded { readback, sample_rgba })
         })
     }
 
@@ -341,21 +356,36 @@ impl<'a> FrameRenderer<'a> {
             let recorded = self.recorded.take().ok_or(RenderError::NothingRecorded)?;
             self.submitted = Some(submission.clone());
             let timer = self.timer.as_mut().ok_or(RenderError::GroupNeedsTimestamps)?;
+            let start = Instant::now();
             let times = timer.collect(ctx, Some(submission))?;
-            self.collect(times, recorded)
+            let host = HostTimes { wait_ns: ns_since(start), ..HostTimes::default() };
+            self.collect(times, host, recorded)
         })
     }
 
-    fn collect(&mut self, times: PassTimes, recorded: Recorded) -> Result<SampledFrame, RenderError> {
+    fn collect(
+        &mut self,
+        times: PassTimes,
+        mut host: HostTimes,
+        recorded: Recorded,
+    ) -> Result<SampledFrame, RenderError> {
         let Recorded { readback, sample_rgba } = recorded;
         // An RGBA readback is its own sample; other readbacks copy the frame out too.
         let copied = sample_rgba && readback != Readback::Rgba8;
-        let rgba = if copied { Some(self.read(Readback::Rgba8)?) } else { None };
         let start = Instant::now();
-        let (data, nonzero_ac, readback_bytes) = self.read_with_stats(readback)?;
-        let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        let rgba = rgba.or_else(|| sample_rgba.then(|| data.clone()));
-        let frame = RenderedFrame { data, times, cpu_encode_ns, nonzero_ac, readback_bytes };
+        let rgba = if copied { Some(self.read(Readback::Rgba8)?) } else { None };
+        host.readback_ns += ns_since(start);
+        let read = self.read_with_stats(readback)?;
+        host.readback_ns += read.readback_ns;
+        host.entropy_ns += read.entropy_ns;
+        let rgba = rgba.or_else(|| sample_rgba.then(|| read.data.clone()));
+        let frame = RenderedFrame {
+            data: read.data,
+            times,
+            host,
+            nonzero_ac: read.nonzero_ac,
+            readback_bytes: read.readback_bytes,
+        };
         Ok(SampledFrame { frame, rgba })
     }
 
@@ -382,15 +412,22 @@ impl<'a> FrameRenderer<'a> {
             Some(timer) => times = timer.collect(self.ctx, Some(&submission))?,
             None => {
                 self.ctx.wait_for(Some(&submission))?;
-                times.add(Pass::Encode, start.elapsed().as_nanos() as u64);
+                times.add(Pass::Encode, ns_since(start));
             }
         }
+        let wait_ns = ns_since(start);
         drop(exclusive);
         self.submitted = Some(submission);
-        let start = Instant::now();
-        let (data, nonzero_ac, readback_bytes) = self.read_with_stats(readback)?;
-        let cpu_encode_ns = if readback == Readback::Jpeg { start.elapsed().as_nanos() as u64 } else { 0 };
-        Ok(RenderedFrame { data, times, cpu_encode_ns, nonzero_ac, readback_bytes })
+        let read = self.read_with_stats(readback)?;
+        let host =
+            HostTimes { wait_ns, readback_ns: read.readback_ns, entropy_ns: read.entropy_ns, ..HostTimes::default() };
+        Ok(RenderedFrame {
+            data: read.data,
+            times,
+            host,
+            nonzero_ac: read.nonzero_ac,
+            readback_bytes: read.readback_bytes,
+        })
     }
 
     fn prepare_encoder(&mut self, readback: Readback) {
@@ -497,25 +534,41 @@ impl<'a> FrameRenderer<'a> {
     /// Without timestamp queries: one submission per pass kind, timed from
     /// submit to completion on the host, with the GPU to itself
     /// ([`GpuContext::exclusive`]) until the frame's copies are done too.
-    fn submit_host_timed(&mut self, readback: Readback, sample_rgba: bool) -> Result<PassTimes, RenderError> {
+    /// Recording goes to `host.record_ns`, submit-to-completion to `wait_ns`.
+    fn submit_host_timed(
+        &mut self,
+        readback: Readback,
+        sample_rgba: bool,
+        host: &mut HostTimes,
+    ) -> Result<PassTimes, RenderError> {
         let mut times = PassTimes::default();
         let _exclusive = self.ctx.exclusive();
         for &kind in Self::passes(readback) {
+            let recording = Instant::now();
             let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
             self.record_poison(&mut encoder);
             self.record_pass(&mut encoder, kind);
+            let commands = encoder.finish();
+            host.record_ns += ns_since(recording);
             let start = Instant::now();
-            let submission = self.ctx.queue.submit([encoder.finish()]);
+            let submission = self.ctx.queue.submit([commands]);
             self.ctx.wait_for(Some(&submission))?;
-            times.add(kind, u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            let ns = ns_since(start);
+            times.add(kind, ns);
+            host.wait_ns += ns;
         }
+        let recording = Instant::now();
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         if sample_rgba && readback != Readback::Rgba8 {
             self.copy_frame_out(&mut encoder);
         }
         self.record_copies(&mut encoder, readback);
-        let submission = self.ctx.queue.submit([encoder.finish()]);
+        let commands = encoder.finish();
+        host.record_ns += ns_since(recording);
+        let start = Instant::now();
+        let submission = self.ctx.queue.submit([commands]);
         self.ctx.wait_for(Some(&submission))?;
+        host.wait_ns += ns_since(start);
         self.submitted = Some(submission);
         Ok(times)
     }
@@ -538,14 +591,21 @@ impl<'a> FrameRenderer<'a> {
 
     /// Reads back, and for JPEG counts the non-zero AC coefficients on the
     /// way; also says how many bytes came back from the GPU.
-    fn read_with_stats(&self, readback: Readback) -> Result<(Vec<u8>, Option<u64>, u64), RenderError> {
+    fn read_with_stats(&self, readback: Readback) -> Result<FrameRead, RenderError> {
         if let (Readback::Jpeg, Some(FrameEncoder::Jpeg(jpeg))) = (readback, &self.encoder) {
-            let encoded = jpeg.encode(self.ctx, self.submitted.as_ref())?;
-            return Ok((encoded.data, Some(encoded.nonzero_ac), encoded.readback_bytes));
+            let e = jpeg.encode(self.ctx, self.submitted.as_ref())?;
+            return Ok(FrameRead {
+                data: e.data,
+                nonzero_ac: Some(e.nonzero_ac),
+                readback_bytes: e.readback_bytes,
+                readback_ns: e.readback_ns,
+                entropy_ns: e.entropy_ns,
+            });
         }
+        let start = Instant::now();
         let data = self.read(readback)?;
-        let bytes = data.len() as u64;
-        Ok((data, None, bytes))
+        let readback_bytes = data.len() as u64;
+        Ok(FrameRead { data, nonzero_ac: None, readback_bytes, readback_ns: ns_since(start), entropy_ns: 0 })
     }
 
     fn read(&self, readback: Readback) -> Result<Vec<u8>, RenderError> {

@@ -9,10 +9,14 @@ pub mod catalog;
 pub mod clip;
 pub mod frame;
 mod resources;
+pub mod ring;
 pub mod shaders;
+pub mod stats;
 pub mod stitch;
 pub mod tiler;
 
 pub use catalog::{Template, TEMPLATES};
 pub use frame::{FrameRenderer, Readback, RenderError, RenderedFrame, SampledFrame};
+pub use ring::FrameRing;
+pub use stats::{HostTimes, RenderStats};
 pub use tiler::{Tile, TileRect, Tiler};

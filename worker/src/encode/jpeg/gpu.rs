@@ -3,6 +3,8 @@
 //! coder, the default) their Huffman coding on the device ([`GpuEntropy`]), and
 //! the readback of the scan, or of the coefficients for the CPU coder.
 
+use std::time::Instant;
+
 use bytemuck::{Pod, Zeroable};
 
 use super::gpu_entropy::{Entropy, GpuEntropy};
@@ -11,6 +13,7 @@ use super::{huffman, McuGrid, COEFFS_PER_MCU};
 use crate::gpu::binding::{layout, module, pipeline, storage_entry, texture_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
 use crate::render::shaders::{compose, COMMON, JPEG};
+use crate::render::stats::ns_since;
 
 /// Mirror of `JpegUniforms` in shaders/shared/common.wgsl.
 #[repr(C)]
@@ -45,6 +48,9 @@ pub struct EncodedJpeg {
     pub nonzero_ac: u64,
     /// Bytes read back from the GPU for it.
     pub readback_bytes: u64,
+    /// Host ns mapping and copying the readback, and coding / writing the file.
+    pub readback_ns: u64,
+    pub entropy_ns: u64,
 }
 
 impl JpegPass {
@@ -131,20 +137,28 @@ impl JpegPass {
     /// the coefficients coded on the CPU (`--entropy cpu`, or a frame whose
     /// scan outgrew the GPU coder's scratch).
     pub fn encode(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<EncodedJpeg, GpuError> {
-        let mut readback_bytes = 0;
+        let (mut readback_bytes, start) = (0, Instant::now());
         if let Some(entropy) = &self.entropy {
             if let Some(coded) = entropy.read(ctx, after)? {
+                let readback_ns = ns_since(start);
+                let start = Instant::now();
                 let data = write_jpeg(&coded.scan, self.grid, self.quality, &coded.dht);
-                return Ok(EncodedJpeg { data, nonzero_ac: coded.nonzero_ac, readback_bytes: coded.readback_bytes });
+                return Ok(EncodedJpeg {
+                    data,
+                    nonzero_ac: coded.nonzero_ac,
+                    readback_bytes: coded.readback_bytes,
+                    readback_ns,
+                    entropy_ns: ns_since(start),
+                });
             }
             tracing::warn!(grid = ?self.grid, "a restart segment outgrew the GPU entropy coder; coding the frame on the CPU");
             readback_bytes += entropy.copied_bytes();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size());
             let submission = ctx.queue.submit([encoder.finish()]);
-            return self.encode_on_cpu(ctx, Some(&submission), readback_bytes);
+            return self.encode_on_cpu(ctx, Some(&submission), readback_bytes, start);
         }
-        self.encode_on_cpu(ctx, after, readback_bytes)
+        self.encode_on_cpu(ctx, after, readback_bytes, start)
     }
 
     fn encode_on_cpu(
@@ -152,12 +166,21 @@ impl JpegPass {
         ctx: &GpuContext,
         after: Option<&wgpu::SubmissionIndex>,
         readback_bytes: u64,
+        start: Instant,
     ) -> Result<EncodedJpeg, GpuError> {
         let coeffs = self.read(ctx, after)?;
+        let readback_ns = ns_since(start);
+        let start = Instant::now();
         let nonzero_ac = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
         let (tables, scan) = huffman::encode_optimal(&coeffs, self.grid, huffman::default_threads());
         let data = write_jpeg(&scan, self.grid, self.quality, &tables.dht());
-        Ok(EncodedJpeg { data, nonzero_ac, readback_bytes: readback_bytes + self.coeffs.size() })
+        Ok(EncodedJpeg {
+            data,
+            nonzero_ac,
+            readback_bytes: readback_bytes + self.coeffs.size(),
+            readback_ns,
+            entropy_ns: ns_since(start),
+        })
     }
 }
 

@@ -211,10 +211,11 @@ impl GpuEntropy {
     }
 
     /// Copies the header and as much of the scan as the last frame's size
-    /// suggests (and a margin); [`GpuEntropy::read`] fetches any rest.
+    /// suggests, and a margin of 3 % and 1 KiB; [`GpuEntropy::read`] fetches
+    /// any rest (a frame that grew past the margin costs a second copy).
     pub fn copy_out(&self, encoder: &mut wgpu::CommandEncoder) {
         let last = self.last_bytes.load(Ordering::Relaxed);
-        let want = (last + last / 16 + 4096).next_multiple_of(4).min(self.scan.size());
+        let want = (last + last / 32 + 1024).next_multiple_of(4).min(self.scan.size());
         encoder.copy_buffer_to_buffer(&self.scan, 0, &self.readback, 0, want);
         self.copied.store(want, Ordering::Relaxed);
     }

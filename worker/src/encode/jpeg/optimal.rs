@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(t.values.len(), 40);
         assert!(t.bits.iter().map(|&b| u32::from(b)).sum::<u32>() == 40);
         let k = kraft(&t);
-        assert!(k < 1.0 && k >= 1.0 - 1.0 / 65536.0 - 1e-12, "Kraft sum {k}");
+        assert!((1.0 - 1.0 / 65536.0 - 1e-12..1.0).contains(&k), "Kraft sum {k}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tessera_metering::PassTimes;
 use tessera_store::{ArchivedOutput, Claimed, Lease};
 
 use super::{AttemptError, Member};
+use crate::render::RenderStats;
 use crate::service::Service;
 use crate::spec::JobSpec;
 
@@ -37,11 +38,22 @@ pub(super) struct ClipOf<'a> {
     /// Why the clip holds only part of the frames ordered (`cancelled`):
     /// `spec.frames` are the frames it holds, from the spec's first frame.
     pub partial: Option<&'static str>,
+    /// The render's figures (host time per stage, bytes read back and
+    /// written), for a clip one attempt rendered.
+    pub stats: Option<RenderStats>,
 }
 
 impl<'a> ClipOf<'a> {
     pub fn member(m: &'a Member) -> Self {
-        Self { claimed: &m.claimed, spec: &m.spec, quote: &m.quote, tier: &m.attempt.tier, chunks: None, partial: None }
+        Self {
+            claimed: &m.claimed,
+            spec: &m.spec,
+            quote: &m.quote,
+            tier: &m.attempt.tier,
+            chunks: None,
+            partial: None,
+            stats: None,
+        }
     }
 }
 
@@ -95,6 +107,9 @@ pub(super) fn archive(
     });
     if let Some(chunks) = &clip.chunks {
         sidecar["chunks"] = chunks.clone();
+    }
+    if let Some(stats) = &clip.stats {
+        sidecar["stats"] = serde_json::to_value(stats).map_err(|e| AttemptError::failed(format!("sidecar: {e}")))?;
     }
     if let Some(reason) = clip.partial {
         // What a partial clip is: these frames of the order, billed as such.

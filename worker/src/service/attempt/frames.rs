@@ -10,12 +10,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tessera_store::{ChunkKind, Delivered, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
 use crate::encode::mux::{AviMuxer, Muxer, SegmentWriter, StreamInfo};
-use crate::render::{FrameRenderer, Readback, SampledFrame};
+use crate::render::stats::ns_since;
+use crate::render::{FrameRenderer, HostTimes, Readback, RenderStats, SampledFrame};
 use crate::service::Service;
 use crate::usage::{Bill, UsageRecorder};
 
@@ -39,6 +41,11 @@ pub(in crate::service) struct ActiveJob<'s> {
     first: u32,
     end: u32,
     next: u32,
+    /// What the frames so far cost the host, and the bytes read back and written.
+    host: HostTimes,
+    readback_bytes: u64,
+    output_bytes: u64,
+    started: Instant,
 }
 
 pub(in crate::service) fn gpu(e: crate::render::RenderError) -> AttemptError {
@@ -86,7 +93,20 @@ impl<'s> ActiveJob<'s> {
             _ => (0, member.spec.frames),
         };
         match opened {
-            Ok((renderer, mux)) => Some(Self { member, recorder, renderer, mux, partial, first, end, next: first }),
+            Ok((renderer, mux)) => Some(Self {
+                member,
+                recorder,
+                renderer,
+                mux,
+                partial,
+                first,
+                end,
+                next: first,
+                host: HostTimes::default(),
+                readback_bytes: 0,
+                output_bytes: 0,
+                started: Instant::now(),
+            }),
             Err(e) => {
                 remove(&partial);
                 let closing = rt.block_on(recorder.close());
@@ -144,8 +164,12 @@ impl<'s> ActiveJob<'s> {
             }
             let mut part = spec.clone();
             part.frames = frames;
-            let clip =
-                archive::ClipOf { spec: &part, partial: Some("cancelled"), ..archive::ClipOf::member(&self.member) };
+            let clip = archive::ClipOf {
+                spec: &part,
+                partial: Some("cancelled"),
+                stats: Some(self.stats(svc, frames)),
+                ..archive::ClipOf::member(&self.member)
+            };
             let output = archive::archive(svc, &clip, &self.partial, &self.recorder.totals())?;
             let bill = Bill::of(spec, &self.member.quote, frames);
             return Ok(Rendered::Cancelled { frames, bill: Some(bill), delivered: Delivered::Clip(output) });
@@ -156,9 +180,29 @@ impl<'s> ActiveJob<'s> {
         if (duration - asked).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
             return Err(AttemptError::failed(format!("quality gate: clip lasts {duration} s, spec asked {asked} s")));
         }
-        let output =
-            archive::archive(svc, &archive::ClipOf::member(&self.member), &self.partial, &self.recorder.totals())?;
+        let clip = archive::ClipOf { stats: Some(self.stats(svc, frames)), ..archive::ClipOf::member(&self.member) };
+        let output = archive::archive(svc, &clip, &self.partial, &self.recorder.totals())?;
         Ok(Rendered::Complete { frames, output })
+    }
+
+    /// The figures of the frames rendered so far, for the sidecar.
+    fn stats(&self, svc: &Service, frames: u32) -> RenderStats {
+        let spec = &self.member.spec;
+        RenderStats {
+            frames,
+            width: spec.width,
+            height: spec.height,
+            tiles: spec.tiler.len(),
+            // A group renders one frame of each member per round.
+            frames_in_flight: 1,
+            entropy: svc.ctx.entropy(),
+            timing: self.renderer.timing_source().as_str(),
+            wall_ns: ns_since(self.started),
+            gpu_ns: (&self.recorder.totals()).into(),
+            host_ns: (&self.host).into(),
+            readback_bytes: self.readback_bytes,
+            output_bytes: self.output_bytes,
+        }
     }
 
     /// Moves a finished segment into place (`clips/JOB.aN.seg`): from here on
@@ -205,14 +249,20 @@ impl<'s> ActiveJob<'s> {
         let i = self.next;
         let frame = sampled.frame;
         // Metered first: a frame that fails a gate still used the GPU.
+        let metering = Instant::now();
         rt.block_on(self.recorder.frame(i, &frame.times)).map_err(AttemptError::store)?;
+        let ledger_ns = ns_since(metering);
         if let Some(rgba) = &sampled.rgba {
             psnr_gate(rgba, &frame.data, svc.config.psnr_floor_db)?;
         }
         if frame.nonzero_ac == Some(0) {
             return Err(AttemptError::failed(format!("quality gate: frame {i} is blank (no detail at all)")));
         }
+        let muxing = Instant::now();
         self.mux.write_frame(&frame.data).map_err(|e| AttemptError::mux(&e))?;
+        self.host.merge(&HostTimes { mux_ns: ns_since(muxing), ledger_ns, ..frame.host });
+        self.readback_bytes += frame.readback_bytes;
+        self.output_bytes += frame.data.len() as u64;
         self.next += 1;
         self.member.frames_done.store(self.next - self.first, Ordering::Relaxed);
         Ok(())

@@ -263,6 +263,8 @@ impl Join {
             tier: &self.attempt.tier,
             chunks: Some(self.chunk_list(&recorder.totals())),
             partial: self.cancelled.then_some("cancelled"),
+            // A joined clip's figures are its chunks' (`chunks`), each its own render's.
+            stats: None,
         };
         let output = archive::archive(svc, &clip, partial, &usage)?;
         if self.cancelled {
