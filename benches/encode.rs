@@ -4,10 +4,19 @@
 //! and `ffmpeg -c:v mjpeg` at the `-q:v` whose PSNR is closest to ours; at 1080p
 //! and 4K. Prints a Markdown table with frames per second, bytes and PSNR.
 //!
+//! Then a clip, rendered and written to an AVI as `tessera render` does, one,
+//! two and three frames in flight: frames per second, the GPU's busy
+//! fraction (GPU time of the passes over wall time), host time per frame by
+//! stage, and bytes read back against bytes written. Where passes are timed
+//! on the host the ring is one frame deep whatever is asked
+//! (`TESSERA_TIMING=gpu` forces timestamps, as the small mode of
+//! scripts/gpu-bench.sh does on lavapipe).
+//!
 //! `cargo bench --bench encode`; `TESSERA_BENCH_FRAMES` (default 10) frames per
 //! case; `TESSERA_BENCH_SIZES=WxH[,WxH...]` (default `1920x1080,3840x2160`) the
 //! frame sizes, each rendered with 2x2 tiles below 2560 px wide and 3x3 from
-//! there (at least 128 px a side; 192 px with 3x3).
+//! there (at least 128 px a side; 192 px with 3x3); `TESSERA_BENCH_CLIP_SIZE`
+//! (default `3840x2160`) and `TESSERA_BENCH_CLIP_FRAMES` (default 24) the clip.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,7 +24,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context};
 use tessera_worker::encode::jpeg::gpu_entropy::Entropy;
+use tessera_worker::encode::mux;
 use tessera_worker::gpu::GpuContext;
+use tessera_worker::render::clip::render_clip;
+use tessera_worker::render::ring::MAX_FRAMES_IN_FLIGHT;
 use tessera_worker::render::{FrameRenderer, HostTimes, Readback};
 use tessera_worker::spec::{RawSpec, SpecLimits};
 
@@ -154,10 +166,55 @@ fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyh
     Ok(rows)
 }
 
+/// A clip rendered into an AVI at each depth of the frame ring.
+fn bench_clip(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyhow::Result<()> {
+    let fps = 24;
+    let raw: RawSpec = serde_json::from_value(serde_json::json!({
+        "template": "orbit", "resolution": {"width": w, "height": h}, "fps": fps, "quality": QUALITY,
+        "duration_s": f64::from(frames) / f64::from(fps),
+        "tiles": {"cols": tiles, "rows": tiles, "overlap_px": 32}, "seed": 7,
+    }))?;
+    let spec = raw.validate(&SpecLimits::default())?;
+    let dir = tempfile::tempdir()?;
+    println!("\n{w}x{h} clip, {frames} frames, written to an AVI (GPU entropy coding):\n");
+    println!("| frames in flight | fps | vs 1 | GPU busy | host busy ms/frame | wait ms/frame | readback / output |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut base = None;
+    for depth in 1..=MAX_FRAMES_IN_FLIGHT {
+        let path = dir.path().join(format!("clip{depth}.avi"));
+        let mut muxer = mux::for_path(&path)?;
+        let summary = render_clip(ctx, &spec, muxer.as_mut(), depth, &mut |_, _| Ok(()))?;
+        let stats = summary.stats(&spec);
+        let clip_fps = f64::from(stats.frames) / (stats.wall_ns as f64 / 1e9);
+        let base_fps = *base.get_or_insert(clip_fps);
+        let per = |ns: u64| ns as f64 / 1e6 / f64::from(stats.frames);
+        println!(
+            "| {}{} | {clip_fps:.1} | {:.2}x | {:.0} % | {:.2} | {:.2} | {:.3} |",
+            stats.frames_in_flight,
+            if stats.frames_in_flight == depth { String::new() } else { format!(" (asked {depth})") },
+            clip_fps / base_fps,
+            100.0 * stats.gpu_busy_fraction(),
+            per(stats.host_ns.busy),
+            per(stats.host_ns.wait),
+            stats.readback_bytes as f64 / stats.output_bytes.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// `WxH` from `TESSERA_BENCH_CLIP_SIZE`, else 4K, with its tiles.
+fn clip_size_from_env() -> anyhow::Result<(u32, u32, u32)> {
+    let raw = std::env::var("TESSERA_BENCH_CLIP_SIZE").unwrap_or_else(|_| "3840x2160".into());
+    parse_sizes(&raw)?.pop().context("TESSERA_BENCH_CLIP_SIZE names no size")
+}
+
 /// `WxH[,WxH...]` from `TESSERA_BENCH_SIZES`, else 1080p and 4K; with the tiles
 /// each is rendered with (the frame encoded is the stitched whole).
 fn sizes_from_env() -> anyhow::Result<Vec<(u32, u32, u32)>> {
-    let raw = std::env::var("TESSERA_BENCH_SIZES").unwrap_or_else(|_| "1920x1080,3840x2160".into());
+    parse_sizes(&std::env::var("TESSERA_BENCH_SIZES").unwrap_or_else(|_| "1920x1080,3840x2160".into()))
+}
+
+fn parse_sizes(raw: &str) -> anyhow::Result<Vec<(u32, u32, u32)>> {
     raw.split(',')
         .map(|s| {
             let (w, h) = s.trim().split_once('x').with_context(|| format!("`{s}` is not WxH"))?;
@@ -165,7 +222,7 @@ fn sizes_from_env() -> anyhow::Result<Vec<(u32, u32, u32)>> {
             anyhow::Ok((w, h, if w >= 2560 { 3 } else { 2 }))
         })
         .collect::<anyhow::Result<Vec<_>>>()
-        .with_context(|| format!("TESSERA_BENCH_SIZES=`{raw}`: expected WxH[,WxH...]"))
+        .with_context(|| format!("`{raw}`: expected WxH[,WxH...]"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,6 +238,9 @@ fn main() -> anyhow::Result<()> {
     );
     println!("| size | encoder | fps | vs GPU | bytes | PSNR dB | notes |");
     println!("|---|---|---|---|---|---|---|");
+    let clip_frames: u32 =
+        std::env::var("TESSERA_BENCH_CLIP_FRAMES").ok().map(|s| s.parse()).transpose()?.unwrap_or(24);
+    let clip = clip_size_from_env()?;
     for (w, h, tiles) in sizes {
         let rows = bench_size(&ctx, w, h, tiles, frames)?;
         let gpu_fps = rows[0].fps;
@@ -196,5 +256,6 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    bench_clip(&ctx, clip.0, clip.1, clip.2, clip_frames)?;
     Ok(())
 }

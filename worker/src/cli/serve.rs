@@ -44,7 +44,7 @@ pub struct ServeArgs {
     /// Most jobs in flight the adaptive limit may reach.
     #[arg(long, default_value_t = 32)]
     pub max_concurrency: usize,
-    /// Most jobs of one template and lane rendered in one GPU submission (1 turns
+    /// Most jobs of one template, lane and size rendered in one GPU submission (1 turns
     /// grouping off). Only where GPU timestamps time each job's passes.
     #[arg(long, default_value_t = 8)]
     pub group_max: usize,

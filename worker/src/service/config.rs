@@ -61,7 +61,7 @@ pub struct ServeConfig {
     pub lease: Duration,
     pub initial_concurrency: usize,
     pub max_concurrency: usize,
-    /// Most jobs of one template and lane whose frames share a GPU submission
+    /// Most jobs of one template, lane and size whose frames share a GPU submission
     /// (1: none). Used only where GPU timestamps time each job's passes.
     pub group_max: usize,
     pub retention: Duration,

@@ -1,8 +1,8 @@
-//! Grouping: running jobs that share a template and a lane render frame by
-//! frame in one GPU submission.
+//! Grouping: running jobs that share a template, a lane and a frame size
+//! render frame by frame in one GPU submission.
 //!
 //! A claimed job becomes a [`Member`] and [`Groups::join`]s an open group of its
-//! template and lane that has room (fewer than `group_max` members), or starts a
+//! template, lane and size that has room (fewer than `group_max` members), or starts a
 //! new one on a blocking thread. Groups batch continuously: a member joins at
 //! the next frame boundary and leaves when its clip ends, so a steady queue keeps
 //! groups full even though slots free up one at a time. Every round records the
@@ -18,7 +18,8 @@
 //! ([`crate::gpu::scope::submit_shared`], which also says what happens when
 //! the shared submit itself fails).
 //!
-//! Lanes never share a group: an urgent job's frames do not wait for bulk frames.
+//! Lanes never share a group: an urgent job's frames do not wait for bulk
+//! frames; nor do sizes: a small job's frames do not wait for a 4K job's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ use tokio::runtime::Handle;
 
 use crate::gpu::scope::submit_shared;
 
-use super::attempt::frames::{gpu, ActiveJob, Step};
+use super::attempt::frames::{gpu, ActiveJob, SpareRenderers, Step};
 use super::attempt::{AttemptError, Member};
 use super::Service;
 
@@ -46,7 +47,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The open groups, by template and lane.
+/// The open groups, by template, lane and size.
 #[derive(Debug)]
 pub struct Groups {
     max: AtomicUsize,
@@ -70,10 +71,15 @@ impl Groups {
         self.max.store(max.max(1), Ordering::Relaxed);
     }
 
-    /// Hands `member` to an open group of its template and lane, or starts one.
+    /// Hands `member` to an open group of its template, lane and size, or starts one.
     /// Must be called within the Tokio runtime.
     pub fn join(&self, svc: &Arc<Service>, member: Member) {
-        let key = format!("{}|{}", member.claimed.job.template, member.claimed.job.lane);
+        // Members of a group wait for each other's frames every round: a 720p
+        // job must not wait for a 4K job's frames, so sizes never share one.
+        let key = format!(
+            "{}|{}|{}x{}",
+            member.claimed.job.template, member.claimed.job.lane, member.spec.width, member.spec.height
+        );
         let max = self.max();
         let mut open = lock(&self.open);
         let groups = open.entry(key.clone()).or_default();
@@ -143,12 +149,13 @@ impl Drop for CloseOnDrop<'_> {
 fn run_group(svc: &Service, key: &str, group: &Group, rt: &Handle) {
     let _close = CloseOnDrop { groups: &svc.groups, key, group };
     let mut active: Vec<ActiveJob<'_>> = Vec::new();
+    let mut spares = SpareRenderers::default();
     loop {
         let joining = std::mem::take(&mut lock(group).joining);
         let before = active.len() + joining.len();
-        active.extend(joining.into_iter().filter_map(|m| ActiveJob::start(svc, m, rt)));
+        active.extend(joining.into_iter().filter_map(|m| ActiveJob::start(svc, m, rt, &mut spares)));
         if !active.is_empty() {
-            active = round(svc, active, rt);
+            active = round(svc, active, rt, &mut spares);
         }
         let left = before - active.len();
         lock(group).members -= left;
@@ -159,12 +166,17 @@ fn run_group(svc: &Service, key: &str, group: &Group, rt: &Handle) {
 }
 
 /// One frame of every member; returns the members still rendering.
-fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<ActiveJob<'s>> {
+fn round<'s>(
+    svc: &'s Service,
+    active: Vec<ActiveJob<'s>>,
+    rt: &Handle,
+    spares: &mut SpareRenderers<'s>,
+) -> Vec<ActiveJob<'s>> {
     let mut running = Vec::with_capacity(active.len());
     for job in active {
         match job.before_frame(svc) {
             Step::Continue(job) => running.push(job),
-            Step::Ended(job, rendered) => job.end(rt, rendered),
+            Step::Ended(job, rendered) => job.end(rt, rendered, spares),
         }
     }
     if running.is_empty() {
@@ -175,16 +187,18 @@ fn round<'s>(svc: &'s Service, active: Vec<ActiveJob<'s>>, rt: &Handle) -> Vec<A
     for (job, result) in running.into_iter().zip(results) {
         match result {
             Ok(()) => still.push(job),
-            Err(e) => job.end(rt, Err(e)),
+            Err(e) => job.end(rt, Err(e), spares),
         }
     }
     still
 }
 
 /// Renders, reads back and accepts the next frame of every job: alone when
-/// there is one, else recorded into one submission and read back in parallel
-/// (JPEG entropy coding is CPU work; each job's readback runs in its own
-/// error scopes on its own thread).
+/// there is one, else recorded into one submission and read back job after
+/// job on this thread, each in its own error scopes. Entropy coding runs on
+/// the GPU, so what is left for the host per frame (a copy out of a mapped
+/// buffer, the JFIF headers, the mux and the meter) is too little to be
+/// worth a thread; `--entropy cpu` codes each frame on every core already.
 fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<Result<(), AttemptError>> {
     if let [job] = jobs {
         svc.svc_metrics.submission_jobs.observe(1.0);
@@ -194,20 +208,11 @@ fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<R
     for &n in &shared.submissions {
         svc.svc_metrics.submission_jobs.observe(n as f64);
     }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .iter_mut()
-            .zip(shared.jobs)
-            .map(|(job, submitted)| {
-                scope.spawn(move || {
-                    let submission = submitted.map_err(gpu)?;
-                    job.collect(&submission).and_then(|f| job.accept(svc, rt, f))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(AttemptError::failed("frame thread panicked"))))
-            .collect()
-    })
+    jobs.iter_mut()
+        .zip(shared.jobs)
+        .map(|(job, submitted)| {
+            let submission = submitted.map_err(gpu)?;
+            job.collect(&submission).and_then(|f| job.accept(svc, rt, f))
+        })
+        .collect()
 }

@@ -5,7 +5,7 @@
 //! store (aged first, then lane and rank) whenever fewer than the adaptive
 //! limit ([`metrics::ConcurrencyController`]) are in flight; [`attempt`] owns
 //! that attempt's life: its lease and heartbeat, its frames in a render
-//! [`group`] of its template and lane, and its settlement in the store. Every
+//! [`group`] of its template, lane and size, and its settlement in the store. Every
 //! worker also reaps the expired leases of any other worker, registers itself
 //! and heartbeats; one worker at a time does the fleet's [`upkeep`] (storage
 //! metering, retention). Every worker serves the whole API: the store is the

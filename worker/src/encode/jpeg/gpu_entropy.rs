@@ -172,10 +172,10 @@ impl GpuEntropy {
             layout: &compact.get_bind_group_layout(0),
             entries: &entries.iter().filter(|e| e.binding != 7).cloned().collect::<Vec<_>>(),
         });
-        // The first frame's copy: a quarter of a byte per coefficient, about
-        // what a detailed frame at quality 95 codes to; later frames follow
-        // the one before.
-        let first = (HEADER_WORDS * 4 + grid.mcu_count() as u64 * COEFFS_PER_MCU as u64 / 4).min(scan_words * 4);
+        // The first frame's copy: 1/32 byte per coefficient (a 4K frame at
+        // quality 90 codes to about 1/50, at 95 to 1/32); a frame that takes
+        // more costs one more copy. Later frames follow the one before.
+        let first = (HEADER_WORDS * 4 + grid.mcu_count() as u64 * COEFFS_PER_MCU as u64 / 32).min(scan_words * 4);
         Self {
             count,
             build,

@@ -21,6 +21,31 @@ use crate::render::{FrameRenderer, HostTimes, Readback, RenderStats, SampledFram
 use crate::service::Service;
 use crate::usage::{Bill, UsageRecorder};
 
+/// Renderers of a group's finished chunks, kept for the job's next chunk: a
+/// chunk that reuses one skips making its buffers and tiles. Keyed by job (a
+/// job's chunks share its spec, so its render plan); the oldest goes first.
+#[derive(Debug, Default)]
+pub(in crate::service) struct SpareRenderers<'s> {
+    spare: Vec<(String, FrameRenderer<'s>)>,
+}
+
+impl<'s> SpareRenderers<'s> {
+    /// Renderers kept at most: each holds a frame's buffers.
+    const KEEP: usize = 2;
+
+    fn take(&mut self, job: &str) -> Option<FrameRenderer<'s>> {
+        let at = self.spare.iter().position(|(j, _)| j == job)?;
+        Some(self.spare.remove(at).1)
+    }
+
+    fn put(&mut self, job: String, renderer: FrameRenderer<'s>) {
+        if self.spare.len() == Self::KEEP {
+            self.spare.remove(0);
+        }
+        self.spare.push((job, renderer));
+    }
+}
+
 /// What [`ActiveJob::before_frame`] decided.
 #[derive(Debug)]
 pub(in crate::service) enum Step<'s> {
@@ -66,9 +91,15 @@ pub(super) fn partial_path_of(svc: &Service, lease: &Lease, ext: &str) -> PathBu
 }
 
 impl<'s> ActiveJob<'s> {
-    /// Opens the attempt's renderer and partial clip; on failure the attempt
-    /// ends (and is answered) here.
-    pub fn start(svc: &'s Service, member: Member, rt: &tokio::runtime::Handle) -> Option<Self> {
+    /// Opens the attempt's renderer (a spare one of the job's, if the group
+    /// kept one) and partial clip; on failure the attempt ends (and is
+    /// answered) here.
+    pub fn start(
+        svc: &'s Service,
+        member: Member,
+        rt: &tokio::runtime::Handle,
+        spares: &mut SpareRenderers<'s>,
+    ) -> Option<Self> {
         let timing = svc.ctx.timing_source();
         let recorder = UsageRecorder::new(&svc.store, &svc.metrics, member.attempt.clone(), timing)
             .fenced(member.claimed.lease.clone());
@@ -76,7 +107,10 @@ impl<'s> ActiveJob<'s> {
         let clips = svc.config.data.join("clips");
         let opened = std::fs::create_dir_all(&clips)
             .map_err(|e| AttemptError::io(&format!("creating {}", clips.display()), &e))
-            .and_then(|()| FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu))
+            .and_then(|()| match spares.take(&member.claimed.job.id.to_string()) {
+                Some(renderer) => Ok(renderer),
+                None => FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu),
+            })
             .and_then(|renderer| {
                 let mut mux: Box<dyn Muxer + Send> = match member.claimed.chunk.kind {
                     ChunkKind::Range => Box::new(SegmentWriter::new(&partial)),
@@ -269,9 +303,18 @@ impl<'s> ActiveJob<'s> {
     }
 
     /// Closes the recording and answers the attempt; whatever did not make it
-    /// into an archived clip is removed.
-    pub fn end(self, rt: &tokio::runtime::Handle, rendered: Result<Rendered, AttemptError>) {
-        let Self { member, recorder, partial, .. } = self;
+    /// into an archived clip is removed. The renderer of a chunk rendered
+    /// to its end is kept for the job's next chunk.
+    pub fn end(
+        self,
+        rt: &tokio::runtime::Handle,
+        rendered: Result<Rendered, AttemptError>,
+        spares: &mut SpareRenderers<'s>,
+    ) {
+        let Self { member, recorder, partial, renderer, .. } = self;
+        if matches!(rendered, Ok(Rendered::Segment { .. })) {
+            spares.put(member.claimed.job.id.to_string(), renderer);
+        }
         remove(&partial);
         let closing = rt.block_on(recorder.close());
         answer(member, Finished { rendered, closing });
