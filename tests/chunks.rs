@@ -216,6 +216,47 @@ fn a_damaged_segment_is_rendered_again_not_the_clip() {
     assert_eq!(events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).count(), 1);
 }
 
+/// Frames in flight in the service: with GPU timestamps (forced on lavapipe)
+/// and three frames in flight, a chunked clip's chunks and a whole clip of
+/// another size render side by side in render groups, and each is the same
+/// file as `tessera render` makes in one piece, one frame at a time. The
+/// whole clip's sidecar says how deep its ring was.
+#[test]
+fn clips_rendered_three_frames_deep_in_groups_are_the_whole_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestStore::sqlite();
+    let args = ["--chunk-frames", "5", "--frames-in-flight", "3", "--group-max", "4", "--concurrency", "4"];
+    let s = Server::start_on(&db, dir.path(), &args, &[("TESSERA_TIMING", "gpu")]);
+    let key = s.tenant("acme", "mid");
+    // 12 frames in ranges of 5, 5 and 2, and a join; 4 frames of another size whole.
+    let chunked = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.5});
+    let whole = json!({"template": "orbit", "resolution": {"width": 96, "height": 54}, "fps": 24, "duration_s": 0.125});
+    let ids: Vec<String> = [&chunked, &whole]
+        .iter()
+        .map(|spec| s.submit(&key, spec, None).json()["id"].as_str().unwrap().to_string())
+        .collect();
+    let auth = format!("Bearer {key}");
+    for (n, (id, spec)) in ids.iter().zip([&chunked, &whole]).enumerate() {
+        let done = s.wait(&key, id, Duration::from_secs(120));
+        assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log_tail(30));
+        let (file, solo) = (dir.path().join(format!("spec{n}.json")), dir.path().join(format!("solo{n}.avi")));
+        std::fs::write(&file, spec.to_string()).unwrap();
+        let o = tessera()
+            .args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap(), "--frames-in-flight", "1"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+        assert_eq!(got.status, 200);
+        let clip = dir.path().join(format!("got{n}.avi"));
+        std::fs::write(&clip, &got.body).unwrap();
+        assert_eq!(frame_md5s(&clip), frame_md5s(&solo), "job {n}: a frame differs from the whole render");
+        assert!(got.body == std::fs::read(&solo).unwrap(), "job {n}: the clip differs from the whole render");
+    }
+    let meta = http(&s.api, "GET", &format!("/v1/jobs/{}/metadata", ids[1]), &[("Authorization", &auth)], b"").json();
+    assert_eq!((&meta["stats"]["frames"], &meta["stats"]["frames_in_flight"]), (&json!(3), &json!(3)), "{meta}");
+}
+
 /// A preview (`frame_range`) long enough to be split into chunks: every range
 /// renders its frames at their place in the clip and the join's check (its
 /// sample frame rendered again) agrees, so the joined clip is the whole

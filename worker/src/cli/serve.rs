@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{load_price_book, runtime, usage, CliError, StoreArgs};
 use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::gpu::GpuContext;
+use crate::render::ring::{DEFAULT_FRAMES_IN_FLIGHT, MAX_FRAMES_IN_FLIGHT};
 use crate::service::server::{ConnLimits, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, ServeConfig, Service};
 
@@ -48,6 +49,12 @@ pub struct ServeArgs {
     /// grouping off). Only where GPU timestamps time each job's passes.
     #[arg(long, default_value_t = 8)]
     pub group_max: usize,
+    /// Frames of each job rendered ahead while the host reads back, gates,
+    /// writes and meters the last (1–3). Only where GPU timestamps time each
+    /// frame's passes; 1 elsewhere.
+    #[arg(long, env = "TESSERA_FRAMES_IN_FLIGHT", default_value_t = DEFAULT_FRAMES_IN_FLIGHT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_FRAMES_IN_FLIGHT)))]
+    pub frames_in_flight: u32,
     /// Failed attempts before a job is dead-lettered (its failure budget).
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
@@ -129,6 +136,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.initial_concurrency = config.initial_concurrency.min(config.max_concurrency);
     config.max_attempts = args.max_attempts;
     config.group_max = args.group_max;
+    config.frames_in_flight = args.frames_in_flight;
     config.backoff_base = Duration::from_millis(args.backoff_base_ms);
     config.backoff_cap = Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms));
     config.bulk.max_wait = Duration::from_secs(args.bulk_max_wait_s);

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tessera_metering::{PassTimes, TimingSource};
 
-use super::frame::RenderError;
-use super::ring::FrameRing;
+use super::frame::{RenderError, SampledFrame};
+use super::ring::{FrameHooks, FrameRing};
 use super::stats::{ns_since, HostTimes, RenderStats};
 use crate::encode::jpeg::gpu_entropy::Entropy;
 use crate::encode::mux::{MuxError, Muxer, StreamInfo};
@@ -66,6 +66,43 @@ pub enum ClipError {
     Usage(#[from] tessera_store::StoreError),
 }
 
+/// The hooks of a clip written by `tessera render`: every frame in order,
+/// into the muxer, then `on_frame`; host time and bytes added up.
+struct ClipHooks<'m, 'f> {
+    frames: u32,
+    next: u32,
+    muxer: &'m mut dyn Muxer,
+    on_frame: &'f mut dyn FnMut(u32, &PassTimes) -> Result<(), ClipError>,
+    gpu: PassTimes,
+    host: HostTimes,
+    readback_bytes: u64,
+    output_bytes: u64,
+}
+
+impl FrameHooks for ClipHooks<'_, '_> {
+    type Error = ClipError;
+
+    fn next_frame(&mut self) -> Result<Option<u32>, ClipError> {
+        let next = (self.next < self.frames).then_some(self.next);
+        self.next = self.next.saturating_add(1).min(self.frames);
+        Ok(next)
+    }
+
+    fn accept(&mut self, index: u32, sampled: SampledFrame) -> Result<(), ClipError> {
+        let frame = sampled.frame;
+        let muxing = Instant::now();
+        self.muxer.write_frame(&frame.data)?;
+        let mux_ns = ns_since(muxing);
+        let metering = Instant::now();
+        (self.on_frame)(index, &frame.times)?;
+        self.host.merge(&HostTimes { mux_ns, ledger_ns: ns_since(metering), ..frame.host });
+        self.gpu.merge(&frame.times);
+        self.readback_bytes += frame.readback_bytes;
+        self.output_bytes += frame.data.len() as u64;
+        Ok(())
+    }
+}
+
 /// Renders the frames `spec` delivers into `muxer`, `frames_in_flight` deep,
 /// calling `on_frame` with each frame's index in the output and its pass
 /// times after it is written (its time is the frame's `ledger_ns`); an error
@@ -81,40 +118,30 @@ pub fn render_clip(
         return Err(ClipError::NotOneFrame { frames: spec.frames });
     }
     let start = Instant::now();
-    let mut ring = FrameRing::new(ctx, spec.render_plan(), frames_in_flight)?;
+    let mut ring = FrameRing::new(ctx, spec.render_plan(), frames_in_flight, muxer.input())?;
     let info = StreamInfo { width: spec.width, height: spec.height, fps: spec.fps, frames: spec.frames };
     muxer.write_header(&info)?;
-    let (mut gpu, mut host) = (PassTimes::default(), HostTimes::default());
-    let (mut readback_bytes, mut output_bytes) = (0u64, 0u64);
-    let input = muxer.input();
-    ring.run(
-        0..spec.frames,
-        input,
-        |_| false,
-        |index, sampled| {
-            let frame = sampled.frame;
-            let muxing = Instant::now();
-            muxer.write_frame(&frame.data)?;
-            let mux_ns = ns_since(muxing);
-            let metering = Instant::now();
-            on_frame(index, &frame.times)?;
-            host.merge(&HostTimes { mux_ns, ledger_ns: ns_since(metering), ..frame.host });
-            gpu.merge(&frame.times);
-            readback_bytes += frame.readback_bytes;
-            output_bytes += frame.data.len() as u64;
-            Ok::<(), ClipError>(())
-        },
-    )?;
-    muxer.finish()?;
+    let mut hooks = ClipHooks {
+        frames: spec.frames,
+        next: 0,
+        muxer,
+        on_frame,
+        gpu: PassTimes::default(),
+        host: HostTimes::default(),
+        readback_bytes: 0,
+        output_bytes: 0,
+    };
+    ring.run(&mut hooks)?;
+    hooks.muxer.finish()?;
     Ok(ClipSummary {
         frames: spec.frames,
         tiles: spec.tiler.len(),
         wall: start.elapsed(),
-        gpu,
-        host,
+        gpu: hooks.gpu,
+        host: hooks.host,
         entropy: ctx.entropy(),
-        readback_bytes,
-        output_bytes,
+        readback_bytes: hooks.readback_bytes,
+        output_bytes: hooks.output_bytes,
         frames_in_flight: ring.depth(),
         timing: ring.timing_source(),
     })

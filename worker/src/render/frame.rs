@@ -116,6 +116,8 @@ pub enum RenderError {
     GroupNeedsTimestamps,
     #[error("collect_frame called with no recorded frame")]
     NothingRecorded,
+    #[error("every slot of the frame ring holds a frame; read one back first")]
+    RingFull,
 }
 
 /// What to read back after a frame.

@@ -64,6 +64,8 @@ pub struct ServeConfig {
     /// Most jobs of one template, lane and size whose frames share a GPU submission
     /// (1: none). Used only where GPU timestamps time each job's passes.
     pub group_max: usize,
+    /// Frames of each attempt in flight (1..=3; 1 where passes are timed on the host).
+    pub frames_in_flight: u32,
     pub retention: Duration,
     /// Storage is billed per tenant and period of this length (it divides a
     /// day): one ledger event per tenant each period.
@@ -101,6 +103,7 @@ impl ServeConfig {
             initial_concurrency: 16,
             max_concurrency: 32,
             group_max: 8,
+            frames_in_flight: crate::render::ring::DEFAULT_FRAMES_IN_FLIGHT,
             retention: Duration::from_secs(30 * 86_400),
             storage_period: Duration::from_secs(3600),
             rate_limit_per_s: 50,

@@ -193,26 +193,47 @@ fn round<'s>(
     still
 }
 
-/// Renders, reads back and accepts the next frame of every job: alone when
-/// there is one, else recorded into one submission and read back job after
-/// job on this thread, each in its own error scopes. Entropy coding runs on
-/// the GPU, so what is left for the host per frame (a copy out of a mapped
-/// buffer, the JFIF headers, the mux and the meter) is too little to be
-/// worth a thread; `--entropy cpu` codes each frame on every core already.
+/// One step of every job's frame loop. Where passes are timed on the host,
+/// each job renders its next frame alone and accepts it (a group holds one
+/// job there). Elsewhere every job with a free slot in its ring records its
+/// next frame, all into one submission; then every job whose ring is full (or
+/// that takes no more frames) reads back its oldest frame and accepts it, on
+/// this thread, in its own error scopes. So with two frames in flight the GPU
+/// renders this round's frames while the host reads back, gates, writes and
+/// meters the last round's. Entropy coding runs on the GPU, so what is left
+/// for the host per frame (a copy out of a mapped buffer, the JFIF headers,
+/// the mux and the meter) is too little to be worth a thread; `--entropy cpu`
+/// codes each frame on every core already.
 fn render_round(svc: &Service, jobs: &mut [ActiveJob<'_>], rt: &Handle) -> Vec<Result<(), AttemptError>> {
-    if let [job] = jobs {
-        svc.svc_metrics.submission_jobs.observe(1.0);
-        return vec![job.render_alone().and_then(|frame| job.accept(svc, rt, frame))];
+    let mut results: Vec<Result<(), AttemptError>> = jobs.iter().map(|_| Ok(())).collect();
+    let mut taking: Vec<(usize, &mut ActiveJob<'_>)> = Vec::new();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if !job.takes_frame() {
+            continue;
+        }
+        if job.records() {
+            taking.push((i, job));
+        } else {
+            svc.svc_metrics.submission_jobs.observe(1.0);
+            results[i] = job.render_alone(svc, rt);
+        }
     }
-    let shared = submit_shared(&svc.ctx, jobs, |job| job.record());
-    for &n in &shared.submissions {
-        svc.svc_metrics.submission_jobs.observe(n as f64);
+    if !taking.is_empty() {
+        let shared = submit_shared(&svc.ctx, &mut taking, |(_, job)| job.record());
+        for &n in &shared.submissions {
+            svc.svc_metrics.submission_jobs.observe(n as f64);
+        }
+        for ((i, job), submitted) in taking.iter_mut().zip(shared.jobs) {
+            match submitted {
+                Ok(submission) => job.submitted(&submission),
+                Err(e) => results[*i] = Err(gpu(e)),
+            }
+        }
     }
-    jobs.iter_mut()
-        .zip(shared.jobs)
-        .map(|(job, submitted)| {
-            let submission = submitted.map_err(gpu)?;
-            job.collect(&submission).and_then(|f| job.accept(svc, rt, f))
-        })
-        .collect()
+    for (job, result) in jobs.iter_mut().zip(&mut results) {
+        if result.is_ok() && job.records() && job.collects() {
+            *result = job.collect(svc, rt);
+        }
+    }
+    results
 }

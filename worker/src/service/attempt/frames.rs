@@ -1,7 +1,8 @@
-//! The frames of an attempt, on a render group's thread: the renderer, the
-//! partial clip, the usage recorder, the per-frame quality gates; at the end,
-//! the clip-level gates and the archive. What happens in the store afterwards
-//! is [`super::settle`]'s business, on the async side.
+//! The frames of an attempt, on a render group's thread: its frame ring
+//! ([`crate::render::ring`], frames in flight), the partial clip, the usage
+//! recorder, the per-frame quality gates; at the end, the clip-level gates
+//! and the archive. What happens in the store afterwards is
+//! [`super::settle`]'s business, on the async side.
 //!
 //! A GPU error in this attempt's commands fails this attempt alone: the
 //! renderer runs each frame's GPU work inside the attempt's own error scopes
@@ -17,28 +18,28 @@ use tessera_store::{ChunkKind, Delivered, Lease, Segment};
 use super::{archive, AttemptError, Finished, Member, Rendered};
 use crate::encode::mux::{AviMuxer, Muxer, SegmentWriter, StreamInfo};
 use crate::render::stats::ns_since;
-use crate::render::{FrameRenderer, HostTimes, Readback, RenderStats, SampledFrame};
+use crate::render::{FrameRing, HostTimes, Readback, RenderStats, SampledFrame};
 use crate::service::Service;
 use crate::usage::{Bill, UsageRecorder};
 
-/// Renderers of a group's finished chunks, kept for the job's next chunk: a
+/// Frame rings of a group's finished chunks, kept for the job's next chunk: a
 /// chunk that reuses one skips making its buffers and tiles. Keyed by job (a
 /// job's chunks share its spec, so its render plan); the oldest goes first.
 #[derive(Debug, Default)]
 pub(in crate::service) struct SpareRenderers<'s> {
-    spare: Vec<(String, FrameRenderer<'s>)>,
+    spare: Vec<(String, FrameRing<'s>)>,
 }
 
 impl<'s> SpareRenderers<'s> {
     /// Renderers kept at most: each holds a frame's buffers.
     const KEEP: usize = 2;
 
-    fn take(&mut self, job: &str) -> Option<FrameRenderer<'s>> {
+    fn take(&mut self, job: &str) -> Option<FrameRing<'s>> {
         let at = self.spare.iter().position(|(j, _)| j == job)?;
         Some(self.spare.remove(at).1)
     }
 
-    fn put(&mut self, job: String, renderer: FrameRenderer<'s>) {
+    fn put(&mut self, job: String, renderer: FrameRing<'s>) {
         if self.spare.len() == Self::KEEP {
             self.spare.remove(0);
         }
@@ -58,13 +59,15 @@ pub(in crate::service) enum Step<'s> {
 pub(in crate::service) struct ActiveJob<'s> {
     member: Member,
     recorder: UsageRecorder<'s>,
-    renderer: FrameRenderer<'s>,
+    ring: FrameRing<'s>,
     /// The clip (a whole chunk) or the segment (a range chunk).
     mux: Box<dyn Muxer + Send>,
     partial: PathBuf,
-    /// The chunk's frames: `first .. end`; `next` is the next to render.
+    /// The chunk's frames: `first .. end`; `next_take` is the next to
+    /// render, `next` the next to be read back and accepted.
     first: u32,
     end: u32,
+    next_take: u32,
     next: u32,
     /// What the frames so far cost the host, and the bytes read back and written.
     host: HostTimes,
@@ -74,7 +77,7 @@ pub(in crate::service) struct ActiveJob<'s> {
 }
 
 pub(in crate::service) fn gpu(e: crate::render::RenderError) -> AttemptError {
-    AttemptError::failed(format!("GPU: {e}"))
+    AttemptError::from(e)
 }
 
 /// `clips/JOB.aN.avi.partial` (or `.seg.partial` for a range chunk): every
@@ -108,8 +111,11 @@ impl<'s> ActiveJob<'s> {
         let opened = std::fs::create_dir_all(&clips)
             .map_err(|e| AttemptError::io(&format!("creating {}", clips.display()), &e))
             .and_then(|()| match spares.take(&member.claimed.job.id.to_string()) {
-                Some(renderer) => Ok(renderer),
-                None => FrameRenderer::new(&svc.ctx, member.spec.render_plan()).map_err(gpu),
+                Some(ring) => Ok(ring),
+                None => {
+                    let depth = svc.config.frames_in_flight;
+                    FrameRing::new(&svc.ctx, member.spec.render_plan(), depth, Readback::Jpeg).map_err(gpu)
+                }
             })
             .and_then(|renderer| {
                 let mut mux: Box<dyn Muxer + Send> = match member.claimed.chunk.kind {
@@ -127,14 +133,15 @@ impl<'s> ActiveJob<'s> {
             _ => (0, member.spec.frames),
         };
         match opened {
-            Ok((renderer, mux)) => Some(Self {
+            Ok((ring, mux)) => Some(Self {
                 member,
                 recorder,
-                renderer,
+                ring,
                 mux,
                 partial,
                 first,
                 end,
+                next_take: first,
                 next: first,
                 host: HostTimes::default(),
                 readback_bytes: 0,
@@ -150,28 +157,36 @@ impl<'s> ActiveJob<'s> {
         }
     }
 
-    /// Ends the attempt before its next frame when the clip is complete, the
-    /// job was cancelled, the lease was lost, the worker is draining, or (tests)
-    /// a fault is injected.
+    /// Ends the attempt at a round's start when its clip is complete (every
+    /// frame taken and read back), the job was cancelled (and the frames in
+    /// flight are read back), the lease was lost, the worker is draining,
+    /// or (tests) a fault is injected.
     pub fn before_frame(mut self, svc: &Service) -> Step<'s> {
         let m = &self.member;
         if m.lost.load(Ordering::Relaxed) {
             return Step::Ended(self, Err(AttemptError::LeaseLost));
         }
-        let cancelled = m.cancel.load(Ordering::Relaxed);
-        if self.next >= self.end || cancelled {
+        let cancelled = self.cancelled();
+        let all_taken = self.next_take >= self.end || cancelled;
+        if all_taken && self.ring.in_flight() == 0 {
             let result = self.end_clip(svc, cancelled);
             return Step::Ended(self, result);
         }
         if svc.shutting_down() {
             return Step::Ended(self, Err(AttemptError::drain()));
         }
-        let frame = self.next - self.first;
-        if let Err(e) = injected_fault(m, frame) {
-            return Step::Ended(self, Err(e));
+        if !all_taken {
+            let frame = self.next_take - self.first;
+            if let Err(e) = injected_fault(m, frame) {
+                return Step::Ended(self, Err(e));
+            }
+            arm_gpu_fault(m, frame, &mut self.ring);
         }
-        arm_gpu_fault(m, frame, &mut self.renderer);
         Step::Continue(self)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.member.cancel.load(Ordering::Relaxed)
     }
 
     fn end_clip(&mut self, svc: &Service, cancelled: bool) -> Result<Rendered, AttemptError> {
@@ -227,10 +242,9 @@ impl<'s> ActiveJob<'s> {
             width: spec.width,
             height: spec.height,
             tiles: spec.tiler.len(),
-            // A group renders one frame of each member per round.
-            frames_in_flight: 1,
+            frames_in_flight: self.ring.depth(),
             entropy: svc.ctx.entropy(),
-            timing: self.renderer.timing_source().as_str(),
+            timing: self.ring.timing_source().as_str(),
             wall_ns: ns_since(self.started),
             gpu_ns: (&self.recorder.totals()).into(),
             host_ns: (&self.host).into(),
@@ -250,37 +264,69 @@ impl<'s> ActiveJob<'s> {
         Ok(Segment { path: path.to_string_lossy().into_owned(), bytes, sha256, frames })
     }
 
-    /// A chunk's first frame is also the PSNR gate's sample: its RGBA frame comes back too.
-    fn sample(&self) -> bool {
-        self.next == self.first
+    /// Whether the attempt takes its next frame this round: it has frames
+    /// left, was not cancelled, and its ring has a free slot.
+    pub fn takes_frame(&self) -> bool {
+        self.next_take < self.end && !self.cancelled() && !self.ring.is_full()
     }
 
-    /// Renders the next frame in a submission of its own.
-    pub fn render_alone(&mut self) -> Result<SampledFrame, AttemptError> {
-        self.renderer.render_sampled(self.next, Readback::Jpeg, self.sample()).map_err(gpu)
+    /// Whether the attempt reads a frame back this round: its ring is full,
+    /// or it takes no more frames and some are still in flight.
+    pub fn collects(&self) -> bool {
+        self.ring.in_flight() > 0 && (self.ring.is_full() || self.next_take >= self.end || self.cancelled())
+    }
+
+    /// Whether its frames are recorded into shared submissions (GPU
+    /// timestamps) rather than rendered alone.
+    pub fn records(&self) -> bool {
+        self.ring.records()
+    }
+
+    /// Renders the next frame alone (passes timed on the host), reads it
+    /// back and accepts it.
+    pub fn render_alone(&mut self, svc: &Service, rt: &tokio::runtime::Handle) -> Result<(), AttemptError> {
+        let index = self.next_take;
+        let frame = self.ring.render_now(index, index == self.first).map_err(gpu)?;
+        self.next_take += 1;
+        self.accept(svc, rt, index, frame)
     }
 
     /// Records the next frame into a command buffer of its own, for a
     /// submission shared with other jobs; invalid commands fail here, this
-    /// attempt's alone.
+    /// attempt's alone. A chunk's first frame is also the PSNR gate's
+    /// sample: its RGBA frame comes back too.
     pub fn record(&mut self) -> Result<wgpu::CommandBuffer, crate::render::RenderError> {
-        let sample = self.sample();
-        self.renderer.record_commands(self.next, Readback::Jpeg, sample)
+        let index = self.next_take;
+        self.ring.record(index, index == self.first)
     }
 
-    /// Reads back the recorded frame once the shared submission is done.
-    pub fn collect(&mut self, submission: &wgpu::SubmissionIndex) -> Result<SampledFrame, AttemptError> {
-        self.renderer.collect_frame(submission).map_err(gpu)
+    /// The recorded frame went out in `submission`.
+    pub fn submitted(&mut self, submission: &wgpu::SubmissionIndex) {
+        self.ring.submitted(submission);
+        self.next_take += 1;
+    }
+
+    /// Reads back the oldest frame in flight and accepts it.
+    pub fn collect(&mut self, svc: &Service, rt: &tokio::runtime::Handle) -> Result<(), AttemptError> {
+        match self.ring.collect() {
+            Some(collected) => {
+                let (index, frame) = collected.map_err(gpu)?;
+                self.accept(svc, rt, index, frame)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Meters the frame, checks the quality gates and appends it to the clip.
-    pub fn accept(
+    fn accept(
         &mut self,
         svc: &Service,
         rt: &tokio::runtime::Handle,
+        index: u32,
         sampled: SampledFrame,
     ) -> Result<(), AttemptError> {
-        let i = self.next;
+        debug_assert_eq!(index, self.next, "frames come back in order");
+        let i = index;
         let frame = sampled.frame;
         // Metered first: a frame that fails a gate still used the GPU.
         let metering = Instant::now();
@@ -306,18 +352,38 @@ impl<'s> ActiveJob<'s> {
     /// into an archived clip is removed. The renderer of a chunk rendered
     /// to its end is kept for the job's next chunk.
     pub fn end(
-        self,
+        mut self,
         rt: &tokio::runtime::Handle,
         rendered: Result<Rendered, AttemptError>,
         spares: &mut SpareRenderers<'s>,
     ) {
-        let Self { member, recorder, partial, renderer, .. } = self;
+        if !matches!(rendered, Err(AttemptError::LeaseLost)) {
+            self.meter_in_flight(rt);
+        }
+        let Self { member, recorder, partial, ring, .. } = self;
         if matches!(rendered, Ok(Rendered::Segment { .. })) {
-            spares.put(member.claimed.job.id.to_string(), renderer);
+            spares.put(member.claimed.job.id.to_string(), ring);
         }
         remove(&partial);
         let closing = rt.block_on(recorder.close());
         answer(member, Finished { rendered, closing });
+    }
+
+    /// Reads back the frames still in flight of an attempt that ends early
+    /// and meters them: their passes ran on the GPU, whatever becomes of the
+    /// attempt. Best effort: the attempt is ending anyway.
+    fn meter_in_flight(&mut self, rt: &tokio::runtime::Handle) {
+        while let Some(collected) = self.ring.collect() {
+            let metered = match collected {
+                Ok((index, frame)) => {
+                    rt.block_on(self.recorder.frame(index, &frame.frame.times)).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = metered {
+                tracing::warn!(lease = %self.member.claimed.lease, error = %e, "a frame in flight of an ending attempt was not metered");
+            }
+        }
     }
 }
 
@@ -400,7 +466,7 @@ fn injected_fault(_member: &Member, _frame: u32) -> Result<(), AttemptError> {
 /// into its commands: a real wgpu validation error, which must fail that
 /// attempt and no other job's. Compiled only with the `fault-injection` feature.
 #[cfg(feature = "fault-injection")]
-fn arm_gpu_fault(member: &Member, frame: u32, renderer: &mut FrameRenderer<'_>) {
+fn arm_gpu_fault(member: &Member, frame: u32, renderer: &mut FrameRing<'_>) {
     let Ok(faults) = std::env::var("TESSERA_FAULTS") else { return };
     let wanted = faults.split(',').find_map(|f| f.trim().strip_prefix("gpu_error="));
     if frame == 1 && wanted.is_some() && member.claimed.job.idempotency_key.as_deref() == wanted {
@@ -410,4 +476,4 @@ fn arm_gpu_fault(member: &Member, frame: u32, renderer: &mut FrameRenderer<'_>) 
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn arm_gpu_fault(_member: &Member, _frame: u32, _renderer: &mut FrameRenderer<'_>) {}
+fn arm_gpu_fault(_member: &Member, _frame: u32, _renderer: &mut FrameRing<'_>) {}

@@ -27,7 +27,8 @@ use tessera_store::{Chunk, ChunkKind, ChunkState, Claimed, Delivered, Segment};
 
 use super::{archive, frames, settle, AttemptError, Beating, Finished, Rendered};
 use crate::encode::mux::{segment, StreamInfo, RIFF_LIMIT};
-use crate::render::{FrameRenderer, Readback};
+use crate::render::ring::FrameHooks;
+use crate::render::{FrameRing, Readback, SampledFrame};
 use crate::service::Service;
 use crate::spec::JobSpec;
 use crate::usage::{Bill, UsageRecorder};
@@ -244,11 +245,11 @@ impl Join {
             return Err(AttemptError::failed(format!("quality gate: clip lasts {duration} s, spec asked {asked} s")));
         }
         // The sampled frame again, on this GPU: the joined one must match it.
-        let gpu_err = |e: crate::render::RenderError| AttemptError::failed(format!("GPU: {e}"));
-        let mut renderer = FrameRenderer::new(&svc.ctx, spec.render_plan()).map_err(gpu_err)?;
-        let again = renderer.render_sampled(sample_at, Readback::Jpeg, true).map_err(gpu_err)?;
-        rt.block_on(recorder.frame(sample_at, &again.frame.times)).map_err(AttemptError::store)?;
-        let (Some(rgba), Some(joined)) = (again.rgba, sampled) else {
+        // Through the frame loop every render takes, one frame long.
+        let mut ring = FrameRing::new(&svc.ctx, spec.render_plan(), 1, Readback::Jpeg).map_err(frames::gpu)?;
+        let mut gate = GateRender { at: Some(sample_at), rt, recorder: &mut *recorder, rgba: None };
+        ring.run(&mut gate)?;
+        let (Some(rgba), Some(joined)) = (gate.rgba, sampled) else {
             return Err(AttemptError::failed("quality gate: no sampled frame to compare"));
         };
         frames::psnr_gate(&rgba, &joined, svc.config.psnr_floor_db)?;
@@ -341,5 +342,32 @@ async fn remove_segments(svc: &Service, claimed: &Claimed, chunks: &[Chunk]) {
     }
     if let Err(e) = svc.store.forget_segments(&claimed.job.id).await {
         svc.errors.warn("forgetting a joined clip's segments", &e);
+    }
+}
+
+/// The hooks of a join's gate re-render: frame `at` alone, metered, its RGBA
+/// kept for the PSNR gate.
+struct GateRender<'r, 'u, 's> {
+    at: Option<u32>,
+    rt: &'r tokio::runtime::Handle,
+    recorder: &'u mut UsageRecorder<'s>,
+    rgba: Option<Vec<u8>>,
+}
+
+impl FrameHooks for GateRender<'_, '_, '_> {
+    type Error = AttemptError;
+
+    fn next_frame(&mut self) -> Result<Option<u32>, AttemptError> {
+        Ok(self.at.take())
+    }
+
+    fn sample(&self, _: u32) -> bool {
+        true
+    }
+
+    fn accept(&mut self, index: u32, frame: SampledFrame) -> Result<(), AttemptError> {
+        self.rt.block_on(self.recorder.frame(index, &frame.frame.times)).map_err(AttemptError::store)?;
+        self.rgba = frame.rgba;
+        Ok(())
     }
 }

@@ -92,6 +92,13 @@ impl AttemptError {
     }
 }
 
+/// A GPU error in the attempt's own commands fails the attempt.
+impl From<crate::render::RenderError> for AttemptError {
+    fn from(e: crate::render::RenderError) -> Self {
+        AttemptError::failed(format!("GPU: {e}"))
+    }
+}
+
 impl std::fmt::Display for AttemptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
