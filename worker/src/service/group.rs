@@ -146,7 +146,7 @@ impl Drop for CloseOnDrop<'_> {
 
 /// The group's thread: admits joiners, renders one frame of every member per
 /// round, and ends members whose clips are done, cancelled or failed.
-fn run_group(svc: &Service, key: &str, group: &Group, rt: &Handle) {
+fn run_group(svc: &Arc<Service>, key: &str, group: &Group, rt: &Handle) {
     let _close = CloseOnDrop { groups: &svc.groups, key, group };
     let mut active: Vec<ActiveJob<'_>> = Vec::new();
     let mut spares = SpareRenderers::default();
@@ -167,7 +167,7 @@ fn run_group(svc: &Service, key: &str, group: &Group, rt: &Handle) {
 
 /// One frame of every member; returns the members still rendering.
 fn round<'s>(
-    svc: &'s Service,
+    svc: &'s Arc<Service>,
     active: Vec<ActiveJob<'s>>,
     rt: &Handle,
     spares: &mut SpareRenderers<'s>,
@@ -176,7 +176,8 @@ fn round<'s>(
     for job in active {
         match job.before_frame(svc) {
             Step::Continue(job) => running.push(job),
-            Step::Ended(job, rendered) => job.end(rt, rendered, spares),
+            Step::Complete(job) => job.finish(svc, rt, spares),
+            Step::Ended(job, rendered) => job.end(rt, rendered),
         }
     }
     if running.is_empty() {
@@ -187,7 +188,7 @@ fn round<'s>(
     for (job, result) in running.into_iter().zip(results) {
         match result {
             Ok(()) => still.push(job),
-            Err(e) => job.end(rt, Err(e), spares),
+            Err(e) => job.end(rt, Err(e)),
         }
     }
     still

@@ -11,8 +11,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
+use tessera_metering::PassTimes;
 use tessera_store::{ChunkKind, Delivered, Lease, Segment};
 
 use super::{archive, AttemptError, Finished, Member, Rendered};
@@ -51,6 +53,9 @@ impl<'s> SpareRenderers<'s> {
 #[derive(Debug)]
 pub(in crate::service) enum Step<'s> {
     Continue(ActiveJob<'s>),
+    /// Every frame is in (or the job was cancelled and its frames in flight
+    /// are in): [`ActiveJob::finish`] archives it.
+    Complete(ActiveJob<'s>),
     Ended(ActiveJob<'s>, Result<Rendered, AttemptError>),
 }
 
@@ -166,11 +171,9 @@ impl<'s> ActiveJob<'s> {
         if m.lost.load(Ordering::Relaxed) {
             return Step::Ended(self, Err(AttemptError::LeaseLost));
         }
-        let cancelled = self.cancelled();
-        let all_taken = self.next_take >= self.end || cancelled;
+        let all_taken = self.next_take >= self.end || self.cancelled();
         if all_taken && self.ring.in_flight() == 0 {
-            let result = self.end_clip(svc, cancelled);
-            return Step::Ended(self, result);
+            return Step::Complete(self);
         }
         if svc.shutting_down() {
             return Step::Ended(self, Err(AttemptError::drain()));
@@ -189,49 +192,28 @@ impl<'s> ActiveJob<'s> {
         self.member.cancel.load(Ordering::Relaxed)
     }
 
-    fn end_clip(&mut self, svc: &Service, cancelled: bool) -> Result<Rendered, AttemptError> {
-        self.mux.finish().map_err(|e| AttemptError::mux(&e))?;
-        let (frames, spec) = (self.next - self.first, &self.member.spec);
-        if self.member.claimed.chunk.kind == ChunkKind::Range {
-            // A cancelled range keeps its frames so far in a segment: the
-            // job's join delivers (and bills) the clip's frames up to there.
-            if cancelled {
-                let delivered = match frames {
-                    0 => Delivered::Nothing,
-                    _ => Delivered::Segment(self.keep_segment(frames)?),
-                };
-                return Ok(Rendered::Cancelled { frames, bill: None, delivered });
-            }
-            return self.keep_segment(frames).map(|segment| Rendered::Segment { segment });
+    /// Ends an attempt whose frames are all in: closes its recording, keeps
+    /// a range's frame ring for the job's next chunk, and hands the file work
+    /// (the muxer's index and sync, the hash of the segment or the clip, the
+    /// sidecar) and the answer to a blocking task of its own, so that the
+    /// group's other members keep rendering meanwhile.
+    pub fn finish(self, svc: &Arc<Service>, rt: &tokio::runtime::Handle, spares: &mut SpareRenderers<'s>) {
+        let cancelled = self.cancelled();
+        let frames = self.next - self.first;
+        let stats = self.stats(svc, frames);
+        let usage = self.recorder.totals();
+        let Self { member, recorder, ring, mux, partial, .. } = self;
+        if member.claimed.chunk.kind == ChunkKind::Range && !cancelled {
+            spares.put(member.claimed.job.id.to_string(), ring);
         }
-        if cancelled {
-            // What was rendered before the cancel is delivered, a partial
-            // clip archived as the job's output, and billed: those frames at
-            // the quote's rates. No frame: nothing kept, nothing billed.
-            if frames == 0 {
-                return Ok(Rendered::Cancelled { frames, bill: None, delivered: Delivered::Nothing });
-            }
-            let mut part = spec.clone();
-            part.frames = frames;
-            let clip = archive::ClipOf {
-                spec: &part,
-                partial: Some("cancelled"),
-                stats: Some(self.stats(svc, frames)),
-                ..archive::ClipOf::member(&self.member)
-            };
-            let output = archive::archive(svc, &clip, &self.partial, &self.recorder.totals())?;
-            let bill = Bill::of(spec, &self.member.quote, frames);
-            return Ok(Rendered::Cancelled { frames, bill: Some(bill), delivered: Delivered::Clip(output) });
-        }
-        let duration = f64::from(frames) / f64::from(spec.fps);
-        // A preview lasts its frames, not the whole clip's duration.
-        let asked = spec.delivered_duration_s();
-        if (duration - asked).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
-            return Err(AttemptError::failed(format!("quality gate: clip lasts {duration} s, spec asked {asked} s")));
-        }
-        let clip = archive::ClipOf { stats: Some(self.stats(svc, frames)), ..archive::ClipOf::member(&self.member) };
-        let output = archive::archive(svc, &clip, &self.partial, &self.recorder.totals())?;
-        Ok(Rendered::Complete { frames, output })
+        let closing = rt.block_on(recorder.close());
+        let svc = Arc::clone(svc);
+        let mut finishing = Finishing { member, mux, partial, frames, cancelled, stats, usage };
+        rt.spawn_blocking(move || {
+            let rendered = finishing.end_clip(&svc);
+            remove(&finishing.partial);
+            answer(finishing.member, Finished { rendered, closing });
+        });
     }
 
     /// The figures of the frames rendered so far, for the sidecar.
@@ -251,17 +233,6 @@ impl<'s> ActiveJob<'s> {
             readback_bytes: self.readback_bytes,
             output_bytes: self.output_bytes,
         }
-    }
-
-    /// Moves a finished segment into place (`clips/JOB.aN.seg`): from here on
-    /// it survives this worker, and the settlement records its size and hash.
-    fn keep_segment(&self, frames: u32) -> Result<Segment, AttemptError> {
-        let io = |what: &str, e: std::io::Error| AttemptError::io(&format!("segment: {what}"), &e);
-        let path = self.partial.with_extension("");
-        std::fs::rename(&self.partial, &path).map_err(|e| io("moving it into place", e))?;
-        let bytes = std::fs::metadata(&path).map_err(|e| io("reading it", e))?.len() as i64;
-        let sha256 = archive::sha256_file(&path).map_err(|e| io("hashing it", e))?;
-        Ok(Segment { path: path.to_string_lossy().into_owned(), bytes, sha256, frames })
     }
 
     /// Whether the attempt takes its next frame this round: it has frames
@@ -348,22 +319,14 @@ impl<'s> ActiveJob<'s> {
         Ok(())
     }
 
-    /// Closes the recording and answers the attempt; whatever did not make it
-    /// into an archived clip is removed. The renderer of a chunk rendered
-    /// to its end is kept for the job's next chunk.
-    pub fn end(
-        mut self,
-        rt: &tokio::runtime::Handle,
-        rendered: Result<Rendered, AttemptError>,
-        spares: &mut SpareRenderers<'s>,
-    ) {
+    /// Ends an attempt that stopped early (an error, a lost lease, a drain):
+    /// meters its frames in flight, closes the recording, removes its
+    /// partial file and answers the attempt.
+    pub fn end(mut self, rt: &tokio::runtime::Handle, rendered: Result<Rendered, AttemptError>) {
         if !matches!(rendered, Err(AttemptError::LeaseLost)) {
             self.meter_in_flight(rt);
         }
-        let Self { member, recorder, partial, ring, .. } = self;
-        if matches!(rendered, Ok(Rendered::Segment { .. })) {
-            spares.put(member.claimed.job.id.to_string(), ring);
-        }
+        let Self { member, recorder, partial, .. } = self;
         remove(&partial);
         let closing = rt.block_on(recorder.close());
         answer(member, Finished { rendered, closing });
@@ -384,6 +347,77 @@ impl<'s> ActiveJob<'s> {
                 tracing::warn!(lease = %self.member.claimed.lease, error = %e, "a frame in flight of an ending attempt was not metered");
             }
         }
+    }
+}
+
+/// An attempt whose frames are all in, being archived off the group's thread.
+struct Finishing {
+    member: Member,
+    mux: Box<dyn Muxer + Send>,
+    partial: PathBuf,
+    /// Frames rendered, and whether the job was cancelled.
+    frames: u32,
+    cancelled: bool,
+    stats: RenderStats,
+    usage: PassTimes,
+}
+
+impl Finishing {
+    fn end_clip(&mut self, svc: &Service) -> Result<Rendered, AttemptError> {
+        let cancelled = self.cancelled;
+        self.mux.finish().map_err(|e| AttemptError::mux(&e))?;
+        let (frames, spec) = (self.frames, &self.member.spec);
+        if self.member.claimed.chunk.kind == ChunkKind::Range {
+            // A cancelled range keeps its frames so far in a segment: the
+            // job's join delivers (and bills) the clip's frames up to there.
+            if cancelled {
+                let delivered = match frames {
+                    0 => Delivered::Nothing,
+                    _ => Delivered::Segment(self.keep_segment(frames)?),
+                };
+                return Ok(Rendered::Cancelled { frames, bill: None, delivered });
+            }
+            return self.keep_segment(frames).map(|segment| Rendered::Segment { segment });
+        }
+        if cancelled {
+            // What was rendered before the cancel is delivered, a partial
+            // clip archived as the job's output, and billed: those frames at
+            // the quote's rates. No frame: nothing kept, nothing billed.
+            if frames == 0 {
+                return Ok(Rendered::Cancelled { frames, bill: None, delivered: Delivered::Nothing });
+            }
+            let mut part = spec.clone();
+            part.frames = frames;
+            let clip = archive::ClipOf {
+                spec: &part,
+                partial: Some("cancelled"),
+                stats: Some(self.stats.clone()),
+                ..archive::ClipOf::member(&self.member)
+            };
+            let output = archive::archive(svc, &clip, &self.partial, &self.usage)?;
+            let bill = Bill::of(spec, &self.member.quote, frames);
+            return Ok(Rendered::Cancelled { frames, bill: Some(bill), delivered: Delivered::Clip(output) });
+        }
+        let duration = f64::from(frames) / f64::from(spec.fps);
+        // A preview lasts its frames, not the whole clip's duration.
+        let asked = spec.delivered_duration_s();
+        if (duration - asked).abs() > 0.5 / f64::from(spec.fps) + 1e-9 {
+            return Err(AttemptError::failed(format!("quality gate: clip lasts {duration} s, spec asked {asked} s")));
+        }
+        let clip = archive::ClipOf { stats: Some(self.stats.clone()), ..archive::ClipOf::member(&self.member) };
+        let output = archive::archive(svc, &clip, &self.partial, &self.usage)?;
+        Ok(Rendered::Complete { frames, output })
+    }
+
+    /// Moves a finished segment into place (`clips/JOB.aN.seg`): from here on
+    /// it survives this worker, and the settlement records its size and hash.
+    fn keep_segment(&self, frames: u32) -> Result<Segment, AttemptError> {
+        let io = |what: &str, e: std::io::Error| AttemptError::io(&format!("segment: {what}"), &e);
+        let path = self.partial.with_extension("");
+        std::fs::rename(&self.partial, &path).map_err(|e| io("moving it into place", e))?;
+        let bytes = std::fs::metadata(&path).map_err(|e| io("reading it", e))?.len() as i64;
+        let sha256 = archive::sha256_file(&path).map_err(|e| io("hashing it", e))?;
+        Ok(Segment { path: path.to_string_lossy().into_owned(), bytes, sha256, frames })
     }
 }
 
