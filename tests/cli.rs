@@ -297,6 +297,8 @@ fn render_stats_describe_the_clip_written() {
     assert_eq!(sizes.len(), 6);
     assert_eq!(s["output_bytes"].as_u64(), Some(sizes.iter().sum::<u64>()), "{s}");
     assert!(s["readback_bytes"].as_u64().unwrap() > 0);
+    let (wall, frame_loop) = (s["wall_ns"].as_u64().unwrap(), s["loop_ns"].as_u64().unwrap());
+    assert!(frame_loop > 0 && frame_loop <= wall, "{s}");
     // More frames in flight than the ring holds is a usage error.
     let o = run(&["render", &spec, "-o", avi.to_str().unwrap(), "--frames-in-flight", "4"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -21,6 +21,8 @@ pub struct ClipSummary {
     pub frames: u32,
     pub tiles: usize,
     pub wall: Duration,
+    /// Wall time of the frame loop alone (no renderer set-up).
+    pub frame_loop: Duration,
     pub gpu: PassTimes,
     /// Host time per stage (record, wait, readback, entropy, mux, ledger).
     pub host: HostTimes,
@@ -45,6 +47,7 @@ impl ClipSummary {
             entropy: self.entropy,
             timing: self.timing.as_str(),
             wall_ns: u64::try_from(self.wall.as_nanos()).unwrap_or(u64::MAX),
+            loop_ns: u64::try_from(self.frame_loop.as_nanos()).unwrap_or(u64::MAX),
             gpu_ns: (&self.gpu).into(),
             host_ns: (&self.host).into(),
             readback_bytes: self.readback_bytes,
@@ -131,12 +134,15 @@ pub fn render_clip(
         readback_bytes: 0,
         output_bytes: 0,
     };
+    let looping = Instant::now();
     ring.run(&mut hooks)?;
+    let frame_loop = looping.elapsed();
     hooks.muxer.finish()?;
     Ok(ClipSummary {
         frames: spec.frames,
         tiles: spec.tiler.len(),
         wall: start.elapsed(),
+        frame_loop,
         gpu: hooks.gpu,
         host: hooks.host,
         entropy: ctx.entropy(),

@@ -104,7 +104,10 @@ pub struct RenderStats {
     pub entropy: Entropy,
     /// How the GPU times were taken: `gpu` timestamps or `host` clocks.
     pub timing: &'static str,
+    /// Wall time of the whole render, and of its frame loop alone (from the
+    /// first frame taken to the last written: no renderer set-up).
     pub wall_ns: u64,
+    pub loop_ns: u64,
     pub gpu_ns: GpuNs,
     pub host_ns: HostNs,
     /// Bytes read back from the GPU for the frames, and bytes of the frames written.
@@ -113,9 +116,9 @@ pub struct RenderStats {
 }
 
 impl RenderStats {
-    /// Seconds of wall time the GPU was busy with this clip's passes: the
-    /// clip's busy fraction when nothing else shares the GPU.
+    /// The share of the frame loop's wall time the GPU spent on this clip's
+    /// passes: its busy fraction when nothing else shares the GPU.
     pub fn gpu_busy_fraction(&self) -> f64 {
-        self.gpu_ns.total as f64 / (self.wall_ns as f64).max(1.0)
+        self.gpu_ns.total as f64 / (self.loop_ns as f64).max(1.0)
     }
 }

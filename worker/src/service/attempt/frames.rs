@@ -227,7 +227,9 @@ impl<'s> ActiveJob<'s> {
             frames_in_flight: self.ring.depth(),
             entropy: svc.ctx.entropy(),
             timing: self.ring.timing_source().as_str(),
+            // The attempt's clock starts once its ring is made.
             wall_ns: ns_since(self.started),
+            loop_ns: ns_since(self.started),
             gpu_ns: (&self.recorder.totals()).into(),
             host_ns: (&self.host).into(),
             readback_bytes: self.readback_bytes,
