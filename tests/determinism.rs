@@ -140,3 +140,36 @@ fn a_clip_is_the_same_bytes_at_one_two_and_three_frames_in_flight() {
     let frames = crate::util::frame_md5s(&dir.path().join("d3-true.avi"));
     assert_eq!(frames.iter().collect::<std::collections::HashSet<_>>().len(), frames.len());
 }
+
+/// The ring's steps as a render group takes them: a frame recorded again
+/// before it is submitted (a failed shared submit, retried alone) keeps its
+/// slot; a full ring refuses another frame; a frame never submitted is
+/// forgotten; frames come back in the order taken, each the frame rendered alone.
+#[test]
+fn a_frame_ring_steps_keep_their_slots_and_order() {
+    use tessera_worker::gpu::GpuContext;
+    use tessera_worker::render::{FrameRenderer, FrameRing, Readback, RenderError};
+    let ctx = GpuContext::open_timed(true).unwrap();
+    let s = small_spec("pedestal", 96, 54, 1, 1, 0);
+    let alone =
+        |i: u32| FrameRenderer::new(&ctx, s.render_plan()).unwrap().render_frame(i, Readback::Jpeg).unwrap().data;
+    let mut ring = FrameRing::new(&ctx, s.render_plan(), 2, Readback::Jpeg).unwrap();
+    assert_eq!(ring.depth(), 2);
+    let _first_try = ring.record(0, false).unwrap(); // its submit "failed": dropped
+    let again = ring.record(0, false).unwrap(); // recorded again: the same slot
+    assert_eq!(ring.in_flight(), 1);
+    ring.submitted(&ctx.queue.submit([again]));
+    let second = ring.record(1, false).unwrap();
+    ring.submitted(&ctx.queue.submit([second]));
+    assert!(ring.is_full());
+    assert!(matches!(ring.record(2, false), Err(RenderError::RingFull)));
+    let (i0, f0) = ring.collect().unwrap().unwrap();
+    let _unsent = ring.record(2, false).unwrap();
+    ring.drop_unsubmitted();
+    assert_eq!(ring.in_flight(), 1);
+    let (i1, f1) = ring.collect().unwrap().unwrap();
+    assert!(ring.collect().is_none());
+    assert_eq!((i0, i1), (0, 1));
+    assert!(f0.frame.data == alone(0) && f1.frame.data == alone(1), "a ring frame differs from its solo render");
+    assert!(f0.frame.data != f1.frame.data);
+}

@@ -135,7 +135,20 @@ pub fn render_clip(
         output_bytes: 0,
     };
     let looping = Instant::now();
-    ring.run(&mut hooks)?;
+    if let Err(e) = ring.run(&mut hooks) {
+        // The frames in flight ran on the GPU: they are metered, not written.
+        ring.drop_unsubmitted();
+        while let Some(collected) = ring.collect() {
+            let metered = match collected {
+                Ok((index, frame)) => (hooks.on_frame)(index, &frame.frame.times).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = metered {
+                tracing::warn!(error = %why, "a frame in flight of a failed render was not metered");
+            }
+        }
+        return Err(e);
+    }
     let frame_loop = looping.elapsed();
     hooks.muxer.finish()?;
     Ok(ClipSummary {

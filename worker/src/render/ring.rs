@@ -152,6 +152,15 @@ impl<'a> FrameRing<'a> {
         }
     }
 
+    /// Forgets a frame recorded and never submitted (its submission failed):
+    /// it never ran, and its slot is free again.
+    pub fn drop_unsubmitted(&mut self) {
+        if self.in_flight.back().is_some_and(|f| f.submission.is_none()) {
+            self.in_flight.pop_back();
+            self.taken -= 1;
+        }
+    }
+
     /// Reads back the oldest frame in flight, once its submission is done;
     /// `None` when nothing is in flight.
     pub fn collect(&mut self) -> Option<Result<(u32, SampledFrame), RenderError>> {

@@ -24,17 +24,20 @@ use crate::render::{FrameRing, HostTimes, Readback, RenderStats, SampledFrame};
 use crate::service::Service;
 use crate::usage::{Bill, UsageRecorder};
 
-/// Frame rings of a group's finished chunks, kept for the job's next chunk: a
-/// chunk that reuses one skips making its buffers and tiles. Keyed by job (a
-/// job's chunks share its spec, so its render plan); the oldest goes first.
+/// The frame ring of a group's last finished chunk, kept for the job's next
+/// chunk: a chunk that reuses it skips making its buffers and tiles. Keyed by
+/// job (a job's chunks share its spec, so its render plan). It lives as long
+/// as the group, so it serves chunks that join while the group renders
+/// others (a worker whose chunks run one at a time ends the group between
+/// them, and with it the spare).
 #[derive(Debug, Default)]
 pub(in crate::service) struct SpareRenderers<'s> {
     spare: Vec<(String, FrameRing<'s>)>,
 }
 
 impl<'s> SpareRenderers<'s> {
-    /// Renderers kept at most: each holds a frame's buffers.
-    const KEEP: usize = 2;
+    /// Rings kept at most: each holds a frame's buffers per frame in flight.
+    const KEEP: usize = 1;
 
     fn take(&mut self, job: &str) -> Option<FrameRing<'s>> {
         let at = self.spare.iter().position(|(j, _)| j == job)?;
@@ -172,19 +175,22 @@ impl<'s> ActiveJob<'s> {
             return Step::Ended(self, Err(AttemptError::LeaseLost));
         }
         let all_taken = self.next_take >= self.end || self.cancelled();
-        if all_taken && self.ring.in_flight() == 0 {
-            return Step::Complete(self);
+        if all_taken {
+            // Every frame is taken: the ones in flight come back this round
+            // and the attempt completes, drain or not.
+            return match self.ring.in_flight() {
+                0 => Step::Complete(self),
+                _ => Step::Continue(self),
+            };
         }
         if svc.shutting_down() {
             return Step::Ended(self, Err(AttemptError::drain()));
         }
-        if !all_taken {
-            let frame = self.next_take - self.first;
-            if let Err(e) = injected_fault(m, frame) {
-                return Step::Ended(self, Err(e));
-            }
-            arm_gpu_fault(m, frame, &mut self.ring);
+        let frame = self.next_take - self.first;
+        if let Err(e) = injected_fault(m, frame) {
+            return Step::Ended(self, Err(e));
         }
+        arm_gpu_fault(m, frame, &mut self.ring);
         Step::Continue(self)
     }
 
@@ -338,6 +344,8 @@ impl<'s> ActiveJob<'s> {
     /// and meters them: their passes ran on the GPU, whatever becomes of the
     /// attempt. Best effort: the attempt is ending anyway.
     fn meter_in_flight(&mut self, rt: &tokio::runtime::Handle) {
+        // A frame recorded but never submitted (its submission failed) never ran.
+        self.ring.drop_unsubmitted();
         while let Some(collected) = self.ring.collect() {
             let metered = match collected {
                 Ok((index, frame)) => {
