@@ -20,6 +20,7 @@
 pub mod cli;
 pub mod encode;
 pub mod gpu;
+pub mod host_pool;
 pub mod render;
 pub mod service;
 pub mod spec;

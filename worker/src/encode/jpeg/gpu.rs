@@ -172,6 +172,7 @@ impl JpegPass {
         let readback_ns = ns_since(start);
         let start = Instant::now();
         let nonzero_ac = coeffs.chunks_exact(64).map(|b| b[1..].iter().filter(|&&c| c != 0).count() as u64).sum();
+        let coeffs = std::sync::Arc::new(coeffs);
         let (tables, scan) = huffman::encode_optimal(&coeffs, self.grid, huffman::default_threads());
         let data = write_jpeg(&scan, self.grid, self.quality, &tables.dht());
         Ok(EncodedJpeg {

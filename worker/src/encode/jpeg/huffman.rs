@@ -1,12 +1,16 @@
 //! Baseline Huffman coding of quantised blocks, one restart segment of
 //! [`super::RESTART_MCUS`] MCUs at a time, segments on parallel threads: the
 //! reference the GPU coder (shaders/encode/huffman.wgsl) matches byte for
-//! byte. A frame is walked twice, as on the GPU: once to count its symbols
+//! byte, segments split among the jobs of the host pool. A frame is walked twice, as on the GPU: once to count its symbols
 //! ([`histogram`]), from which [`super::optimal`] makes its tables, and once
 //! to code it with them ([`encode_scan`]).
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use super::optimal::{FrameTables, SYMBOLS, TABLE_BASE};
 use super::{McuGrid, COEFFS_PER_MCU};
+use crate::host_pool::HostPool;
 
 /// Where a walk over the blocks sends what it finds: a symbol (its index in
 /// the histogram / code table) and a symbol's extra bits.
@@ -154,45 +158,55 @@ pub fn encode_segment(coeffs: &[i16], grid: McuGrid, seg: usize, codes: &[u32]) 
     coder.out.finish()
 }
 
-/// Threads the entropy coder uses by default: every core.
+/// Jobs the entropy coder splits a frame into by default: one per thread of
+/// the host pool.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    HostPool::global().threads()
 }
 
-/// Runs `work` over the frame's segments on `threads` threads, a contiguous
-/// run of segments each; the results in segment order.
-fn over_segments<T: Send>(grid: McuGrid, threads: usize, work: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+/// Runs `work` over the frame's segments as `parts` jobs of the host pool
+/// ([`crate::host_pool`]), a contiguous run of segments each; the results in
+/// segment order.
+fn over_segments<T: Send + 'static>(
+    grid: McuGrid,
+    parts: usize,
+    work: Arc<dyn Fn(Range<usize>) -> T + Send + Sync>,
+) -> Vec<T> {
     let segments = grid.segments();
-    let threads = threads.clamp(1, segments);
-    let per_thread = segments.div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let range = (t * per_thread)..((t + 1) * per_thread).min(segments);
-                let work = &work;
-                s.spawn(move || work(range))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("entropy thread panicked")).collect()
-    })
+    let parts = parts.clamp(1, segments);
+    let per_part = segments.div_ceil(parts);
+    let jobs: Vec<Box<dyn FnOnce() -> T + Send>> = (0..parts)
+        .map(|p| {
+            let range = (p * per_part)..((p + 1) * per_part).min(segments);
+            let work = Arc::clone(&work);
+            Box::new(move || work(range)) as Box<dyn FnOnce() -> T + Send>
+        })
+        .collect();
+    HostPool::global().run(jobs)
 }
 
 fn check_len(coeffs: &[i16], grid: McuGrid) {
     assert_eq!(coeffs.len(), grid.mcu_count() * COEFFS_PER_MCU, "coefficient count does not match the MCU grid");
 }
 
-/// The frame's symbol counts, indexed as [`super::optimal`]'s tables are.
-pub fn histogram(coeffs: &[i16], grid: McuGrid, threads: usize) -> Vec<u32> {
+/// The frame's symbol counts, indexed as [`super::optimal`]'s tables are,
+/// counted in `parts` jobs.
+pub fn histogram(coeffs: &Arc<Vec<i16>>, grid: McuGrid, parts: usize) -> Vec<u32> {
     check_len(coeffs, grid);
-    let parts = over_segments(grid, threads, |range| {
-        let mut counter = Counter(vec![0; SYMBOLS]);
-        for seg in range {
-            walk_segment(&mut counter, coeffs, grid, seg);
-        }
-        counter.0
-    });
+    let data = Arc::clone(coeffs);
+    let counts = over_segments(
+        grid,
+        parts,
+        Arc::new(move |range: Range<usize>| {
+            let mut counter = Counter(vec![0; SYMBOLS]);
+            for seg in range {
+                walk_segment(&mut counter, &data, grid, seg);
+            }
+            counter.0
+        }),
+    );
     let mut total = vec![0u32; SYMBOLS];
-    for part in parts {
+    for part in counts {
         for (t, p) in total.iter_mut().zip(part) {
             *t += p;
         }
@@ -200,28 +214,32 @@ pub fn histogram(coeffs: &[i16], grid: McuGrid, threads: usize) -> Vec<u32> {
     total
 }
 
-/// Codes the whole scan with `tables`: segments in parallel, joined with
-/// RST0..RST7 markers.
-pub fn encode_scan(coeffs: &[i16], grid: McuGrid, threads: usize, tables: &FrameTables) -> Vec<u8> {
+/// Codes the whole scan with `tables` in `parts` jobs, joined with RST0..RST7
+/// markers.
+pub fn encode_scan(coeffs: &Arc<Vec<i16>>, grid: McuGrid, parts: usize, tables: &FrameTables) -> Vec<u8> {
     check_len(coeffs, grid);
-    let codes = tables.code_table();
-    let parts = over_segments(grid, threads, |range| {
-        let mut out = Vec::new();
-        for seg in range {
-            if seg > 0 {
-                out.extend_from_slice(&[0xFF, 0xD0 + ((seg - 1) % 8) as u8]);
+    let (data, codes) = (Arc::clone(coeffs), Arc::new(tables.code_table()));
+    let coded = over_segments(
+        grid,
+        parts,
+        Arc::new(move |range: Range<usize>| {
+            let mut out = Vec::new();
+            for seg in range {
+                if seg > 0 {
+                    out.extend_from_slice(&[0xFF, 0xD0 + ((seg - 1) % 8) as u8]);
+                }
+                out.extend(encode_segment(&data, grid, seg, &codes));
             }
-            out.extend(encode_segment(coeffs, grid, seg, &codes));
-        }
-        out
-    });
-    parts.concat()
+            out
+        }),
+    );
+    coded.concat()
 }
 
 /// A frame's tables made from its own counts, and its scan coded with them.
-pub fn encode_optimal(coeffs: &[i16], grid: McuGrid, threads: usize) -> (FrameTables, Vec<u8>) {
-    let tables = FrameTables::optimal(&histogram(coeffs, grid, threads));
-    let scan = encode_scan(coeffs, grid, threads, &tables);
+pub fn encode_optimal(coeffs: &Arc<Vec<i16>>, grid: McuGrid, parts: usize) -> (FrameTables, Vec<u8>) {
+    let tables = FrameTables::optimal(&histogram(coeffs, grid, parts));
+    let scan = encode_scan(coeffs, grid, parts, &tables);
     (tables, scan)
 }
 
@@ -252,7 +270,8 @@ mod tests {
     #[test]
     fn parallel_scan_equals_serial() {
         let grid = McuGrid::new(100, 70);
-        let coeffs: Vec<i16> = (0..grid.mcu_count() * COEFFS_PER_MCU).map(|i| ((i * 7919) % 61) as i16 - 30).collect();
+        let coeffs: Arc<Vec<i16>> =
+            Arc::new((0..grid.mcu_count() * COEFFS_PER_MCU).map(|i| ((i * 7919) % 61) as i16 - 30).collect());
         assert_eq!(encode_optimal(&coeffs, grid, 1), encode_optimal(&coeffs, grid, 3));
         let standard = FrameTables::standard();
         assert_eq!(encode_scan(&coeffs, grid, 1, &standard), encode_scan(&coeffs, grid, 2, &standard));

@@ -57,6 +57,7 @@ impl McuGrid {
 /// Encodes a frame's quantised coefficients (MCU order, zigzag, as the GPU pass
 /// writes them) into a complete JPEG file, with tables made for the frame.
 pub fn encode_coefficients(coeffs: &[i16], grid: McuGrid, quality: u8) -> Vec<u8> {
-    let (tables, scan) = huffman::encode_optimal(coeffs, grid, huffman::default_threads());
+    let coeffs = std::sync::Arc::new(coeffs.to_vec());
+    let (tables, scan) = huffman::encode_optimal(&coeffs, grid, huffman::default_threads());
     jfif::write_jpeg(&scan, grid, quality, &tables.dht())
 }
