@@ -149,7 +149,26 @@ impl PgBackend {
     }
 
     /// Appends events inside `tx`, a batch per statement; for each, whether it was new.
+    ///
+    /// An event's copies all come from its job (an attempt's windows sent
+    /// again, the output any attempt of the job may deliver; a tenant's
+    /// storage period): appends of one job's events take the job's lock in
+    /// turn, so two copies of an event are never inserted side by side and
+    /// exactly-once does not rest on `ON CONFLICT` alone across the ledger's
+    /// partitions. (Once, in CI, sixteen writers re-sending one job's events
+    /// were told 4100 of 4000 events were new; not reproduced since.) Locks are
+    /// taken in key order, so appends of several jobs cannot deadlock.
     async fn append_in(tx: &mut PgConnection, events: &[UsageEvent]) -> Result<Vec<bool>> {
+        let mut jobs: Vec<String> = events.iter().map(|e| format!("{}/{}", e.tenant_id, e.job_id)).collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in &jobs {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7041))")
+                .bind(job)
+                .execute(&mut *tx)
+                .await
+                .db()?;
+        }
         let mut inserted = Vec::with_capacity(events.len());
         for batch in events.chunks(APPEND_BATCH) {
             let new: HashSet<String> = unnest_events(batch)
