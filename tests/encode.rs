@@ -42,16 +42,23 @@ fn decode_ffmpeg(jpeg: &[u8], w: u32, h: u32) -> Vec<u8> {
     let path = dir.path().join("f.jpg");
     std::fs::write(&path, jpeg).unwrap();
     assert_eq!(&jpeg[jpeg.len() - 2..], &[0xFF, 0xD9], "the file does not end in EOI");
-    let check = Command::new("ffmpeg")
+    let (ok, log) = ffmpeg_trace(&path);
+    assert!(ok, "ffmpeg failed: {log}");
+    let problems = ffmpeg_decoder_problems(&log);
+    assert!(problems.is_empty(), "ffmpeg: {}", problems.join("; "));
+    decode_rgba(&path, w, h)
+}
+
+/// Decodes the file to nothing with ffmpeg at `level+trace`: whether it
+/// exited 0, and its log.
+fn ffmpeg_trace(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new("ffmpeg")
         .args(["-loglevel", "level+trace", "-i"])
-        .arg(&path)
+        .arg(path)
         .args(["-f", "null", "-"])
         .output()
         .expect("ffmpeg is installed");
-    assert!(check.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&check.stderr));
-    let problems = ffmpeg_decoder_problems(&String::from_utf8_lossy(&check.stderr));
-    assert!(problems.is_empty(), "ffmpeg: {}", problems.join("; "));
-    decode_rgba(&path, w, h)
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// What ffmpeg's MJPEG decoders said at warning level or above, from a
@@ -119,13 +126,7 @@ fn the_ffmpeg_check_passes_the_probe_quirk_and_fails_a_broken_scan() {
     let check = |jpeg: &[u8]| {
         let path = dir.path().join("c.jpg");
         std::fs::write(&path, jpeg).unwrap();
-        let out = Command::new("ffmpeg")
-            .args(["-loglevel", "level+trace", "-i"])
-            .arg(&path)
-            .args(["-f", "null", "-"])
-            .output()
-            .expect("ffmpeg is installed");
-        ffmpeg_decoder_problems(&String::from_utf8_lossy(&out.stderr))
+        ffmpeg_decoder_problems(&ffmpeg_trace(&path).1)
     };
     // ffmpeg's own encoder: a 34x18 frame (a fixed seed: the same file on
     // every run) whose scan has no stuffed byte, the case in which ffmpeg's
