@@ -4,6 +4,10 @@
 //! and `ffmpeg -c:v mjpeg -pix_fmt yuvj420p` at the `-q:v` whose PSNR is closest to ours; at 1080p
 //! and 4K. Prints a Markdown table with frames per second, bytes and PSNR.
 //!
+//! Then file size at equal PSNR: for each of ffmpeg's `-q:v` 2–5, the lowest
+//! tessera quality whose frame reaches at least ffmpeg's PSNR, and the two
+//! files' sizes (the same frame, encoded again at each quality tried).
+//!
 //! Then a clip, rendered and written to an AVI as `tessera render` does, one,
 //! two and three frames in flight: frames per second, the GPU's busy
 //! fraction (GPU time of the passes over wall time), host time per frame by
@@ -23,6 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
+use tessera_worker::encode::jpeg::gpu::JpegPass;
 use tessera_worker::encode::jpeg::gpu_entropy::Entropy;
 use tessera_worker::encode::mux;
 use tessera_worker::gpu::GpuContext;
@@ -85,7 +90,62 @@ fn ffmpeg_mjpeg(rgba: &[u8], w: u32, h: u32, q: u32, frames: u32) -> anyhow::Res
     Ok((fps, out.stdout[..end].to_vec()))
 }
 
-fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyhow::Result<Vec<Row>> {
+/// ffmpeg's file at one `-q:v`, and the smallest of ours at no lower PSNR.
+struct EqualPsnr {
+    ffmpeg_q: u32,
+    ffmpeg_bytes: usize,
+    ffmpeg_psnr: f64,
+    /// Our lowest quality reaching `ffmpeg_psnr`, its bytes and PSNR; `None`
+    /// when even quality 100 does not.
+    ours: Option<(u8, usize, f64)>,
+}
+
+/// The frame in `frame` as a JPEG at `quality` (entropy coded where the
+/// context says), apart from any renderer.
+fn encode_at(ctx: &GpuContext, frame: &wgpu::Texture, quality: u8) -> anyhow::Result<Vec<u8>> {
+    let pass = JpegPass::new(ctx, frame, quality);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut compute = encoder.begin_compute_pass(&Default::default());
+        pass.record(&mut compute);
+    }
+    pass.copy_out(&mut encoder);
+    let submission = ctx.queue.submit([encoder.finish()]);
+    Ok(pass.encode(ctx, Some(&submission))?.data)
+}
+
+/// The lowest quality whose PSNR on `rgba` is at least `target`, by bisection
+/// (PSNR rises with quality), with its bytes and PSNR.
+fn lowest_quality_reaching(
+    ctx: &GpuContext,
+    frame: &wgpu::Texture,
+    rgba: &[u8],
+    target: f64,
+) -> anyhow::Result<Option<(u8, usize, f64)>> {
+    let measure = |q: u8| -> anyhow::Result<(u8, usize, f64)> {
+        let jpeg = encode_at(ctx, frame, q)?;
+        Ok((q, jpeg.len(), psnr(rgba, &decode(&jpeg)?)))
+    };
+    let top = measure(100)?;
+    if top.2 < target {
+        return Ok(None);
+    }
+    let (mut lo, mut best) = (1u8, top);
+    let mut hi = 100u8;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let m = measure(mid)?;
+        if m.2 >= target {
+            best = m;
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(best))
+}
+
+fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyhow::Result<(Vec<Row>, Vec<EqualPsnr>)> {
     let raw: RawSpec = serde_json::from_value(serde_json::json!({
         "template": "orbit", "resolution": {"width": w, "height": h}, "fps": 30, "quality": QUALITY,
         "tiles": {"cols": tiles, "rows": tiles, "overlap_px": 32}, "seed": 7,
@@ -150,9 +210,15 @@ fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyh
     });
 
     let mut best: Option<(u32, f64, Vec<u8>, f64)> = None;
-    for q in 1..=6 {
+    let mut equal = Vec::new();
+    // -q:v 1 is -q:v 2: ffmpeg's default qmin is 2.
+    for q in 2..=6 {
         let (fps, jpeg) = ffmpeg_mjpeg(&rgba, w, h, q, frames)?;
         let p = psnr(&rgba, &decode(&jpeg)?);
+        if q <= 5 {
+            let ours = lowest_quality_reaching(ctx, renderer.frame_texture(), &rgba, p)?;
+            equal.push(EqualPsnr { ffmpeg_q: q, ffmpeg_bytes: jpeg.len(), ffmpeg_psnr: p, ours });
+        }
         if best.as_ref().is_none_or(|b| (p - ours_psnr).abs() < (b.1 - ours_psnr).abs()) {
             best = Some((q, p, jpeg, fps));
         }
@@ -165,7 +231,7 @@ fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyh
         psnr: p,
         note: format!("-q:v {q} (closest PSNR), includes piping raw frames"),
     });
-    Ok(rows)
+    Ok((rows, equal))
 }
 
 /// A clip rendered into an AVI at each depth of the frame ring.
@@ -244,8 +310,10 @@ fn main() -> anyhow::Result<()> {
     let clip_frames: u32 =
         std::env::var("TESSERA_BENCH_CLIP_FRAMES").ok().map(|s| s.parse()).transpose()?.unwrap_or(24);
     let clip = clip_size_from_env()?;
+    let mut equal_psnr = Vec::new();
     for (w, h, tiles) in sizes {
-        let rows = bench_size(&ctx, w, h, tiles, frames)?;
+        let (rows, equal) = bench_size(&ctx, w, h, tiles, frames)?;
+        equal_psnr.push((w, h, equal));
         let gpu_fps = rows[0].fps;
         for r in rows {
             println!(
@@ -257,6 +325,20 @@ fn main() -> anyhow::Result<()> {
                 r.psnr,
                 r.note
             );
+        }
+    }
+    println!("\nFile size at equal PSNR: the lowest tessera quality reaching ffmpeg's PSNR (same frame):\n");
+    println!("| size | ffmpeg -q:v | ffmpeg bytes | ffmpeg PSNR dB | tessera quality | tessera bytes | tessera PSNR dB | tessera / ffmpeg |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (w, h, equal) in equal_psnr {
+        for e in equal {
+            let ours = match e.ours {
+                Some((q, bytes, p)) => {
+                    format!("{q} | {bytes} | {p:.2} | {:.3}", bytes as f64 / e.ffmpeg_bytes as f64)
+                }
+                None => "- | - | - | not reached at quality 100".into(),
+            };
+            println!("| {w}x{h} | {} | {} | {:.2} | {ours} |", e.ffmpeg_q, e.ffmpeg_bytes, e.ffmpeg_psnr);
         }
     }
     bench_clip(&ctx, clip.0, clip.1, clip.2, clip_frames)?;

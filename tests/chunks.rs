@@ -257,6 +257,39 @@ fn clips_rendered_three_frames_deep_in_groups_are_the_whole_render() {
     assert_eq!((&meta["stats"]["frames"], &meta["stats"]["frames_in_flight"]), (&json!(3), &json!(3)), "{meta}");
 }
 
+/// A worker whose chunks run one after the other renders them all with the
+/// frame ring its first chunk made: the group keeps the ring and waits for the
+/// job's next chunk (a long wait here, so the test does not race the
+/// scheduler). The clip is still the whole render.
+#[test]
+fn chunks_run_one_after_another_reuse_the_first_chunks_frame_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestStore::sqlite();
+    let args = ["--chunk-frames", "2", "--concurrency", "1", "--max-concurrency", "1"];
+    let s = Server::start_on(&db, dir.path(), &args, &[("TESSERA_SPARE_RING_LINGER_MS", "120000")]);
+    let key = s.tenant("acme", "mid");
+    // 6 frames: ranges of 2, 2 and 2, then the join (which checks a frame with a ring of its own).
+    let spec = json!({"template": "orbit", "resolution": {"width": 64, "height": 36}, "fps": 24, "duration_s": 0.25});
+    let id = s.submit(&key, &spec, None).json()["id"].as_str().unwrap().to_string();
+    let done = s.wait(&key, &id, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", s.log_tail(30));
+    assert_eq!(done["chunks"].as_array().map(Vec::len), Some(4), "{done}");
+    let scrape = String::from_utf8(http(&s.metrics, "GET", "/metrics", &[], b"").body).unwrap();
+    let rings = |source: &str| -> f64 {
+        let name = format!("tessera_frame_rings_total{{source=\"{source}\"}} ");
+        scrape.lines().find_map(|l| l.strip_prefix(&name)).and_then(|v| v.trim().parse().ok()).unwrap()
+    };
+    assert_eq!((rings("new"), rings("reused")), (1.0, 2.0), "three ranges, one ring");
+
+    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let auth = format!("Bearer {key}");
+    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
+}
+
 /// A preview (`frame_range`) long enough to be split into chunks: every range
 /// renders its frames at their place in the clip and the join's check (its
 /// sample frame rendered again) agrees, so the joined clip is the whole

@@ -47,6 +47,9 @@ pub const JOBS_IN_FLIGHT: &str = "tessera_jobs_in_flight";
 pub const CONCURRENCY_LIMIT: &str = "tessera_concurrency_limit";
 /// Histogram: jobs whose frames shared one GPU submission (grouping).
 pub const SUBMISSION_JOBS: &str = "tessera_submission_jobs";
+/// Frame rings an attempt started with, by source: `new` (buffers, tiles and
+/// pipelines made for it) or `reused` (the ring of the job's previous chunk).
+pub const FRAME_RINGS_TOTAL: &str = "tessera_frame_rings_total";
 /// Jobs accepted by this worker's API, per lane.
 pub const JOBS_SUBMITTED_TOTAL: &str = "tessera_jobs_submitted_total";
 /// Each lane's max wait, past which a queued job goes ahead of every lane (gauge).

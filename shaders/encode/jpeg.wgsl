@@ -43,9 +43,13 @@ fn chroma(c: vec3<f32>, is_cr: bool) -> f32 {
     return dot(c, w) + 128.0;
 }
 
-// JPEG rounds quantised values half away from zero.
-fn quantise(v: f32, q: f32, limit: f32) -> i32 {
-    let r = sign(v) * floor(abs(v) / q + 0.5);
+// Quantised magnitudes round down from below AC_ROUNDING past a step (DC
+// rounds half away from zero): a small dead zone that spends fewer bits on
+// coefficients barely past half a step (ffmpeg's MJPEG rounds at 5/8).
+const AC_ROUNDING: f32 = 0.42;
+
+fn quantise(v: f32, q: f32, limit: f32, rounding: f32) -> i32 {
+    let r = sign(v) * floor(abs(v) / q + rounding);
     return i32(clamp(r, -limit, limit));
 }
 
@@ -113,7 +117,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let i = v * 8u + c;
             let step = ju.quant[table + i / 4u][i % 4u];
             // Baseline Huffman codes AC magnitudes up to 1023 and DC up to 2047.
-            quantised[base + i] = quantise(acc, step, select(1023.0, 2047.0, i == 0u));
+            quantised[base + i] = select(quantise(acc, step, 1023.0, AC_ROUNDING), quantise(acc, step, 2047.0, 0.5), i == 0u);
         }
     }
     workgroupBarrier();

@@ -55,6 +55,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TESSERA_FRAMES_IN_FLIGHT", default_value_t = DEFAULT_FRAMES_IN_FLIGHT,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_FRAMES_IN_FLIGHT)))]
     pub frames_in_flight: u32,
+    /// How long (ms) a render group that has finished a chunk waits for the
+    /// job's next chunk, keeping its frame ring for it (buffers, tiles), before
+    /// it ends and frees them.
+    #[arg(long, env = "TESSERA_SPARE_RING_LINGER_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub spare_ring_linger_ms: u64,
     /// Failed attempts before a job is dead-lettered (its failure budget).
     #[arg(long, default_value_t = 6)]
     pub max_attempts: u32,
@@ -137,6 +143,7 @@ pub(super) fn serve(args: ServeArgs) -> Result<(), CliError> {
     config.max_attempts = args.max_attempts;
     config.group_max = args.group_max;
     config.frames_in_flight = args.frames_in_flight;
+    config.spare_ring_linger = Duration::from_millis(args.spare_ring_linger_ms);
     config.backoff_base = Duration::from_millis(args.backoff_base_ms);
     config.backoff_cap = Duration::from_millis(args.backoff_cap_ms.max(args.backoff_base_ms));
     config.bulk.max_wait = Duration::from_secs(args.bulk_max_wait_s);

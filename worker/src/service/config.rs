@@ -66,6 +66,9 @@ pub struct ServeConfig {
     pub group_max: usize,
     /// Frames of each attempt in flight (1..=3; 1 where passes are timed on the host).
     pub frames_in_flight: u32,
+    /// How long a render group with a finished chunk's frame ring waits for
+    /// the job's next chunk (`--spare-ring-linger-ms`).
+    pub spare_ring_linger: Duration,
     pub retention: Duration,
     /// Storage is billed per tenant and period of this length (it divides a
     /// day): one ledger event per tenant each period.
@@ -104,6 +107,7 @@ impl ServeConfig {
             max_concurrency: 32,
             group_max: 8,
             frames_in_flight: crate::render::ring::DEFAULT_FRAMES_IN_FLIGHT,
+            spare_ring_linger: Duration::from_secs(2),
             retention: Duration::from_secs(30 * 86_400),
             storage_period: Duration::from_secs(3600),
             rate_limit_per_s: 50,

@@ -23,7 +23,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -41,7 +42,15 @@ struct Inbox {
     closed: bool,
 }
 
-type Group = Arc<Mutex<Inbox>>;
+/// A group's inbox, and the signal that a member joined (a group with no
+/// member waits on it while it keeps a spare ring).
+#[derive(Debug, Default)]
+struct GroupCell {
+    inbox: Mutex<Inbox>,
+    joined: Condvar,
+}
+
+type Group = Arc<GroupCell>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -84,14 +93,16 @@ impl Groups {
         let mut open = lock(&self.open);
         let groups = open.entry(key.clone()).or_default();
         for group in groups.iter() {
-            let mut inbox = lock(group);
+            let mut inbox = lock(&group.inbox);
             if !inbox.closed && inbox.members < max {
                 inbox.members += 1;
                 inbox.joining.push(member);
+                group.joined.notify_one();
                 return;
             }
         }
-        let group: Group = Arc::new(Mutex::new(Inbox { joining: vec![member], members: 1, closed: false }));
+        let inbox = Inbox { joining: vec![member], members: 1, closed: false };
+        let group: Group = Arc::new(GroupCell { inbox: Mutex::new(inbox), joined: Condvar::new() });
         groups.push(group.clone());
         drop(open);
         let (svc, rt) = (svc.clone(), Handle::current());
@@ -101,7 +112,7 @@ impl Groups {
     /// Ends `group` unless a member is waiting to join it; returns whether it ended.
     fn close_if_idle(&self, key: &str, group: &Group) -> bool {
         let mut open = lock(&self.open);
-        let mut inbox = lock(group);
+        let mut inbox = lock(&group.inbox);
         if !inbox.joining.is_empty() {
             return false;
         }
@@ -134,7 +145,7 @@ impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         let mut open = lock(&self.groups.open);
         let stranded = {
-            let mut inbox = lock(self.group);
+            let mut inbox = lock(&self.group.inbox);
             inbox.closed = true;
             std::mem::take(&mut inbox.joining)
         };
@@ -151,17 +162,41 @@ fn run_group(svc: &Arc<Service>, key: &str, group: &Group, rt: &Handle) {
     let mut active: Vec<ActiveJob<'_>> = Vec::new();
     let mut spares = SpareRenderers::default();
     loop {
-        let joining = std::mem::take(&mut lock(group).joining);
+        let joining = std::mem::take(&mut lock(&group.inbox).joining);
         let before = active.len() + joining.len();
         active.extend(joining.into_iter().filter_map(|m| ActiveJob::start(svc, m, rt, &mut spares)));
         if !active.is_empty() {
             active = round(svc, active, rt, &mut spares);
         }
         let left = before - active.len();
-        lock(group).members -= left;
-        if active.is_empty() && svc.groups.close_if_idle(key, group) {
-            return;
+        lock(&group.inbox).members -= left;
+        if active.is_empty() {
+            // A spare ring waits a while for its job's next chunk.
+            let member_came = !spares.is_empty() && await_member(svc, group);
+            if !member_came && svc.groups.close_if_idle(key, group) {
+                return;
+            }
         }
+    }
+}
+
+/// Waits up to `--spare-ring-linger-ms` for a member to join a group that
+/// has none (and keeps a spare ring for the next chunk); returns whether one
+/// did. A draining worker does not wait.
+fn await_member(svc: &Service, group: &GroupCell) -> bool {
+    let deadline = Instant::now() + svc.config.spare_ring_linger;
+    let mut inbox = lock(&group.inbox);
+    loop {
+        if !inbox.joining.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        if svc.shutting_down() || now >= deadline {
+            return false;
+        }
+        // Wakes at least every 100 ms to see a drain begin.
+        let wait = (deadline - now).min(Duration::from_millis(100));
+        inbox = group.joined.wait_timeout(inbox, wait).unwrap_or_else(|e| e.into_inner()).0;
     }
 }
 

@@ -33,6 +33,7 @@ pub struct ServiceMetrics {
     pub concurrency_limit: prometheus::IntGauge,
     pub submission_jobs: prometheus::Histogram,
     pub submitted: prometheus::IntCounterVec,
+    pub frame_rings: prometheus::IntCounterVec,
     pub lane_max_wait: prometheus::GaugeVec,
     pub fleet_workers: prometheus::IntGaugeVec,
 }
@@ -77,6 +78,13 @@ impl ServiceMetrics {
                 prometheus::Opts::new(JOBS_SUBMITTED_TOTAL, "Jobs accepted by this worker's API, per lane."),
                 &["lane"],
             )?,
+            frame_rings: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    FRAME_RINGS_TOTAL,
+                    "Frame rings attempts started with: new, or reused from the job's previous chunk.",
+                ),
+                &["source"],
+            )?,
             lane_max_wait: prometheus::GaugeVec::new(
                 prometheus::Opts::new(
                     LANE_MAX_WAIT_SECONDS,
@@ -102,12 +110,16 @@ impl ServiceMetrics {
         registry.register(Box::new(m.concurrency_limit.clone()))?;
         registry.register(Box::new(m.submission_jobs.clone()))?;
         registry.register(Box::new(m.submitted.clone()))?;
+        registry.register(Box::new(m.frame_rings.clone()))?;
         registry.register(Box::new(m.lane_max_wait.clone()))?;
         registry.register(Box::new(m.fleet_workers.clone()))?;
         registry.register(Box::new(GpuErrors::new(ctx)?))?;
         // Every lane's series exist at zero from the start, so that range
         // functions (`increase()` in the alerts) see a lane's first job,
         // dead letter or breach instead of a series born at 1.
+        for source in ["new", "reused"] {
+            m.frame_rings.with_label_values(&[source]);
+        }
         for lane in tessera_metering::Lane::ALL.map(|l| l.as_str()) {
             for outcome in JOB_OUTCOMES {
                 m.jobs.with_label_values(&[lane, outcome]);

@@ -1,18 +1,14 @@
 //! The JFIF file around an entropy-coded scan: SOI, APP0, DQT, SOF0 (4:2:0),
 //! DHT with the frame's tables, DRI, SOS, the scan, EOI.
 
-use super::tables::{scaled_quant, CHROMA_QUANT, LUMA_QUANT, ZIGZAG};
+pub use super::tables::quant_tables;
+use super::tables::ZIGZAG;
 use super::McuGrid;
 
 fn segment(out: &mut Vec<u8>, marker: u8, body: &[u8]) {
     out.extend_from_slice(&[0xFF, marker]);
     out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
     out.extend_from_slice(body);
-}
-
-/// Quantisation steps for `quality`, luma then chroma, natural order.
-pub fn quant_tables(quality: u8) -> [[u16; 64]; 2] {
-    [scaled_quant(&LUMA_QUANT, quality), scaled_quant(&CHROMA_QUANT, quality)]
 }
 
 /// A complete baseline JPEG from an entropy-coded scan and the body of the

@@ -1,19 +1,30 @@
-//! The tables of baseline JPEG (ITU-T T.81 Annex K): quantisation tables scaled
-//! by quality as libjpeg does, the zigzag order, and the standard Huffman tables.
+//! The tables of the JPEG files: quantisation steps by quality, the zigzag
+//! order, and the standard Huffman tables of ITU-T T.81 Annex K (the CPU
+//! coder's tests and the restart-segment checks use them; frames are coded
+//! with tables built for each frame, `optimal.rs`).
+//!
+//! Quantisation follows MPEG-1's intra matrix rather than JPEG's Annex K
+//! example tables. Annex K steepens fast towards high frequencies (steps 10 to
+//! 121 at quality 50), a guess at what the eye forgives; the MPEG matrix is
+//! flatter (8 to 83) and keeps edges and text, which rendered brand clips are
+//! full of. On the bench frames it gives the same PSNR in 20–30 % fewer bytes,
+//! and smaller files than ffmpeg's MJPEG (which also quantises with the MPEG
+//! matrix, one table for all planes) at equal or better PSNR:
+//! BENCHMARKS.md, "Encode throughput".
 
-/// Annex K.1 luminance quantisation table, natural (row-major) order.
-pub const LUMA_QUANT: [u16; 64] = [
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51,
-    87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101,
-    72, 92, 95, 98, 112, 100, 103, 99,
+/// MPEG-1's default intra quantiser matrix (ISO/IEC 11172-2), natural
+/// (row-major) order: the shape of every AC step.
+pub const MPEG_INTRA: [u16; 64] = [
+    8, 16, 19, 22, 26, 27, 29, 34, 16, 16, 22, 24, 27, 29, 34, 37, 19, 22, 26, 27, 29, 34, 34, 38, 22, 22, 26, 27, 29,
+    34, 37, 40, 22, 26, 27, 29, 32, 35, 40, 48, 26, 27, 29, 32, 35, 40, 48, 58, 26, 27, 29, 34, 38, 46, 56, 69, 27, 29,
+    35, 38, 46, 56, 69, 83,
 ];
 
-/// Annex K.1 chrominance quantisation table, natural order.
-pub const CHROMA_QUANT: [u16; 64] = [
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99, 47, 66, 99, 99, 99,
-    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
-    99, 99, 99, 99, 99, 99,
-];
+/// The DC step below quality 99. The DC coefficient is 8 × a block's mean
+/// (the DCT is orthonormal), so a step of 8 is one grey level: a flat block
+/// decodes to whole levels, where a step of 4 leaves half levels that every
+/// decoder rounds to 8 bits (measured: step 4 costs more bytes *and* PSNR than 8).
+const DC_STEP: u16 = 8;
 
 /// `ZIGZAG[k]` is the natural-order index of the k-th coefficient in zigzag order.
 pub const ZIGZAG: [usize; 64] = [
@@ -22,16 +33,39 @@ pub const ZIGZAG: [usize; 64] = [
     47, 55, 62, 63,
 ];
 
-/// Scales a base table by quality 1–100 (libjpeg's `jpeg_quality_scaling`);
-/// entries are clamped to 1..=255 so the tables fit baseline 8-bit precision.
-pub fn scaled_quant(base: &[u16; 64], quality: u8) -> [u16; 64] {
+/// libjpeg's quality scaling (`jpeg_quality_scaling`), in percent of the
+/// quality-50 steps: 5000 / q below 50, 200 − 2q from there (0 at 100).
+fn quality_percent(quality: u8) -> u32 {
     let q = u32::from(quality.clamp(1, 100));
-    let scale = if q < 50 { 5000 / q } else { 200 - 2 * q };
-    let mut out = [0u16; 64];
-    for (o, &b) in out.iter_mut().zip(base) {
-        *o = ((u32::from(b) * scale + 50) / 100).clamp(1, 255) as u16;
+    if q < 50 {
+        5000 / q
+    } else {
+        200 - 2 * q
     }
-    out
+}
+
+/// Quantisation steps for `quality` 1–100, luma then chroma, natural order,
+/// clamped to 1..=255 (baseline 8-bit tables).
+///
+/// AC steps are the MPEG intra matrix × 1.75 at quality 50, scaled as libjpeg
+/// scales: quality 90 quantises luma with 0.35 × the matrix (steps 6 to 29),
+/// which lands on the PSNR the Annex K tables gave at quality 90. Chroma steps
+/// are 0.8 × luma's: PSNR is measured in RGB, where an error in a 4:2:0 chroma
+/// sample spreads over four pixels and two or three channels. DC is
+/// [`DC_STEP`] up to quality 98 and 1 at 99 and 100, which are near-lossless.
+pub fn quant_tables(quality: u8) -> [[u16; 64]; 2] {
+    let percent = quality_percent(quality);
+    let dc = if percent >= 4 { DC_STEP } else { 1 };
+    // luma: matrix × 1.75 × percent / 100; chroma: 0.8 of that.
+    let step = |m: u16, num: u32, den: u32| ((u32::from(m) * percent * num + den / 2) / den).clamp(1, 255) as u16;
+    let mut tables = [[0u16; 64]; 2];
+    for (i, &m) in MPEG_INTRA.iter().enumerate() {
+        tables[0][i] = step(m, 7, 400);
+        tables[1][i] = step(m, 7, 500);
+    }
+    tables[0][0] = dc;
+    tables[1][0] = dc;
+    tables
 }
 
 /// A Huffman table as JPEG's DHT stores it: code counts per length 1..=16, symbols.
@@ -125,11 +159,29 @@ mod tests {
     }
 
     #[test]
-    fn quality_scaling_matches_libjpeg() {
-        assert_eq!(scaled_quant(&LUMA_QUANT, 50), LUMA_QUANT);
-        assert_eq!(scaled_quant(&LUMA_QUANT, 100), [1; 64]);
-        assert_eq!(scaled_quant(&LUMA_QUANT, 90)[0], 3); // (16*20+50)/100
-        assert_eq!(scaled_quant(&LUMA_QUANT, 1)[63], 255);
+    fn quality_scales_the_mpeg_matrix_as_libjpeg_scales() {
+        let [luma, chroma] = quant_tables(50);
+        assert_eq!((luma[0], luma[1], luma[63]), (8, 28, 145)); // 16 × 1.75, 83 × 1.75
+        assert_eq!((chroma[0], chroma[1], chroma[63]), (8, 22, 116)); // 0.8 of luma's
+        let [luma, chroma] = quant_tables(90);
+        assert_eq!((luma[1], luma[63], chroma[63]), (6, 29, 23)); // 20 % of quality 50's
+        assert_eq!(quant_tables(100), [[1; 64]; 2]);
+        assert_eq!(quant_tables(99)[0][0], 1);
+        assert_eq!(quant_tables(98)[0][0], 8);
+        assert_eq!(quant_tables(1)[0][63], 255);
+        assert_eq!(quant_tables(0), quant_tables(1));
+    }
+
+    #[test]
+    fn steps_never_get_coarser_as_quality_rises() {
+        for q in 1..100u8 {
+            let (lo, hi) = (quant_tables(q), quant_tables(q + 1));
+            for t in 0..2 {
+                for i in 1..64 {
+                    assert!(hi[t][i] <= lo[t][i], "quality {} step {i} of table {t}", q + 1);
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,9 +27,9 @@ use crate::usage::{Bill, UsageRecorder};
 /// The frame ring of a group's last finished chunk, kept for the job's next
 /// chunk: a chunk that reuses it skips making its buffers and tiles. Keyed by
 /// job (a job's chunks share its spec, so its render plan). It lives as long
-/// as the group, so it serves chunks that join while the group renders
-/// others (a worker whose chunks run one at a time ends the group between
-/// them, and with it the spare).
+/// as the group, which waits a while for a member when it holds a spare
+/// (`--spare-ring-linger-ms`, 2 s: the scheduler claims every 200 ms), so a
+/// worker whose chunks run one after the other renders them all with one ring.
 #[derive(Debug, Default)]
 pub(in crate::service) struct SpareRenderers<'s> {
     spare: Vec<(String, FrameRing<'s>)>,
@@ -38,6 +38,9 @@ pub(in crate::service) struct SpareRenderers<'s> {
 impl<'s> SpareRenderers<'s> {
     /// Rings kept at most: each holds a frame's buffers per frame in flight.
     const KEEP: usize = 1;
+    pub fn is_empty(&self) -> bool {
+        self.spare.is_empty()
+    }
 
     fn take(&mut self, job: &str) -> Option<FrameRing<'s>> {
         let at = self.spare.iter().position(|(j, _)| j == job)?;
@@ -119,10 +122,15 @@ impl<'s> ActiveJob<'s> {
         let opened = std::fs::create_dir_all(&clips)
             .map_err(|e| AttemptError::io(&format!("creating {}", clips.display()), &e))
             .and_then(|()| match spares.take(&member.claimed.job.id.to_string()) {
-                Some(ring) => Ok(ring),
+                Some(ring) => {
+                    svc.svc_metrics.frame_rings.with_label_values(&["reused"]).inc();
+                    Ok(ring)
+                }
                 None => {
                     let depth = svc.config.frames_in_flight;
-                    FrameRing::new(&svc.ctx, member.spec.render_plan(), depth, Readback::Jpeg).map_err(gpu)
+                    let ring = FrameRing::new(&svc.ctx, member.spec.render_plan(), depth, Readback::Jpeg);
+                    svc.svc_metrics.frame_rings.with_label_values(&["new"]).inc();
+                    ring.map_err(gpu)
                 }
             })
             .and_then(|renderer| {
