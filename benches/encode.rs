@@ -6,7 +6,8 @@
 //!
 //! Then file size at equal PSNR: for each of ffmpeg's `-q:v` 2–5, the lowest
 //! tessera quality whose frame reaches at least ffmpeg's PSNR, and the two
-//! files' sizes (the same frame, encoded again at each quality tried).
+//! files' sizes (the same frame, encoded again at each quality tried); and
+//! our size at exactly ffmpeg's PSNR, between that quality and the one below.
 //!
 //! Then a clip, rendered and written to an AVI as `tessera render` does, one,
 //! two and three frames in flight: frames per second, the GPU's busy
@@ -98,6 +99,10 @@ struct EqualPsnr {
     /// Our lowest quality reaching `ffmpeg_psnr`, its bytes and PSNR; `None`
     /// when even quality 100 does not.
     ours: Option<(u8, usize, f64)>,
+    /// Our bytes at exactly `ffmpeg_psnr`: interpolated (log bytes, linear
+    /// in PSNR) between the quality below `ours` and `ours`, since one
+    /// quality step moves PSNR by about 0.1 dB.
+    at_equal: Option<f64>,
 }
 
 /// The frame in `frame` as a JPEG at `quality` (entropy coded where the
@@ -114,6 +119,23 @@ fn encode_at(ctx: &GpuContext, frame: &wgpu::Texture, quality: u8) -> anyhow::Re
     Ok(pass.encode(ctx, Some(&submission))?.data)
 }
 
+/// Bytes and PSNR of the frame in `frame` at quality `q`.
+fn measure(ctx: &GpuContext, frame: &wgpu::Texture, rgba: &[u8], q: u8) -> anyhow::Result<(u8, usize, f64)> {
+    let jpeg = encode_at(ctx, frame, q)?;
+    Ok((q, jpeg.len(), psnr(rgba, &decode(&jpeg)?)))
+}
+
+/// Our bytes at exactly `target` dB, between `below` and `above` (log bytes
+/// linear in PSNR).
+fn bytes_at(below: (u8, usize, f64), above: (u8, usize, f64), target: f64) -> f64 {
+    let (lo, hi) = ((below.1 as f64).ln(), (above.1 as f64).ln());
+    if above.2 <= below.2 {
+        return above.1 as f64;
+    }
+    let t = ((target - below.2) / (above.2 - below.2)).clamp(0.0, 1.0);
+    (lo + t * (hi - lo)).exp()
+}
+
 /// The lowest quality whose PSNR on `rgba` is at least `target`, by bisection
 /// (PSNR rises with quality), with its bytes and PSNR.
 fn lowest_quality_reaching(
@@ -122,10 +144,7 @@ fn lowest_quality_reaching(
     rgba: &[u8],
     target: f64,
 ) -> anyhow::Result<Option<(u8, usize, f64)>> {
-    let measure = |q: u8| -> anyhow::Result<(u8, usize, f64)> {
-        let jpeg = encode_at(ctx, frame, q)?;
-        Ok((q, jpeg.len(), psnr(rgba, &decode(&jpeg)?)))
-    };
+    let measure = |q: u8| measure(ctx, frame, rgba, q);
     let top = measure(100)?;
     if top.2 < target {
         return Ok(None);
@@ -216,8 +235,14 @@ fn bench_size(ctx: &GpuContext, w: u32, h: u32, tiles: u32, frames: u32) -> anyh
         let (fps, jpeg) = ffmpeg_mjpeg(&rgba, w, h, q, frames)?;
         let p = psnr(&rgba, &decode(&jpeg)?);
         if q <= 5 {
-            let ours = lowest_quality_reaching(ctx, renderer.frame_texture(), &rgba, p)?;
-            equal.push(EqualPsnr { ffmpeg_q: q, ffmpeg_bytes: jpeg.len(), ffmpeg_psnr: p, ours });
+            let frame = renderer.frame_texture();
+            let ours = lowest_quality_reaching(ctx, frame, &rgba, p)?;
+            let at_equal = match ours {
+                Some(above) if above.0 > 1 => Some(bytes_at(measure(ctx, frame, &rgba, above.0 - 1)?, above, p)),
+                Some(above) => Some(above.1 as f64),
+                None => None,
+            };
+            equal.push(EqualPsnr { ffmpeg_q: q, ffmpeg_bytes: jpeg.len(), ffmpeg_psnr: p, ours, at_equal });
         }
         if best.as_ref().is_none_or(|b| (p - ours_psnr).abs() < (b.1 - ours_psnr).abs()) {
             best = Some((q, p, jpeg, fps));
@@ -328,15 +353,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!("\nFile size at equal PSNR: the lowest tessera quality reaching ffmpeg's PSNR (same frame):\n");
-    println!("| size | ffmpeg -q:v | ffmpeg bytes | ffmpeg PSNR dB | tessera quality | tessera bytes | tessera PSNR dB | tessera / ffmpeg |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| size | ffmpeg -q:v | ffmpeg bytes | ffmpeg PSNR dB | tessera quality | tessera bytes | tessera PSNR dB | tessera / ffmpeg | at equal PSNR |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (w, h, equal) in equal_psnr {
         for e in equal {
-            let ours = match e.ours {
-                Some((q, bytes, p)) => {
-                    format!("{q} | {bytes} | {p:.2} | {:.3}", bytes as f64 / e.ffmpeg_bytes as f64)
-                }
-                None => "- | - | - | not reached at quality 100".into(),
+            let ours = match (e.ours, e.at_equal) {
+                (Some((q, bytes, p)), Some(at)) => format!(
+                    "{q} | {bytes} | {p:.2} | {:.3} | {:.3}",
+                    bytes as f64 / e.ffmpeg_bytes as f64,
+                    at / e.ffmpeg_bytes as f64
+                ),
+                _ => "- | - | - | not reached at quality 100 | -".into(),
             };
             println!("| {w}x{h} | {} | {} | {:.2} | {ours} |", e.ffmpeg_q, e.ffmpeg_bytes, e.ffmpeg_psnr);
         }

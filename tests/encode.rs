@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use tessera_worker::encode::jpeg::gpu_entropy::{CodedScan, Entropy, GpuEntropy};
-use tessera_worker::encode::jpeg::{encode_coefficients, huffman, McuGrid, COEFFS_PER_MCU};
+use tessera_worker::encode::jpeg::{encode_coefficients, huffman, McuGrid, COEFFS_PER_MCU, PIECE_MCUS};
 use tessera_worker::render::{FrameRenderer, Readback};
 
 use crate::util::{ctx, psnr, spec};
@@ -229,8 +229,9 @@ fn gpu_encoder_is_on_par_with_the_cpu_reference() {
 
 #[test]
 fn restart_segments_decode_from_synthetic_coefficients() {
-    // Large random coefficients exercise every Huffman category and byte stuffing.
-    let grid = McuGrid::new(100, 50);
+    // Large random coefficients exercise every Huffman category and byte
+    // stuffing; 65 x 5 MCUs make five restart intervals and a short sixth.
+    let grid = McuGrid::new(1040, 80);
     let mut state = 12345u32;
     let coeffs: Vec<i16> = (0..grid.mcu_count() * COEFFS_PER_MCU)
         .map(|i| {
@@ -247,9 +248,10 @@ fn restart_segments_decode_from_synthetic_coefficients() {
         })
         .collect();
     let jpeg = encode_coefficients(&coeffs, grid, 75);
+    assert_eq!(jpeg.windows(2).filter(|m| m[0] == 0xFF && (0xD0..=0xD7).contains(&m[1])).count(), 5, "RST markers");
     let img = image::load_from_memory_with_format(&jpeg, image::ImageFormat::Jpeg).unwrap();
-    assert_eq!((img.width(), img.height()), (100, 50));
-    decode_ffmpeg(&jpeg, 100, 50);
+    assert_eq!((img.width(), img.height()), (1040, 80));
+    decode_ffmpeg(&jpeg, 1040, 80);
 }
 
 /// A GPU context of this file's own: the entropy tests switch its coder, which
@@ -280,9 +282,9 @@ fn synthetic_coefficients(grid: McuGrid, ac: i32, seed: u32) -> Vec<i16> {
 }
 
 /// Codes `coeffs` with the GPU entropy passes alone (coefficients uploaded,
-/// not rendered): the scan, or `None` when a segment outgrew its scratch.
+/// not rendered): the scan, or `None` when a piece outgrew its scratch.
 fn gpu_scan(coeffs: &[i16], grid: McuGrid) -> Option<CodedScan> {
-    let cap_words = u32::from(grid.restart_interval()) * COEFFS_PER_MCU as u32 / 2;
+    let cap_words = PIECE_MCUS * COEFFS_PER_MCU as u32 / 2;
     gpu_scan_with_scratch(coeffs, grid, cap_words)
 }
 
@@ -307,9 +309,12 @@ fn gpu_scan_with_scratch(coeffs: &[i16], grid: McuGrid, cap_words: u32) -> Optio
 
 #[test]
 fn gpu_entropy_codes_coefficients_as_the_cpu_coder_does() {
-    // Odd sizes, one MCU, a short last segment, 1080p and 4K (4050 segments).
+    // Odd sizes; one MCU; frames of fewer MCUs than a restart interval (63),
+    // one MCU more than an interval (a one-MCU last interval), and 1080p (a
+    // last interval of 32 MCUs, half its pieces empty); 4K (510 intervals
+    // of 8 pieces).
     let mut stuffed = 0;
-    for (w, h) in [(1, 1), (16, 16), (33, 17), (100, 50), (1000, 8), (1920, 1080), (3840, 2160)] {
+    for (w, h) in [(1, 1), (16, 16), (33, 17), (100, 50), (1000, 8), (1040, 16), (1920, 1080), (3840, 2160)] {
         let grid = McuGrid::new(w, h);
         let coeffs = synthetic_coefficients(grid, 200, w * 31 + h);
         let (tables, want) = huffman::encode_optimal(&std::sync::Arc::new(coeffs.clone()), grid, 3);

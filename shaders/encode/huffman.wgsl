@@ -2,37 +2,56 @@
 // as GPUJPEG does it, with tables made for each frame: only the tables and the
 // finished scan leave the device.
 //
-// 0. `count_segments`: one invocation per restart segment walks its blocks as
+// A restart interval (`restart` MCUs; RST markers between, DC prediction
+// from zero in each) is coded in pieces of PIECE_MCUS MCUs, one invocation
+// each, so the GPU codes many pieces side by side while the scan carries few
+// RST markers (each costs its two bytes, the padding before it and the DC
+// prediction it resets). A piece after the first of its interval predicts its
+// first DCs from the MCU before it, as a coder walking the interval would.
+//
+// 0. `count_segments`: one invocation per piece walks its blocks as
 //    `code_segments` does, counting symbols instead of coding them (a
 //    histogram per workgroup, added into `tables[0..SYMBOLS]`).
 //    `build_tables`: one workgroup per table makes the optimal code from the
 //    counts (worker/src/encode/jpeg/optimal.rs is the reference, step for
 //    step), writes every symbol's code to `codes` and the table as DHT stores
 //    it (symbol count, counts per length, symbols) to `tables`.
-// 1. `code_segments`: one invocation per restart segment (`restart` MCUs; DC
-//    prediction starts from zero in each) codes its blocks MSB first, stuffs a
-//    zero byte after every 0xFF, pads the last byte with 1-bits, and writes
-//    the bytes to its own scratch region, their count to `sizes[seg]` (or
-//    OVERFLOW when they do not fit its `cap_words`) and its count of non-zero
-//    AC coefficients to `sizes[segments + seg]`.
-// 2. `place_segments`: one workgroup prefix-sums the sizes, each segment after
-//    the first preceded by its RST marker (2 bytes), into `offsets`; writes the
-//    length of what is read back (DHT body and scan; or OVERFLOW) to
-//    `scan[0]`, the frame's non-zero AC coefficients to `scan[1]`, the DHT
+// 1. `code_segments`: one invocation per piece codes its blocks MSB first,
+//    unstuffed and unpadded, into its own region of `scan` (free until
+//    `compact` fills it); writes its length
+//    in bits (or OVERFLOW when it does not fit `cap_words`) and its count of
+//    non-zero AC coefficients to `sizes`.
+//    `join_segments`: one invocation per restart interval reads its pieces'
+//    bits in order, stuffs a zero byte after every 0xFF, pads the last byte
+//    with 1-bits, and writes the bytes to the interval's region of
+//    `scratch`, their count
+//    to `sizes[seg]` (or OVERFLOW) and the interval's non-zero AC
+//    coefficients to `sizes[segments + seg]`.
+// 2. `place_segments`: one workgroup prefix-sums the intervals' sizes, each
+//    after the first preceded by its RST marker (2 bytes), into `offsets`;
+//    writes the length of what is read back (DHT body and scan; or OVERFLOW)
+//    to `scan[0]`, the frame's non-zero AC coefficients to `scan[1]`, the DHT
 //    body's length to `scan[2]` and the compaction's dispatch size; and
 //    clears the counts for the next frame.
 // 3. `compact`: one invocation per word gathers its four bytes (the DHT body,
-//    then markers and segment bytes) into `scan[3..]`.
-// The CPU coder in worker/src/encode/jpeg/huffman.rs writes the same bytes.
+//    then markers and interval bytes) into `scan[3..]`.
+// The CPU coder in worker/src/encode/jpeg/huffman.rs writes the same bytes,
+// walking each restart interval whole.
 
 @group(0) @binding(0) var<uniform> hu: HuffmanUniforms;
 @group(0) @binding(1) var<storage, read> coeffs: array<u32>;
 // Code | length << 16 per symbol: DC luma [0, 12), DC chroma [12, 24),
 // AC luma [24, 280), AC chroma [280, 536); written by `build_tables`.
 @group(0) @binding(2) var<storage, read_write> codes: array<u32>;
+// The intervals' stuffed bytes, pieces_per() * cap_words words each.
 @group(0) @binding(3) var<storage, read_write> scratch: array<u32>;
+// Intervals' byte counts, intervals' non-zero AC counts, then pieces' bit
+// counts (from 2 * segments) and pieces' non-zero AC counts.
 @group(0) @binding(4) var<storage, read_write> sizes: array<u32>;
 @group(0) @binding(5) var<storage, read_write> offsets: array<u32>;
+// What is read back (header words, the DHT body, the scan); before
+// `compact` writes it, the pieces' bits (cap_words words each from word
+// HEADER_WORDS).
 @group(0) @binding(6) var<storage, read_write> scan: array<u32>;
 @group(0) @binding(7) var<storage, read_write> dispatch: array<u32>;
 // The frame's symbol counts (indexed as `codes`), then per table
@@ -46,16 +65,39 @@ const COMPACT_GROUP: u32 = 64u;
 const SYMBOLS: u32 = 536u;
 const TABLE_WORDS: u32 = 273u;
 const HEADER_WORDS: u32 = 3u;
+// MCUs per piece: the unit one invocation codes. Mirrored by
+// `PIECE_MCUS` in worker/src/encode/jpeg/mod.rs.
+const PIECE_MCUS: u32 = 8u;
 
-// The bit writer of one segment.
+fn pieces_per() -> u32 {
+    return (hu.restart + PIECE_MCUS - 1u) / PIECE_MCUS;
+}
+
+fn pieces() -> u32 {
+    return hu.segments * pieces_per();
+}
+
+fn piece_bits_at(p: u32) -> u32 {
+    return 2u * hu.segments + p;
+}
+
+fn piece_nonzero_at(p: u32) -> u32 {
+    return 2u * hu.segments + pieces() + p;
+}
+
+// The bit writer of a piece (unstuffed, into `scan`) or an interval
+// (stuffed, into `scratch`).
 struct Writer {
     acc: u32,
     bits: u32,
-    // Bytes written, the word being filled, and whether the region overflowed.
+    // Bytes written, the word being filled, the region (its first word and
+    // its size in words), whether it overflowed, whether 0xFF is stuffed.
     bytes: u32,
     word: u32,
     base: u32,
+    cap: u32,
     full: bool,
+    stuff: bool,
 }
 
 var<private> w: Writer;
@@ -65,15 +107,29 @@ fn emit(byte: u32) {
     let slot = w.bytes % 4u;
     w.word |= byte << (8u * slot);
     if slot == 3u {
-        let at = w.bytes / 4u;
-        if at < hu.cap_words {
-            scratch[w.base + at] = w.word;
-        } else {
-            w.full = true;
-        }
+        store_word();
         w.word = 0u;
     }
     w.bytes += 1u;
+}
+
+// Stores the word being filled at its place in the writer's region.
+fn store_word() {
+    let at = w.bytes / 4u;
+    if at >= w.cap {
+        w.full = true;
+    } else if w.stuff {
+        scratch[w.base + at] = w.word;
+    } else {
+        scan[w.base + at] = w.word;
+    }
+}
+
+// Writes the word being filled, if it holds any byte.
+fn flush_word() {
+    if w.bytes % 4u != 0u {
+        store_word();
+    }
 }
 
 fn put(value: u32, len: u32) {
@@ -87,7 +143,7 @@ fn put(value: u32, len: u32) {
         w.bits -= 8u;
         let byte = (w.acc >> w.bits) & 0xffu;
         emit(byte);
-        if byte == 0xffu {
+        if w.stuff && byte == 0xffu {
             emit(0u);
         }
     }
@@ -163,11 +219,19 @@ fn code_block(block: u32, prev_dc: i32, table: u32) -> i32 {
     return dc;
 }
 
-// Walks segment `seg`'s blocks; DC prediction starts from zero.
-fn walk_segment(seg: u32) {
+// Walks piece `p`'s blocks. DC prediction starts from zero in the first
+// piece of an interval, and from the MCU before in the others.
+fn walk_piece(p: u32) {
+    let per = pieces_per();
+    let start = (p / per) * hu.restart;
+    let end = min(start + hu.restart, hu.mcu_count);
+    let first = start + (p % per) * PIECE_MCUS;
+    let last = min(first + PIECE_MCUS, end);
     var pred = array<i32, 3>(0, 0, 0);
-    let first = seg * hu.restart;
-    let last = min(first + hu.restart, hu.mcu_count);
+    if first > start && first < end {
+        let before = (first - 1u) * 6u;
+        pred = array<i32, 3>(coefficient(before + 3u, 0u), coefficient(before + 4u, 0u), coefficient(before + 5u, 0u));
+    }
     for (var mcu = first; mcu < last; mcu++) {
         for (var b = 0u; b < 6u; b++) {
             let comp = select(0u, b - 3u, b > 3u);
@@ -183,8 +247,8 @@ fn count_segments(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_
     }
     workgroupBarrier();
     counting = true;
-    if gid.x < hu.segments {
-        walk_segment(gid.x);
+    if gid.x < pieces() {
+        walk_piece(gid.x);
     }
     workgroupBarrier();
     for (var i = li; i < SYMBOLS; i += 64u) {
@@ -343,28 +407,65 @@ fn build_tables(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
 
 @compute @workgroup_size(64, 1, 1)
 fn code_segments(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = gid.x;
+    if p >= pieces() {
+        return;
+    }
+    w = Writer(0u, 0u, 0u, 0u, HEADER_WORDS + p * hu.cap_words, hu.cap_words, false, false);
+    nonzero = 0u;
+    counting = false;
+    walk_piece(p);
+    let bits = w.bytes * 8u + w.bits;
+    if w.bits > 0u {
+        // The last bits, high in a byte of their own (not padded: the next
+        // piece's bits follow them).
+        emit((w.acc << (8u - w.bits)) & 0xffu);
+    }
+    flush_word();
+    sizes[piece_bits_at(p)] = select(bits, OVERFLOW, w.full);
+    sizes[piece_nonzero_at(p)] = nonzero;
+}
+
+// Byte `b` of piece `p`'s bits.
+fn piece_byte(p: u32, b: u32) -> u32 {
+    return (scan[HEADER_WORDS + p * hu.cap_words + b / 4u] >> (8u * (b % 4u))) & 0xffu;
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn join_segments(@builtin(global_invocation_id) gid: vec3<u32>) {
     let seg = gid.x;
     if seg >= hu.segments {
         return;
     }
-    w = Writer(0u, 0u, 0u, 0u, seg * hu.cap_words, false);
-    nonzero = 0u;
-    counting = false;
-    walk_segment(seg);
+    let per = pieces_per();
+    let cap = per * hu.cap_words;
+    w = Writer(0u, 0u, 0u, 0u, seg * cap, cap, false, true);
+    var nz = 0u;
+    var lost = false;
+    for (var j = 0u; j < per; j++) {
+        let p = seg * per + j;
+        let bits = sizes[piece_bits_at(p)];
+        if bits == OVERFLOW {
+            lost = true;
+            break;
+        }
+        nz += sizes[piece_nonzero_at(p)];
+        let whole = bits / 8u;
+        for (var b = 0u; b < whole; b++) {
+            put(piece_byte(p, b), 8u);
+        }
+        let rest = bits % 8u;
+        if rest > 0u {
+            put(piece_byte(p, whole) >> (8u - rest), rest);
+        }
+    }
     if w.bits > 0u {
         let pad = 8u - w.bits;
         put((1u << pad) - 1u, pad);
     }
-    if w.bytes % 4u != 0u {
-        let at = w.bytes / 4u;
-        if at < hu.cap_words {
-            scratch[w.base + at] = w.word;
-        } else {
-            w.full = true;
-        }
-    }
-    sizes[seg] = select(w.bytes, OVERFLOW, w.full);
-    sizes[hu.segments + seg] = nonzero;
+    flush_word();
+    sizes[seg] = select(w.bytes, OVERFLOW, w.full || lost);
+    sizes[hu.segments + seg] = nz;
 }
 
 const SCAN_THREADS: u32 = 256u;
@@ -372,7 +473,7 @@ var<workgroup> partial: array<u32, 256>;
 var<workgroup> overflowed: atomic<u32>;
 var<workgroup> nonzero_total: atomic<u32>;
 
-// Bytes segment `i` takes in the scan: its RST marker (after the first), its bytes.
+// Bytes interval `i` takes in the scan: its RST marker (after the first), its bytes.
 fn span(i: u32) -> u32 {
     return sizes[i] + select(0u, 2u, i > 0u);
 }
@@ -483,7 +584,7 @@ fn scan_byte(p: u32) -> u32 {
         }
         local -= 2u;
     }
-    return (scratch[i * hu.cap_words + local / 4u] >> (8u * (local % 4u))) & 0xffu;
+    return (scratch[i * pieces_per() * hu.cap_words + local / 4u] >> (8u * (local % 4u))) & 0xffu;
 }
 
 // Byte `p` of what is read back: the DHT body, then the scan.

@@ -43,10 +43,11 @@ fn chroma(c: vec3<f32>, is_cr: bool) -> f32 {
     return dot(c, w) + 128.0;
 }
 
-// Quantised magnitudes round down from below AC_ROUNDING past a step (DC
-// rounds half away from zero): a small dead zone that spends fewer bits on
-// coefficients barely past half a step (ffmpeg's MJPEG rounds at 5/8).
-const AC_ROUNDING: f32 = 0.42;
+// AC magnitudes round up only from 5/8 of a step (x / q + 3/8, floored; DC
+// rounds half away from zero): a small dead zone, as ffmpeg's MJPEG encoder
+// has, that spends no bits on coefficients barely past half a step. On the
+// bench frames it gives the same PSNR in fewer bytes than plain rounding.
+const AC_ROUNDING: f32 = 0.375;
 
 fn quantise(v: f32, q: f32, limit: f32, rounding: f32) -> i32 {
     let r = sign(v) * floor(abs(v) / q + rounding);

@@ -1,11 +1,12 @@
 //! The GPU half of entropy coding (shaders/encode/huffman.wgsl): the JPEG
 //! pass's symbols are counted, optimal tables built from the counts and the
-//! coefficients Huffman-coded with them on the device, one restart segment
-//! per invocation, placed by a prefix sum and compacted with their RST
-//! markers, so only the tables (the DHT body), the finished scan and three
+//! coefficients Huffman-coded with them on the device, a piece of
+//! [`PIECE_MCUS`] MCUs per invocation, the pieces of each restart interval
+//! joined and byte-stuffed, the intervals placed by a prefix sum and
+//! compacted with their RST markers, so only the tables (the DHT body), the finished scan and three
 //! header words are read back. [`super::huffman`] and [`super::optimal`] are
 //! the reference: the same bytes for the same coefficients, and the fallback
-//! for a frame whose segment outgrows its scratch (never seen on real
+//! for a frame whose piece outgrows its scratch (never seen on real
 //! pictures; the frame is then coded on the CPU).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytemuck::{Pod, Zeroable};
 
 use super::optimal::SYMBOLS;
-use super::{McuGrid, COEFFS_PER_MCU};
+use super::{McuGrid, COEFFS_PER_MCU, PIECE_MCUS};
 use crate::gpu::binding::{layout, module, pipeline, storage_entry, uniform_entry};
 use crate::gpu::{readback, GpuContext, GpuError};
 use crate::render::shaders::{compose, COMMON, HUFFMAN};
@@ -38,7 +39,8 @@ const HEADER_WORDS: u64 = 3;
 const TABLE_WORDS: u64 = 273;
 /// Tables of a frame: DC and AC, luma and chroma.
 const TABLES: u32 = 4;
-/// Invocations per workgroup of `code_segments`.
+/// Invocations per workgroup of `count_segments`, `code_segments` and
+/// `join_segments`.
 const CODE_GROUP: u32 = 64;
 
 /// Where the entropy coder runs (`--entropy`).
@@ -79,6 +81,7 @@ pub struct GpuEntropy {
     count: std::sync::Arc<wgpu::ComputePipeline>,
     build: std::sync::Arc<wgpu::ComputePipeline>,
     code: std::sync::Arc<wgpu::ComputePipeline>,
+    join: std::sync::Arc<wgpu::ComputePipeline>,
     place: std::sync::Arc<wgpu::ComputePipeline>,
     compact: std::sync::Arc<wgpu::ComputePipeline>,
     group: wgpu::BindGroup,
@@ -86,7 +89,9 @@ pub struct GpuEntropy {
     scan: wgpu::Buffer,
     dispatch: wgpu::Buffer,
     readback: wgpu::Buffer,
+    /// Restart intervals of the frame, and pieces (invocations) coding them.
     segments: u32,
+    pieces: u32,
     /// Bytes the last frame's scan took (header included), which sizes the
     /// next frame's copy; and the bytes the current frame's copy moves.
     last_bytes: AtomicU64,
@@ -94,15 +99,16 @@ pub struct GpuEntropy {
 }
 
 impl GpuEntropy {
-    /// The passes for `grid`, each segment given as many bytes of scratch as
+    /// The passes for `grid`, each piece given as many bytes of scratch as
     /// its coefficients take (i16 each): more than any picture codes to, even
     /// with the standard tables; noise past it falls back to the CPU.
     pub fn new(ctx: &GpuContext, coeffs: &wgpu::Buffer, grid: McuGrid) -> Self {
-        let cap_words = u32::from(grid.restart_interval()) * (COEFFS_PER_MCU as u32) / 2;
+        let cap_words = PIECE_MCUS * (COEFFS_PER_MCU as u32) / 2;
         Self::with_scratch(ctx, coeffs, grid, cap_words)
     }
 
-    /// The passes with `cap_words` words of scratch per segment.
+    /// The passes with `cap_words` words of scratch per piece (and as many
+    /// per piece of an interval for the interval's stuffed bytes).
     pub fn with_scratch(ctx: &GpuContext, coeffs: &wgpu::Buffer, grid: McuGrid, cap_words: u32) -> Self {
         let entries = [
             uniform_entry(0),
@@ -129,13 +135,17 @@ impl GpuEntropy {
             })
         };
         let (count, build) = (make("count_segments", 0), make("build_tables", 0));
-        let (code, place, compact) = (make("code_segments", 0), make("place_segments", 0), make("compact", 1));
+        let (code, join) = (make("code_segments", 0), make("join_segments", 0));
+        let (place, compact) = (make("place_segments", 0), make("compact", 1));
         let restart = u32::from(grid.restart_interval());
         let mcus = grid.mcu_count() as u32;
         let segments = mcus.div_ceil(restart);
-        let scratch_words = u64::from(segments) * u64::from(cap_words);
+        let pieces = segments * restart.div_ceil(PIECE_MCUS);
+        // The intervals' stuffed bytes, `cap_words` per piece of theirs.
+        let scratch_words = u64::from(pieces) * u64::from(cap_words);
         // Header, the DHT body (at most 4 × 273 bytes) and the scan (its
-        // segments' scratch and their RST markers).
+        // intervals' bytes and their RST markers); before the compaction,
+        // the pieces' bits, which take no more.
         let scan_words = HEADER_WORDS + u64::from(TABLES) * TABLE_WORDS / 4 + 1 + scratch_words + u64::from(segments);
         let usage = wgpu::BufferUsages::STORAGE;
         let u = HuffmanUniforms { mcu_count: mcus, restart, segments, cap_words };
@@ -146,7 +156,7 @@ impl GpuEntropy {
         // `place_segments` clears them for the next.
         let tables = buffer(ctx, "huffman tables", (SYMBOLS as u64 + u64::from(TABLES) * TABLE_WORDS) * 4, usage);
         let scratch = buffer(ctx, "huffman scratch", scratch_words * 4, usage);
-        let sizes = buffer(ctx, "huffman sizes", u64::from(segments) * 8, usage);
+        let sizes = buffer(ctx, "huffman sizes", (u64::from(segments) + u64::from(pieces)) * 8, usage);
         let offsets = buffer(ctx, "huffman offsets", (u64::from(segments) + 1) * 4, usage);
         let scan = buffer(ctx, "jpeg scan", scan_words * 4, usage | wgpu::BufferUsages::COPY_SRC);
         let dispatch = buffer(ctx, "huffman dispatch", 12, usage | wgpu::BufferUsages::INDIRECT);
@@ -180,6 +190,7 @@ impl GpuEntropy {
             count,
             build,
             code,
+            join,
             place,
             compact,
             group,
@@ -188,20 +199,23 @@ impl GpuEntropy {
             dispatch,
             readback,
             segments,
+            pieces,
             last_bytes: AtomicU64::new(first),
             copied: AtomicU64::new(0),
         }
     }
 
     /// Records the passes, after the JPEG pass, in the same compute pass:
-    /// count, build the tables, code, place, compact.
+    /// count, build the tables, code, join, place, compact.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_bind_group(0, &self.group, &[]);
         pass.set_pipeline(&self.count);
-        pass.dispatch_workgroups(self.segments.div_ceil(CODE_GROUP), 1, 1);
+        pass.dispatch_workgroups(self.pieces.div_ceil(CODE_GROUP), 1, 1);
         pass.set_pipeline(&self.build);
         pass.dispatch_workgroups(TABLES, 1, 1);
         pass.set_pipeline(&self.code);
+        pass.dispatch_workgroups(self.pieces.div_ceil(CODE_GROUP), 1, 1);
+        pass.set_pipeline(&self.join);
         pass.dispatch_workgroups(self.segments.div_ceil(CODE_GROUP), 1, 1);
         pass.set_pipeline(&self.place);
         pass.dispatch_workgroups(1, 1, 1);
@@ -225,7 +239,7 @@ impl GpuEntropy {
         self.copied.load(Ordering::Relaxed)
     }
 
-    /// The frame's scan, or `None` when a segment overflowed its scratch.
+    /// The frame's scan, or `None` when a piece or an interval overflowed its scratch.
     pub fn read(&self, ctx: &GpuContext, after: Option<&wgpu::SubmissionIndex>) -> Result<Option<CodedScan>, GpuError> {
         let copied = self.copied.load(Ordering::Relaxed);
         let mut bytes = readback::read_buffer(ctx, &self.readback, copied, after)?;
