@@ -311,8 +311,8 @@ fn gpu_scan_with_scratch(coeffs: &[i16], grid: McuGrid, cap_words: u32) -> Optio
 fn gpu_entropy_codes_coefficients_as_the_cpu_coder_does() {
     // Odd sizes; one MCU; frames of fewer MCUs than a restart interval (63),
     // one MCU more than an interval (a one-MCU last interval), and 1080p (a
-    // last interval of 32 MCUs, half its pieces empty); 4K (510 intervals
-    // of 8 pieces).
+    // last interval of 32 MCUs, half its pieces empty); 4K (507 intervals,
+    // the last of 16 MCUs).
     let mut stuffed = 0;
     for (w, h) in [(1, 1), (16, 16), (33, 17), (100, 50), (1000, 8), (1040, 16), (1920, 1080), (3840, 2160)] {
         let grid = McuGrid::new(w, h);
@@ -379,6 +379,36 @@ fn gpu_entropy_equals_the_cpu_coder_on_every_template() {
                 );
                 assert!(p >= reference - 1.0 && z >= reference - 1.0, "{case}: decoded to {p:.1} / {z:.1} dB");
             }
+        }
+    }
+}
+
+/// Low qualities pass the service's frame gates on every template at a
+/// thumbnail size: detail left at quality 1 (the blank-frame gate counts
+/// non-zero AC coefficients), PSNR rising with quality, and above the 25 dB
+/// floor (`psnr_floor_db`) from quality 10 (where Annex K tables, before the
+/// MPEG matrix, reached 24.5–28 dB).
+#[test]
+fn low_qualities_keep_detail_and_clear_the_psnr_floor_on_every_template() {
+    for t in tessera_worker::render::TEMPLATES {
+        let mut last = 0.0;
+        for quality in [1u8, 5, 10, 20] {
+            let spec = spec(serde_json::json!({
+                "template": t.id(), "resolution": {"width": 160, "height": 90}, "fps": 24,
+                "tiles": {"cols": 2, "rows": 2, "overlap_px": 16}, "quality": quality, "seed": 7,
+            }));
+            let mut r = FrameRenderer::new(ctx(), spec.render_plan()).unwrap();
+            let rgba = r.render_frame(6, Readback::Rgba8).unwrap().data;
+            let jpeg = r.render_frame(6, Readback::Jpeg).unwrap();
+            let nonzero = jpeg.nonzero_ac.expect("JPEG frames count their AC coefficients");
+            let p = psnr(&rgba, &decode_image(&jpeg.data));
+            eprintln!("{} q{quality}: {} bytes, {nonzero} non-zero AC, PSNR {p:.2} dB", t.name, jpeg.data.len());
+            assert!(nonzero > 0, "{} q{quality}: no detail left: the blank-frame gate would fail it", t.name);
+            assert!(p > last, "{} q{quality}: PSNR {p:.2} dB did not rise above {last:.2}", t.name);
+            if quality >= 10 {
+                assert!(p >= 25.0, "{} q{quality}: {p:.2} dB is under the quality gate's 25 dB floor", t.name);
+            }
+            last = p;
         }
     }
 }

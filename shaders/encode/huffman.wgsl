@@ -154,7 +154,7 @@ fn put_code(entry: u32) {
     put(entry & 0xffffu, entry >> 16u);
 }
 
-// Whether this invocation walks its segment to count symbols or to code them.
+// Whether this invocation walks its piece to count symbols or to code them.
 var<private> counting: bool;
 var<workgroup> group_counts: array<atomic<u32>, 536>;
 

@@ -93,10 +93,11 @@ fn linear_to_srgb(c: vec3<f32>) -> vec3<f32> {
 
 // The GPU entropy coder's sizes (shaders/encode/huffman.wgsl).
 struct HuffmanUniforms {
-    // MCUs of the frame, MCUs per restart segment, segments.
+    // MCUs of the frame, MCUs per restart interval, intervals.
     mcu_count: u32,
     restart: u32,
     segments: u32,
-    // Scratch words each segment may fill; past them it overflows.
+    // Words each piece's bits may fill (an interval's stuffed bytes: as many
+    // per piece of it); past them it overflows.
     cap_words: u32,
 }

@@ -40,6 +40,9 @@ struct Inbox {
     joining: Vec<Member>,
     members: usize,
     closed: bool,
+    /// The job whose next chunk the group waits for, holding its ring, while
+    /// it has no member.
+    awaits: Option<String>,
 }
 
 /// A group's inbox, and the signal that a member joined (a group with no
@@ -90,18 +93,33 @@ impl Groups {
             member.claimed.job.template, member.claimed.job.lane, member.spec.width, member.spec.height
         );
         let max = self.max();
+        let job = member.claimed.job.id.to_string();
         let mut open = lock(&self.open);
         let groups = open.entry(key.clone()).or_default();
-        for group in groups.iter() {
+        // The group holding the job's ring first, then one that is rendering
+        // (so jobs batch), then one waiting for another job's next chunk.
+        let rank = |inbox: &Inbox| match &inbox.awaits {
+            Some(j) if *j == job => 0,
+            _ if inbox.members > 0 => 1,
+            _ => 2,
+        };
+        let best = groups
+            .iter()
+            .filter_map(|g| {
+                let inbox = lock(&g.inbox);
+                (!inbox.closed && inbox.members < max).then(|| (rank(&inbox), g))
+            })
+            .min_by_key(|(rank, _)| *rank)
+            .map(|(_, g)| g.clone());
+        if let Some(group) = best {
             let mut inbox = lock(&group.inbox);
-            if !inbox.closed && inbox.members < max {
-                inbox.members += 1;
-                inbox.joining.push(member);
-                group.joined.notify_one();
-                return;
-            }
+            inbox.members += 1;
+            inbox.awaits = None;
+            inbox.joining.push(member);
+            group.joined.notify_one();
+            return;
         }
-        let inbox = Inbox { joining: vec![member], members: 1, closed: false };
+        let inbox = Inbox { joining: vec![member], members: 1, closed: false, awaits: None };
         let group: Group = Arc::new(GroupCell { inbox: Mutex::new(inbox), joined: Condvar::new() });
         groups.push(group.clone());
         drop(open);
@@ -172,7 +190,7 @@ fn run_group(svc: &Arc<Service>, key: &str, group: &Group, rt: &Handle) {
         lock(&group.inbox).members -= left;
         if active.is_empty() {
             // A spare ring waits a while for its job's next chunk.
-            let member_came = !spares.is_empty() && await_member(svc, group);
+            let member_came = spares.job().is_some_and(|job| await_member(svc, group, job));
             if !member_came && svc.groups.close_if_idle(key, group) {
                 return;
             }
@@ -181,17 +199,21 @@ fn run_group(svc: &Arc<Service>, key: &str, group: &Group, rt: &Handle) {
 }
 
 /// Waits up to `--spare-ring-linger-ms` for a member to join a group that
-/// has none (and keeps a spare ring for the next chunk); returns whether one
-/// did. A draining worker does not wait.
-fn await_member(svc: &Service, group: &GroupCell) -> bool {
+/// has none and keeps `job`'s ring for its next chunk (which
+/// [`Groups::join`] sends here first); returns whether one did. A draining
+/// worker does not wait.
+fn await_member(svc: &Service, group: &GroupCell, job: &str) -> bool {
     let deadline = Instant::now() + svc.config.spare_ring_linger;
     let mut inbox = lock(&group.inbox);
+    inbox.awaits = Some(job.to_string());
     loop {
         if !inbox.joining.is_empty() {
+            inbox.awaits = None;
             return true;
         }
         let now = Instant::now();
         if svc.shutting_down() || now >= deadline {
+            inbox.awaits = None;
             return false;
         }
         // Wakes at least every 100 ms to see a drain begin.

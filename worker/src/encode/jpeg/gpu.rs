@@ -151,7 +151,7 @@ impl JpegPass {
                     entropy_ns: ns_since(start),
                 });
             }
-            tracing::warn!(grid = ?self.grid, "a restart segment outgrew the GPU entropy coder; coding the frame on the CPU");
+            tracing::warn!(grid = ?self.grid, "a piece of the scan outgrew the GPU entropy coder's scratch; coding the frame on the CPU");
             readback_bytes += entropy.copied_bytes();
             let mut encoder = ctx.device.create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(&self.coeffs, 0, &self.readback, 0, self.coeffs.size());

@@ -30,7 +30,7 @@ pub struct HuffmanUniforms {
 }
 const _: () = assert!(size_of::<HuffmanUniforms>() == 16);
 
-/// What `scan[0]` holds when a segment outgrew its scratch.
+/// What `scan[0]` holds when a piece or an interval outgrew its scratch.
 const OVERFLOW: u32 = u32::MAX;
 /// Header words before what is read back: its length in bytes (DHT body and
 /// scan), the non-zero AC count, the DHT body's length.

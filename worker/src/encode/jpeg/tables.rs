@@ -33,12 +33,17 @@ pub const ZIGZAG: [usize; 64] = [
     47, 55, 62, 63,
 ];
 
-/// libjpeg's quality scaling (`jpeg_quality_scaling`), in percent of the
-/// quality-50 steps: 5000 / q below 50, 200 − 2q from there (0 at 100).
+/// The steps at `quality`, in percent of quality 50's: from 50 up, libjpeg's
+/// scaling (`jpeg_quality_scaling`, 200 − 2q, 0 at 100); below 50,
+/// `2050 / q + 59` rather than libjpeg's `5000 / q`. The MPEG steps are
+/// coarser than Annex K's at 50, so libjpeg's curve below it would leave low
+/// qualities a dB or more under the PSNR they had with Annex K tables (at
+/// thumbnail sizes, under the 25 dB quality gate from quality 18 down); this
+/// one keeps every quality at or above it.
 fn quality_percent(quality: u8) -> u32 {
     let q = u32::from(quality.clamp(1, 100));
     if q < 50 {
-        5000 / q
+        2050 / q + 59
     } else {
         200 - 2 * q
     }
@@ -47,8 +52,8 @@ fn quality_percent(quality: u8) -> u32 {
 /// Quantisation steps for `quality` 1–100, luma then chroma, natural order,
 /// clamped to 1..=255 (baseline 8-bit tables).
 ///
-/// AC steps are the MPEG intra matrix × 1.75 at quality 50, scaled as libjpeg
-/// scales: quality 90 quantises luma with 0.35 × the matrix (steps 6 to 29),
+/// AC steps are the MPEG intra matrix × 1.75 at quality 50, scaled by
+/// [`quality_percent`]: quality 90 quantises luma with 0.35 × the matrix (steps 6 to 29),
 /// which lands on the PSNR the Annex K tables gave at quality 90. Chroma steps
 /// are 0.8 × luma's: PSNR is measured in RGB, where an error in a 4:2:0 chroma
 /// sample spreads over four pixels and two or three channels. DC is

@@ -38,8 +38,9 @@ pub(in crate::service) struct SpareRenderers<'s> {
 impl<'s> SpareRenderers<'s> {
     /// Rings kept at most: each holds a frame's buffers per frame in flight.
     const KEEP: usize = 1;
-    pub fn is_empty(&self) -> bool {
-        self.spare.is_empty()
+    /// The job whose ring is kept, if any (the one kept longest).
+    pub fn job(&self) -> Option<&str> {
+        self.spare.first().map(|(job, _)| job.as_str())
     }
 
     fn take(&mut self, job: &str) -> Option<FrameRing<'s>> {
@@ -129,7 +130,9 @@ impl<'s> ActiveJob<'s> {
                 None => {
                     let depth = svc.config.frames_in_flight;
                     let ring = FrameRing::new(&svc.ctx, member.spec.render_plan(), depth, Readback::Jpeg);
-                    svc.svc_metrics.frame_rings.with_label_values(&["new"]).inc();
+                    if ring.is_ok() {
+                        svc.svc_metrics.frame_rings.with_label_values(&["new"]).inc();
+                    }
                     ring.map_err(gpu)
                 }
             })
@@ -216,8 +219,12 @@ impl<'s> ActiveJob<'s> {
         let frames = self.next - self.first;
         let stats = self.stats(svc, frames);
         let usage = self.recorder.totals();
+        let end = self.end;
         let Self { member, recorder, ring, mux, partial, .. } = self;
-        if member.claimed.chunk.kind == ChunkKind::Range && !cancelled {
+        // A range's ring serves the job's next range; after the last range
+        // (ranges are claimed in order) only the join is left, which renders
+        // one frame with a ring of its own.
+        if member.claimed.chunk.kind == ChunkKind::Range && !cancelled && end < member.spec.frames {
             spares.put(member.claimed.job.id.to_string(), ring);
         }
         let closing = rt.block_on(recorder.close());
