@@ -49,6 +49,17 @@ fn worker_id(s: &Server) -> String {
     http(&s.api, "GET", "/readyz", &[], b"").json()["worker"].as_str().unwrap().to_string()
 }
 
+/// Job `id`'s output is, byte for byte, `tessera render` of `spec` in one piece.
+fn assert_output_is_the_whole_render(s: &Server, dir: &Path, key: &str, id: &str, spec: &serde_json::Value) {
+    let (file, solo) = (dir.join("spec.json"), dir.join("solo.avi"));
+    std::fs::write(&file, spec.to_string()).unwrap();
+    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let auth = format!("Bearer {key}");
+    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
+    assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
+}
+
 #[test]
 fn a_clip_in_chunks_over_three_workers_is_the_whole_render_and_survives_a_kill() {
     let Some(db) = TestStore::postgres() else { return };
@@ -205,13 +216,7 @@ fn a_damaged_segment_is_rendered_again_not_the_clip() {
     assert_eq!(attempts, vec![2, 1, 1, 2], "only the damaged range (and the join) ran again: {done}");
     let errors = done["errors"].to_string();
     assert!(errors.contains("does not match its recorded hash") && errors.contains("[0]"), "{errors}");
-    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let auth = format!("Bearer {key}");
-    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
-    assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
+    assert_output_is_the_whole_render(&s, dir.path(), &key, &id, &spec);
     let events = rt().block_on(async { db.open(dir.path()).await.events(&Default::default()).await.unwrap() });
     assert_eq!(events.iter().filter(|e| e.job_id == id && e.kind == EventKind::Output).count(), 1);
 }
@@ -281,13 +286,7 @@ fn chunks_run_one_after_another_reuse_the_first_chunks_frame_ring() {
     };
     assert_eq!((rings("new"), rings("reused")), (1.0, 2.0), "three ranges, one ring");
 
-    let (file, solo) = (dir.path().join("spec.json"), dir.path().join("solo.avi"));
-    std::fs::write(&file, spec.to_string()).unwrap();
-    let o = tessera().args(["render", file.to_str().unwrap(), "-o", solo.to_str().unwrap()]).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let auth = format!("Bearer {key}");
-    let got = http(&s.api, "GET", &format!("/v1/jobs/{id}/output"), &[("Authorization", &auth)], b"");
-    assert!(got.body == std::fs::read(&solo).unwrap(), "the clip differs from the whole render");
+    assert_output_is_the_whole_render(&s, dir.path(), &key, &id, &spec);
 }
 
 /// A preview (`frame_range`) long enough to be split into chunks: every range
